@@ -1,0 +1,1 @@
+"""Design-space sweeps, reports and paper reproductions built on the simulator."""

@@ -1,0 +1,61 @@
+"""The ``sparsesim`` command: one CLI, subcommands contributed by each part.
+
+Each part owns a small ``register(subparsers)`` function (``tracing/cli.py``,
+``simulator/cli.py``, ``experiments/commands.py``) that adds its subcommands and binds them
+to plain Python functions. Registration must stay cheap: heavy imports (torch) happen inside
+the handlers, so ``sparsesim simulate`` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import sys
+
+from simulator.errors import InputError
+
+COMMAND_MODULES = ("tracing.cli", "simulator.cli", "experiments.commands")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from simulator import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sparsesim",
+        description="Trace-driven memory and cache simulator for LLM activation sparsity.",
+    )
+    parser.add_argument("--version", action="version", version=f"sparsesim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # a part not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"sparsesim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsesim: interrupted; no partial output was left under a final name", file=sys.stderr)
+        return 130
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"sparsesim: error: {where}{e.strerror}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hardware profiles shipped with sparsesim (YAML files in this directory)."""

@@ -1,0 +1,306 @@
+"""The trace file: Parquet, one row per (sequence, position, layer), packed activation masks.
+
+This module is the single definition of the format (reference: ``docs/trace-format.md``). The
+tracer writes with :class:`TraceWriter`; the simulator reads with :func:`read_trace` (whole
+file) or :func:`iter_trace_blocks` (streaming, row group by row group). Neither imports torch.
+
+Columns, in order (rows sorted by sequence, position, layer; every token has all layers):
+
+=========== ============================= ===============================================
+``seq``      int32                         sequence (text window) id
+``pos``      int32                         position of the token inside its sequence
+``token``    int32                         token id
+``layer``    int16                         FFN layer index, 0..n_layers-1
+``mask``     fixed_size_binary(n_bytes)    ``np.packbits(active, bitorder="little")``:
+                                           neuron i is byte i // 8, bit i % 8
+``active``   int32                         popcount of ``mask``
+``pred:X``   fixed_size_binary(n_bytes)    optional: a learned predictor's predicted mask
+=========== ============================= ===============================================
+
+``n_bytes = ceil(max(d_ff) / 8)``; layers narrower than the widest have zero padding bits.
+File metadata holds one JSON document under the key ``sparsesim``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from simulator.atomic import atomic_path
+from simulator.errors import InputError
+
+FORMAT_VERSION = 1
+META_KEY = b"sparsesim"
+PRED_PREFIX = "pred:"
+
+# Keys the simulator needs to interpret a trace; the reader refuses a file without them.
+REQUIRED_MODEL_KEYS = ("name", "n_layers", "d_model", "d_ff", "glu", "non_ffn_params")
+
+
+def mask_bytes(d_ff: list[int] | int) -> int:
+    """Bytes of one packed mask row for the widest layer."""
+    widest = max(d_ff) if isinstance(d_ff, list) else d_ff
+    return (int(widest) + 7) // 8
+
+
+def popcount_rows(packed: np.ndarray) -> np.ndarray:
+    """Number of set bits along the last axis of a uint8 array (vectorised, no unpacking)."""
+    return np.bitwise_count(packed).sum(axis=-1, dtype=np.int64)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _schema(n_bytes: int, extra: tuple[str, ...]) -> pa.Schema:
+    fields = [
+        pa.field("seq", pa.int32()),
+        pa.field("pos", pa.int32()),
+        pa.field("token", pa.int32()),
+        pa.field("layer", pa.int16()),
+        pa.field("mask", pa.binary(n_bytes)),
+        pa.field("active", pa.int32()),
+    ]
+    fields += [pa.field(PRED_PREFIX + name, pa.binary(n_bytes)) for name in extra]
+    return pa.schema(fields)
+
+
+def _binary_column(rows: np.ndarray, n_bytes: int) -> pa.Array:
+    """A fixed_size_binary array over a contiguous (rows, n_bytes) uint8 buffer, zero-copy."""
+    rows = np.ascontiguousarray(rows, dtype=np.uint8)
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(n_bytes), len(rows), [None, pa.py_buffer(rows.reshape(-1))]
+    )
+
+
+class TraceWriter:
+    """Write a trace incrementally, one row group per :meth:`write` call.
+
+    The file is written under a temporary name and renamed only by :meth:`close` with
+    ``complete=True`` (the context manager does this on success), so an interrupted trace never
+    looks complete. ``meta`` may be updated until close (e.g. perplexity known only at the end).
+    """
+
+    def __init__(self, path: str | os.PathLike, meta: Mapping[str, Any], extra: tuple[str, ...] = (),
+                 compression: str | None = None):
+        model = meta["model"]
+        self.n_layers = int(model["n_layers"])
+        self.n_bytes = mask_bytes(list(model["d_ff"]))
+        self.extra = tuple(extra)
+        self.meta = dict(meta)
+        self.meta["format_version"] = FORMAT_VERSION
+        self.rows = 0
+        self._atomic = atomic_path(path)
+        self._tmp = self._atomic.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, _schema(self.n_bytes, self.extra),
+                                        compression=compression or "none")
+
+    def write(self, seq: np.ndarray, pos: np.ndarray, token: np.ndarray, masks: np.ndarray,
+              extra: Mapping[str, np.ndarray] | None = None) -> None:
+        """Append T tokens: ``seq/pos/token`` of shape [T], ``masks`` uint8 [T, n_layers, n_bytes]."""
+        t = len(token)
+        if masks.shape != (t, self.n_layers, self.n_bytes):
+            raise ValueError(f"masks shape {masks.shape} != {(t, self.n_layers, self.n_bytes)}")
+        flat = masks.reshape(t * self.n_layers, self.n_bytes)
+        cols = {
+            "seq": pa.array(np.repeat(np.asarray(seq, np.int32), self.n_layers)),
+            "pos": pa.array(np.repeat(np.asarray(pos, np.int32), self.n_layers)),
+            "token": pa.array(np.repeat(np.asarray(token, np.int32), self.n_layers)),
+            "layer": pa.array(np.tile(np.arange(self.n_layers, dtype=np.int16), t)),
+            "mask": _binary_column(flat, self.n_bytes),
+            "active": pa.array(popcount_rows(flat).astype(np.int32)),
+        }
+        for name in self.extra:
+            cols[PRED_PREFIX + name] = _binary_column(
+                np.asarray(extra[name]).reshape(t * self.n_layers, self.n_bytes), self.n_bytes)
+        self._writer.write_table(pa.table(cols, schema=self._writer.schema))
+        self.rows += t * self.n_layers
+
+    def close(self, complete: bool = True) -> None:
+        if self._writer is None:
+            return
+        try:
+            if complete:
+                self._writer.add_key_value_metadata({META_KEY.decode(): json.dumps(self.meta)})
+            self._writer.close()
+        finally:
+            self._writer = None
+            if complete:
+                self._atomic.__exit__(None, None, None)
+            else:
+                self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(complete=exc_type is None)
+
+
+@dataclass
+class Trace:
+    """A whole trace in memory, ready for the simulator (token-major arrays)."""
+
+    path: Path
+    meta: dict
+    seq: np.ndarray            # [T] int32
+    pos: np.ndarray            # [T] int32
+    token: np.ndarray          # [T] int32
+    masks: np.ndarray          # [T, L, n_bytes] uint8, packed little-endian bits
+    active: np.ndarray         # [T, L] int32 popcounts
+    extra: dict[str, np.ndarray] = field(default_factory=dict)   # name -> [T, L, n_bytes]
+    sha256: str = ""
+
+    @property
+    def model(self) -> dict:
+        return self.meta["model"]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model["n_layers"])
+
+    @property
+    def d_ff(self) -> list[int]:
+        return [int(x) for x in self.model["d_ff"]]
+
+    @property
+    def n_bytes(self) -> int:
+        return self.masks.shape[-1]
+
+
+def read_meta(path: str | os.PathLike) -> tuple[dict, pq.ParquetFile]:
+    """Open ``path``, check it is a sparsesim trace of this format version, return its metadata."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: trace file not found")
+    if p.is_dir():
+        raise InputError(f"{p}: is a directory, expected a trace .parquet file")
+    try:
+        pf = pq.ParquetFile(p)
+    except Exception as e:  # pyarrow raises several types for truncated/foreign files
+        raise InputError(f"{p}: not a readable Parquet file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'truncated?'})") from None
+    kv = pf.metadata.metadata or {}
+    if META_KEY not in kv:
+        raise InputError(f"{p}: Parquet file has no '{META_KEY.decode()}' metadata: not a sparsesim trace")
+    try:
+        meta = json.loads(kv[META_KEY])
+    except ValueError:
+        raise InputError(f"{p}: metadata key '{META_KEY.decode()}' is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{p}: metadata '{META_KEY.decode()}' must be a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InputError(f"{p}: trace format_version {version!r} is not supported "
+                         f"(this sparsesim reads version {FORMAT_VERSION})")
+    _validate_meta(p, meta, pf)
+    return meta, pf
+
+
+def _validate_meta(p: Path, meta: dict, pf: pq.ParquetFile) -> None:
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise InputError(f"{p}: metadata field 'model' missing or not an object")
+    for key in REQUIRED_MODEL_KEYS:
+        if key not in model:
+            raise InputError(f"{p}: metadata field 'model.{key}' is missing")
+    n_layers = model["n_layers"]
+    if not isinstance(n_layers, int) or n_layers <= 0:
+        raise InputError(f"{p}: metadata field 'model.n_layers' must be a positive integer, got {n_layers!r}")
+    d_ff = model["d_ff"]
+    if (not isinstance(d_ff, list) or len(d_ff) != n_layers
+            or not all(isinstance(x, int) and x > 0 for x in d_ff)):
+        raise InputError(f"{p}: metadata field 'model.d_ff' must list {n_layers} positive integers")
+    schema = pf.schema_arrow
+    expected = _schema(mask_bytes(d_ff), ())
+    for f in expected:
+        if f.name not in schema.names:
+            raise InputError(f"{p}: column '{f.name}' is missing")
+        if schema.field(f.name).type != f.type:
+            raise InputError(f"{p}: column '{f.name}' has type {schema.field(f.name).type}, expected {f.type} "
+                             f"(mask width must be ceil(max d_ff / 8) = {mask_bytes(d_ff)} bytes)")
+    if pf.metadata.num_rows % n_layers:
+        raise InputError(f"{p}: {pf.metadata.num_rows} rows is not a multiple of {n_layers} layers")
+
+
+def _mask_array(col: pa.ChunkedArray | pa.Array, n_bytes: int) -> np.ndarray:
+    """uint8 [rows, n_bytes] view of a fixed_size_binary column (copying only across chunks)."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    parts = []
+    for c in chunks:
+        buf = c.buffers()[1]
+        parts.append(np.frombuffer(buf, dtype=np.uint8, count=len(c) * n_bytes,
+                                   offset=c.offset * n_bytes).reshape(len(c), n_bytes))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _table_to_arrays(p: Path, table: pa.Table, n_layers: int, n_bytes: int, extra: list[str]) -> dict:
+    rows = table.num_rows
+    t = rows // n_layers
+    layer = table.column("layer").to_numpy()
+    if not np.array_equal(layer.reshape(t, n_layers), np.broadcast_to(np.arange(n_layers), (t, n_layers))):
+        raise InputError(f"{p}: column 'layer' is not 0..{n_layers - 1} repeated per token (rows out of order?)")
+    out = {
+        "seq": table.column("seq").to_numpy()[::n_layers].astype(np.int32),
+        "pos": table.column("pos").to_numpy()[::n_layers].astype(np.int32),
+        "token": table.column("token").to_numpy()[::n_layers].astype(np.int32),
+        "masks": _mask_array(table.column("mask"), n_bytes).reshape(t, n_layers, n_bytes),
+        "active": table.column("active").to_numpy().reshape(t, n_layers).astype(np.int32),
+        "extra": {name: _mask_array(table.column(PRED_PREFIX + name), n_bytes).reshape(t, n_layers, n_bytes)
+                  for name in extra},
+    }
+    return out
+
+
+def extra_columns(pf: pq.ParquetFile) -> list[str]:
+    return [n[len(PRED_PREFIX):] for n in pf.schema_arrow.names if n.startswith(PRED_PREFIX)]
+
+
+def read_trace(path: str | os.PathLike, *, verify: bool = True) -> Trace:
+    """Load a whole trace. ``verify`` checks that ``active`` matches the masks' popcounts."""
+    p = Path(path)
+    meta, pf = read_meta(p)
+    n_layers = int(meta["model"]["n_layers"])
+    n_bytes = mask_bytes(meta["model"]["d_ff"])
+    extra = extra_columns(pf)
+    try:
+        table = pf.read()
+    except Exception as e:
+        raise InputError(f"{p}: cannot read trace data ({type(e).__name__}); file truncated or corrupt") from None
+    arrays = _table_to_arrays(p, table, n_layers, n_bytes, extra)
+    if verify and not np.array_equal(popcount_rows(arrays["masks"]), arrays["active"]):
+        raise InputError(f"{p}: column 'active' disagrees with the popcount of 'mask' (corrupt file)")
+    return Trace(path=p, meta=meta, sha256=file_sha256(p), **arrays)
+
+
+def iter_trace_blocks(path: str | os.PathLike) -> Iterator[dict]:
+    """Stream a trace row group by row group (bounded memory); yields dicts like :class:`Trace`'s fields."""
+    p = Path(path)
+    meta, pf = read_meta(p)
+    n_layers = int(meta["model"]["n_layers"])
+    n_bytes = mask_bytes(meta["model"]["d_ff"])
+    extra = extra_columns(pf)
+    for i in range(pf.num_row_groups):
+        try:
+            table = pf.read_row_group(i)
+        except Exception as e:
+            raise InputError(f"{p}: cannot read row group {i} ({type(e).__name__}); file truncated or corrupt") from None
+        if table.num_rows % n_layers:
+            raise InputError(f"{p}: row group {i} has {table.num_rows} rows, not a multiple of {n_layers} layers")
+        yield _table_to_arrays(p, table, n_layers, n_bytes, extra)
