@@ -1,0 +1,96 @@
+"""``sparsesim inspect``: a summary of one trace file (no torch; reads the file's own data).
+
+Measured sparsity per layer is recomputed from the ``active`` column, so the summary also
+checks that the data pages are readable, not only the footer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from simulator.errors import InputError
+from simulator.tracefile import extra_columns, mask_bytes, read_meta
+
+
+def inspect_trace(path: str | os.PathLike) -> dict:
+    """Everything ``inspect`` shows, as a JSON-ready dict."""
+    p = Path(path)
+    meta, pf = read_meta(p)
+    model = meta["model"]
+    n_layers, d_ff = int(model["n_layers"]), [int(d) for d in model["d_ff"]]
+    try:
+        table = pf.read(columns=["seq", "active"])
+    except Exception as e:  # pyarrow raises several types for damaged pages
+        raise InputError(f"{p}: cannot read trace data ({type(e).__name__}); file truncated or corrupt") from None
+    active = table.column("active").to_numpy().reshape(-1, n_layers)
+    tokens = active.shape[0]
+    measured = (1.0 - active.mean(axis=0) / np.asarray(d_ff)).tolist() if tokens else []
+    sparsity = meta.get("sparsity") or {}
+    row_group = pf.metadata.row_group(0) if pf.metadata.num_row_groups else None
+    return {
+        "path": str(p),
+        "format_version": meta["format_version"],
+        "file_bytes": p.stat().st_size,
+        "rows": pf.metadata.num_rows,
+        "tokens": tokens,
+        "sequences": int(len(np.unique(table.column("seq").to_numpy()))),
+        "row_groups": pf.metadata.num_row_groups,
+        "mask_bytes": mask_bytes(d_ff),
+        "compression": row_group.column(0).compression if row_group else None,
+        "extra_columns": extra_columns(pf),
+        "model": {k: model.get(k) for k in ("name", "architecture", "n_layers", "d_model", "d_ff", "activation",
+                                            "glu", "ffn_params", "non_ffn_params", "vocab_size")},
+        "sparsity": {k: sparsity.get(k) for k in ("method", "site", "target", "thresholds", "natural")},
+        "measured_sparsity": measured,
+        "measured_sparsity_mean": float(np.mean(measured)) if measured else None,
+        "text": meta.get("text"),
+        "perplexity": meta.get("perplexity"),
+        "tools": meta.get("tools"),
+    }
+
+
+def format_summary(info: dict) -> str:
+    m, s, ppl = info["model"], info["sparsity"], info["perplexity"]
+    lines = [
+        f"trace      {info['path']}  (format v{info['format_version']}, {info['file_bytes'] / 1e6:.1f} MB, "
+        f"{info['row_groups']} row groups, compression {info['compression']})",
+        f"rows       {info['rows']:,} = {info['tokens']:,} tokens x {m['n_layers']} layers in "
+        f"{info['sequences']} sequences; mask {info['mask_bytes']} bytes/row",
+        f"model      {m['name']} ({m['architecture']}): d_model {m['d_model']}, d_ff {_compact(m['d_ff'])}, "
+        f"{m['activation']}{' GLU' if m['glu'] else ''}; FFN {_params(m['ffn_params'])}, "
+        f"non-FFN {_params(m['non_ffn_params'])} params",
+        f"sparsity   {s['method'] or '?'} at site {s['site'] or '?'}, target {s['target']}",
+    ]
+    for kind, label in (("calibration", "calib"), ("evaluation", "eval")):
+        t = (info["text"] or {}).get(kind)
+        if t:
+            lines.append(f"{label:<10} {t.get('name')} (sha256 {str(t.get('sha256'))[:12]}…), {t.get('tokens')} tokens "
+                         f"from {t.get('start')}, window {t.get('window')}")
+    if ppl:
+        lines.append(f"perplexity dense {ppl['dense']:.3f}, sparse {ppl['sparse']:.3f} "
+                     f"(+{100 * (ppl['sparse'] / ppl['dense'] - 1):.1f}%; {ppl['tokens']} tokens, window {ppl['window']})")
+    if info["extra_columns"]:
+        lines.append(f"predictors {', '.join(info['extra_columns'])}")
+    lines.append("layer  measured sparsity" + ("  threshold" if s.get("thresholds") else ""))
+    for i, v in enumerate(info["measured_sparsity"]):
+        t = f"  {s['thresholds'][i]:.5g}" if s.get("thresholds") else ""
+        lines.append(f"{i:>5}  {v:17.4f}{t}")
+    if info["measured_sparsity_mean"] is not None:
+        lines.append(f" mean  {info['measured_sparsity_mean']:17.4f}")
+    return "\n".join(lines)
+
+
+def _compact(values: list[int]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
+
+
+def _params(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.2f}M"
+
+
+def to_json(info: dict) -> str:
+    return json.dumps(info, indent=1)

@@ -1,0 +1,110 @@
+"""Predictors: which neurons of a layer will be active, from what is causally known.
+
+Hook contract (long form in ``docs/policies.md``). A predictor subclasses :class:`Predictor`,
+registers with ``@PREDICTORS.register("name")`` and implements:
+
+``setup(context)``                 once: shapes, an optional separate training trace, a seed
+``predict(view, token, layer)``    a packed mask for (token, layer), or ``None`` for no prefetch
+
+``view`` is a :class:`CausalView`: it hands out only the masks that exist when the prefetch is
+issued (earlier tokens; earlier layers of this token) and the ids of tokens already seen. Asking
+for anything later raises :class:`CausalityError` and the run is refused. Oracle-type predictors
+declare ``sees_future = True`` and are reported as upper bounds, never as realisable designs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.errors import InputError
+from simulator.registry import Registry
+
+PREDICTORS: Registry["Predictor"] = Registry("predictor")
+
+
+class CausalityError(InputError):
+    """A predictor asked for information that does not exist yet at issue time."""
+
+
+class CausalView:
+    """Read-only window on the trace that moves forward as the replay proceeds.
+
+    ``frontier`` is the global layer step ``token * n_layers + layer`` at which the current
+    prediction is issued: masks of steps strictly before it are visible, and token ids up to and
+    including the current token.
+    """
+
+    def __init__(self, masks: np.ndarray, tokens: np.ndarray, allow_future: bool = False):
+        self._masks = masks
+        self._tokens = tokens
+        self.n_layers = masks.shape[1]
+        self.allow_future = allow_future
+        self.frontier = 0
+
+    def _check(self, token: int, layer: int, what: str) -> None:
+        if token * self.n_layers + layer >= self.frontier and not self.allow_future:
+            t, l = divmod(self.frontier, self.n_layers)
+            raise CausalityError(f"predictor read {what} of token {token} layer {layer}, which does not exist "
+                                 f"yet when predicting at token {t} layer {l}")
+
+    def mask(self, token: int, layer: int) -> np.ndarray:
+        """The true mask of an earlier (token, layer), as a copy."""
+        self._check(token, layer, "the mask")
+        return self._masks[token, layer].copy()
+
+    def union(self, layer: int, start: int, stop: int) -> np.ndarray:
+        """OR of the masks of ``layer`` over tokens ``start .. stop-1``."""
+        start = max(start, 0)
+        if stop <= start:
+            return np.zeros(self._masks.shape[2], dtype=np.uint8)
+        self._check(stop - 1, layer, "the mask")
+        return np.bitwise_or.reduce(self._masks[start:stop, layer], axis=0)
+
+    def token_id(self, token: int) -> int:
+        current = self.frontier // self.n_layers
+        if token > current and not self.allow_future:
+            raise CausalityError(f"predictor read the id of token {token}, which is not known yet at token {current}")
+        return int(self._tokens[token])
+
+    @property
+    def current_token(self) -> int:
+        return self.frontier // self.n_layers
+
+
+@dataclass
+class PredictorContext:
+    n_layers: int
+    d_ff: tuple[int, ...]
+    n_bytes: int
+    seed: int = 0
+    train_masks: np.ndarray | None = None     # [T', L, n_bytes] from a separate training trace
+    train_tokens: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)  # the trace's stored predicted-mask columns
+
+
+class Predictor:
+    """Base class. ``dense`` predictors also turn sparsity off (every neuron is computed)."""
+
+    name = "base"
+    sees_future = False
+    dense = False
+    flops = 0.0   # FLOPs per prediction of one layer (charged to compute time at issue)
+
+    def setup(self, context: PredictorContext) -> None:
+        self.context = context
+
+    def predict(self, view: CausalView, token: int, layer: int) -> np.ndarray | None:
+        raise NotImplementedError
+
+
+def _register_builtins() -> None:
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_builtins()

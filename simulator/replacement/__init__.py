@@ -1,0 +1,88 @@
+"""Replacement policies for the neuron cache: small plug-ins behind a written hook contract.
+
+Hook contract (``docs/policies.md`` has the long form). A policy subclasses
+:class:`ReplacementPolicy`, registers under a name with ``@REPLACEMENT.register("name")`` and
+implements any of these hooks; the engine calls them and never changes to add a policy:
+
+``setup(geometry)``                      once, before the replay (shapes, capacity, offline data)
+``on_fill(layer, step, filled, prefetch)`` neurons inserted (demand fill or prefetch arrival)
+``on_access(layer, step, used)``         neurons the FFN used at this layer step
+``victims(layer, step, n, candidates)``  return exactly ``n`` neurons of ``candidates`` to evict
+``global_victims(step, n, candidates)``  the same over all layers (global capacity partition)
+``expire(layer, step)``                  neurons to drop voluntarily now (e.g. a token window)
+``admit(layer, step, filled, prefetch)`` the subset of a fill worth inserting (bypass the rest)
+``preload()``                            [L, n_bytes] neurons resident before decoding starts
+
+Every neuron set is a packed uint8 row (:mod:`simulator.bitset`); ``step`` is the global layer
+step ``token * n_layers + layer``, so it increases monotonically through the replay. Policies
+keep their own state (numpy arrays); they must not modify the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.registry import Registry
+
+REPLACEMENT: Registry["ReplacementPolicy"] = Registry("replacement policy")
+
+
+@dataclass
+class CacheGeometry:
+    n_layers: int
+    d_ff: tuple[int, ...]
+    n_bytes: int
+    n_tokens: int
+    capacity: np.ndarray                  # [L] neurons per layer (per-layer) or [1] global
+    partition: str
+    need_max: np.ndarray | None = None    # [L] largest needed set of any step (headroom to keep free)
+    masks: np.ndarray | None = None       # [T, L, n_bytes] the needed sets, for offline policies
+    profile_masks: np.ndarray | None = None   # a separate profiling trace's masks, if given
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return self.n_bytes * 8
+
+
+class ReplacementPolicy:
+    """Base class: hooks default to doing nothing; subclasses implement ``victims``."""
+
+    name = "base"
+
+    def setup(self, geometry: CacheGeometry) -> None:
+        self.geometry = geometry
+
+    def on_fill(self, layer: int, step: int, filled: np.ndarray, prefetch: bool) -> None:
+        pass
+
+    def on_access(self, layer: int, step: int, used: np.ndarray) -> None:
+        pass
+
+    def expire(self, layer: int, step: int) -> np.ndarray | None:
+        return None
+
+    def admit(self, layer: int, step: int, filled: np.ndarray, prefetch: bool) -> np.ndarray:
+        return filled
+
+    def preload(self) -> np.ndarray | None:
+        return None
+
+    def victims(self, layer: int, step: int, n: int, candidates: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def global_victims(self, step: int, n: int, candidates: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"replacement policy {self.name!r} supports only the per-layer partition")
+
+
+def _register_builtins() -> None:
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_register_builtins()

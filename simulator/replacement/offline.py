@@ -1,0 +1,103 @@
+"""Policies that use offline knowledge: a frequency profile (static-pin) or the future (belady)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulator import bitset
+from simulator.replacement import REPLACEMENT, CacheGeometry
+from simulator.replacement.keyed import KeyedReplacement, LeastRecentlyUsed, _NEVER
+
+
+@REPLACEMENT.register("static-pin")
+class StaticPin(LeastRecentlyUsed):
+    """Pin the hottest neurons of a profiling trace, LRU for the rest (PowerInfer-2 hot/cold regions).
+
+    The pinned set fills ``share`` of the capacity that is left after keeping room for the largest
+    needed set of a layer step; it is resident from the start and evicted only if nothing else
+    can go. Frequencies come from the profiling trace (``--profile-trace``); without one, from the
+    replayed trace itself, which is optimistic (the run record says which).
+    """
+
+    def __init__(self, share: float = 1.0):
+        if not 0 <= share <= 1:
+            raise ValueError(f"share must be in [0, 1], got {share!r}")
+        self.share = share
+
+    def setup(self, geometry: CacheGeometry) -> None:
+        super().setup(geometry)
+        source = geometry.profile_masks if geometry.profile_masks is not None else geometry.masks
+        freq = bitset.frequency(source).astype(float)          # [L, width]
+        for l, d in enumerate(geometry.d_ff):
+            freq[l, d:] = -1.0                                 # padding bits are never pinned
+        need = geometry.need_max if geometry.need_max is not None else np.zeros(geometry.n_layers, int)
+        pinned = np.zeros(freq.shape, dtype=bool)
+        if geometry.partition == "global":
+            n = int(max(geometry.capacity[0] - need.max(), 0) * self.share)
+            order = np.lexsort((np.arange(freq.size), -freq.reshape(-1)))[:n]
+            pinned.reshape(-1)[order] = True
+        else:
+            for l in range(geometry.n_layers):
+                n = int(max(geometry.capacity[l] - need[l], 0) * self.share)
+                pinned[l, np.lexsort((np.arange(freq.shape[1]), -freq[l]))[:n]] = True
+        self.pinned = np.packbits(pinned, axis=1, bitorder="little")
+
+    def preload(self) -> np.ndarray:
+        return self.pinned
+
+    def victims(self, layer, step, n, candidates):
+        cold = candidates & ~self.pinned[layer]
+        n_cold = bitset.count(cold)
+        if n_cold >= n:
+            return super().victims(layer, step, n, cold)
+        return cold | super().victims(layer, step, n - n_cold, candidates & self.pinned[layer])
+
+    def global_victims(self, step, n, candidates):
+        cold = candidates & ~self.pinned
+        n_cold = int(np.bitwise_count(cold).sum())
+        if n_cold >= n:
+            return super().global_victims(step, n, cold)
+        return cold | super().global_victims(step, n - n_cold, candidates & self.pinned)
+
+
+@REPLACEMENT.register("belady")
+class Belady(KeyedReplacement):
+    """Bélády's MIN: evict the neuron whose next use is farthest in the future (offline optimum).
+
+    It reads the replayed trace's future, so it is a bound no online policy can beat, not a
+    design. Next uses are found by scanning forward in growing blocks, only for the neurons just
+    used or filled.
+    """
+
+    def setup(self, geometry: CacheGeometry) -> None:
+        super().setup(geometry)
+        self.masks = geometry.masks
+        self.L = geometry.n_layers
+
+    def _next_use(self, layer: int, after_token: int, bits: np.ndarray) -> np.ndarray:
+        """Global step of each neuron's first use in a token > ``after_token`` (or never)."""
+        idx = np.flatnonzero(bits)
+        out = np.full(idx.size, _NEVER // (self._span * 2), dtype=np.int64)
+        start, width, todo = after_token + 1, 8, np.arange(idx.size)
+        T = self.masks.shape[0]
+        while todo.size and start < T:
+            stop = min(T, start + width)
+            block = np.unpackbits(self.masks[start:stop, layer], axis=1, bitorder="little")[:, idx[todo]]
+            found = block.any(axis=0)
+            out[todo[found]] = (start + block.argmax(axis=0)[found]) * self.L + layer
+            todo = todo[~found]
+            start, width = stop, width * 4
+        return out
+
+    def _rekey(self, layer: int, step: int, packed: np.ndarray) -> None:
+        bits = self._bits(packed)
+        token, current = divmod(max(step, 0), self.L)
+        # Before this layer has run in the current token, the current token's use still counts.
+        after = token - 1 if current < layer or step < 0 else token
+        self.key[layer, bits] = -self._next_use(layer, after, bits)
+
+    def on_fill(self, layer, step, filled, prefetch):
+        self._rekey(layer, step, filled)
+
+    def on_access(self, layer, step, used):
+        self._rekey(layer, step + 1, used)   # used now: the next use is in a later token

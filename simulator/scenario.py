@@ -1,0 +1,138 @@
+"""Scenario: the deployment choices that are not hardware (precision, placement, budget, layout).
+
+Together with the trace's model metadata a scenario fixes how many bytes each neuron, each layer's
+non-FFN weights and the LM head occupy, where they live and how large the neuron cache is.
+Decisions (documented in ``docs/simulator.md``):
+
+* a neuron of a GLU FFN is 3 rows (gate, up, down-transposed) of ``d_model`` weights, 2 otherwise;
+* ``dram_budget`` <= 1 is a fraction of the FFN bytes given to the neuron cache; a value > 1 (or a
+  string with a unit) is the total DRAM for weights, of which the resident non-FFN weights are
+  taken first — a budget below them is an error;
+* quantised formats carry their scales: int8 = 34 B / 32 weights (GGUF Q8_0), int4 = 18 B / 32
+  weights (Q4_0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from simulator.errors import InputError
+from simulator.units import BYTES, UnitError, parse_quantity
+
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 34 / 32, "int4": 18 / 32}
+LAYOUTS = ("per-matrix", "bundled")
+PARTITIONS = ("per-layer", "global")
+PLACEMENTS = ("flash", "dram")
+SCHEDULES = ("layer", "token", "none")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    precision: str = "fp16"
+    ffn_in: str = "flash"            # flash: DRAM neuron cache; dram: on-chip cache over DRAM
+    nonffn_in: str = "dram"          # dram: resident; flash: streamed every token (the naive baseline)
+    dram_budget: float = 0.25        # <= 1: fraction of FFN bytes for the cache; > 1: total bytes
+    partition: str = "per-layer"     # neuron-cache capacity split per layer, or one global pool
+    layout: str = "per-matrix"       # per-matrix rows, or gate+up+down bundled per neuron
+    coalesce: bool = True            # neurons adjacent in storage are read in one request
+    max_request: int = 1 << 20       # bytes; larger runs are split
+    schedule: str = "layer"          # prefetch issued k layers ahead, per token up front, or never
+    lookahead: int = 1               # k for schedule "layer"
+    insert_overhead: float = 1e-7    # s per neuron inserted/evicted (bookkeeping; estimate, see docs)
+    warm: bool = False               # start with the cache full (steady state) instead of empty
+    warmup: int = 0                  # tokens replayed first but left out of the metrics (ChampSim's warm-up)
+
+    def __post_init__(self) -> None:
+        def choice(field: str, allowed: tuple[str, ...]) -> None:
+            if getattr(self, field) not in allowed:
+                raise InputError(f"scenario field '{field}': {getattr(self, field)!r} is not one of {', '.join(allowed)}")
+        if self.precision not in BYTES_PER_WEIGHT:
+            raise InputError(f"scenario field 'precision': {self.precision!r} is not one of {', '.join(BYTES_PER_WEIGHT)}")
+        choice("layout", LAYOUTS)
+        choice("partition", PARTITIONS)
+        choice("ffn_in", PLACEMENTS)
+        choice("nonffn_in", PLACEMENTS)
+        choice("schedule", SCHEDULES)
+        if isinstance(self.dram_budget, str):  # "6.5 GB": total DRAM for weights
+            try:
+                object.__setattr__(self, "dram_budget", parse_quantity(self.dram_budget, BYTES))
+            except UnitError as e:
+                raise InputError(f"scenario field 'dram_budget': {e}") from None
+        b = self.dram_budget
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or math.isnan(b) or math.isinf(b) or b <= 0:
+            raise InputError(f"scenario field 'dram_budget': must be > 0 (a fraction of the FFN <= 1, "
+                             f"or total bytes > 1), got {b!r}")
+        if self.lookahead < 0:
+            raise InputError(f"scenario field 'lookahead': must be >= 0, got {self.lookahead}")
+        if self.max_request <= 0:
+            raise InputError(f"scenario field 'max_request': must be > 0 bytes, got {self.max_request}")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise InputError(f"scenario field 'warmup': must be an integer >= 0 tokens, got {self.warmup!r}")
+        if self.insert_overhead < 0:
+            raise InputError(f"scenario field 'insert_overhead': must be >= 0 s, got {self.insert_overhead}")
+
+    @property
+    def bytes_per_weight(self) -> float:
+        return BYTES_PER_WEIGHT[self.precision]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelFootprint:
+    """Byte sizes the timing model needs, from the trace metadata and the scenario."""
+
+    n_layers: int
+    d_model: int
+    d_ff: tuple[int, ...]
+    glu: bool
+    bytes_per_weight: float
+    layer_nonffn_bytes: float    # attention (+ norms) of one layer, read once per token
+    head_bytes: float            # LM head weights read once per token
+    nonffn_resident_bytes: float
+
+    @classmethod
+    def from_meta(cls, model: dict, scenario: Scenario) -> "ModelFootprint":
+        bpw = scenario.bytes_per_weight
+        n_layers = int(model["n_layers"])
+        embedding = float(model.get("embedding_params", 0))
+        head = float(model.get("lm_head_params", 0))
+        non_ffn = float(model["non_ffn_params"])
+        attention = float(model.get("attention_params", max(non_ffn - embedding, 0.0)))
+        return cls(n_layers=n_layers, d_model=int(model["d_model"]),
+                   d_ff=tuple(int(x) for x in model["d_ff"]), glu=bool(model["glu"]),
+                   bytes_per_weight=bpw, layer_nonffn_bytes=attention / n_layers * bpw,
+                   head_bytes=head * bpw, nonffn_resident_bytes=non_ffn * bpw)
+
+    @property
+    def matrices(self) -> int:
+        return 3 if self.glu else 2
+
+    @property
+    def row_bytes(self) -> float:
+        """One matrix row (or down-projection column) of one neuron."""
+        return self.d_model * self.bytes_per_weight
+
+    @property
+    def neuron_bytes(self) -> float:
+        return self.matrices * self.row_bytes
+
+    @property
+    def ffn_bytes(self) -> float:
+        return sum(self.d_ff) * self.neuron_bytes
+
+    def cache_neurons(self, scenario: Scenario) -> int:
+        """Neuron-cache capacity in neurons implied by the DRAM budget."""
+        b = scenario.dram_budget
+        if b <= 1:
+            cache_bytes = b * self.ffn_bytes
+        else:
+            resident = self.nonffn_resident_bytes if scenario.nonffn_in == "dram" else 0.0
+            if b < resident:
+                raise InputError(f"scenario field 'dram_budget': {b:.4g} B is smaller than the resident "
+                                 f"non-FFN weights ({resident:.4g} B at {scenario.precision})")
+            cache_bytes = min(b - resident, self.ffn_bytes)
+        return int(cache_bytes // self.neuron_bytes)

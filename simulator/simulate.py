@@ -1,0 +1,213 @@
+"""``simulate()``: wire a trace, a hardware profile, a scenario and two policies into one run.
+
+This file only connects the pieces (Vidur's rule); the behaviour lives in the engine, the cache,
+the storage model and the policies. The result is one flat record: configuration, metrics and
+provenance (trace and profile hashes, tool version), as written to results tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from simulator import __version__
+from simulator.bitset import full
+from simulator.cache import NeuronCache
+from simulator.engine import ReplayEngine
+from simulator.errors import InputError
+from simulator.metrics import summarize
+from simulator.predictors import PREDICTORS, PredictorContext
+from simulator.profile import HardwareProfile, load_profile
+from simulator.replacement import REPLACEMENT, CacheGeometry
+from simulator.scenario import ModelFootprint, Scenario
+from simulator.storage import BackingStore
+from simulator.tracefile import Trace, read_trace
+
+SCENARIO_FIELDS = {f.name: f.type for f in dataclasses.fields(Scenario)}
+
+
+def parse_policy(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"window:k=4"`` -> ``("window", {"k": 4})``; values parsed as int, float, bool or str."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise InputError(f"policy {spec!r}: parameters must look like name:key=value,key=value")
+        params[key.strip()] = parse_value(value.strip())
+    return name.strip(), params
+
+
+def parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def split_settings(settings: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """``--set key=value``: scenario fields go to the scenario, dotted keys to the profile."""
+    scenario: dict[str, Any] = {}
+    profile: list[str] = []
+    for item in settings:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise InputError(f"--set {item!r}: expected key=value")
+        key = key.strip()
+        if "." in key:
+            profile.append(f"{key}={value}")
+        elif key in SCENARIO_FIELDS:
+            scenario[key] = parse_value(value.strip())
+        else:
+            raise InputError(f"--set {key!r}: not a scenario field ({', '.join(SCENARIO_FIELDS)}) "
+                             f"nor a dotted profile field such as storage.peak_bandwidth")
+    return scenario, profile
+
+
+def _need(trace: Trace, fp: ModelFootprint, dense: bool) -> np.ndarray:
+    """Largest needed set per layer over the trace (every neuron without sparsity)."""
+    return np.array(fp.d_ff) if dense else trace.active.max(axis=0)
+
+
+def _needed_sets(trace: Trace, dense: bool) -> np.ndarray:
+    if not dense:
+        return trace.masks
+    rows = np.stack([full(d, trace.n_bytes) for d in trace.d_ff])
+    return np.broadcast_to(rows, trace.masks.shape)
+
+
+def _capacity(trace: Trace, fp: ModelFootprint, scenario: Scenario, dense: bool) -> np.ndarray:
+    """Neuron-cache capacity per partition; refuses a budget that cannot hold one layer step's needed set."""
+    need = _need(trace, fp, dense)
+    total = fp.cache_neurons(scenario)
+    if scenario.partition == "global":
+        capacity, ok, minimum = np.array([total]), total >= need.max(), int(need.max())
+    else:  # LLM in a Flash's preallocated per-layer matrices: capacity in proportion to d_ff
+        share = np.array(fp.d_ff) / sum(fp.d_ff)
+        capacity = np.floor(share * total).astype(np.int64)
+        ok, minimum = bool(np.all(capacity >= need)), int(np.max(np.ceil(need / share)))
+    if not ok:
+        need_bytes = minimum * fp.neuron_bytes
+        raise InputError(f"dram_budget {scenario.dram_budget}: the neuron cache ({total} neurons) cannot hold one "
+                         f"layer's needed set; the minimum for this trace and predictor is "
+                         f"{need_bytes / fp.ffn_bytes:.4f} of the FFN ({need_bytes:.4g} B, partition {scenario.partition})")
+    return capacity
+
+
+def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = "apple-m1-max",
+             predictor: str = "oracle", cache: str = "lru", *, scenario: Scenario | None = None,
+             settings: Sequence[str] = (), train_trace: str | os.PathLike | Trace | None = None,
+             profile_trace: str | os.PathLike | Trace | None = None, seed: int = 0,
+             baselines: bool = True) -> dict[str, Any]:
+    """Replay ``trace`` and return the flat result record (see ``docs/metrics.md``).
+
+    ``predictor`` and ``cache`` are registry names with optional parameters (``"window:k=4"``);
+    ``settings`` are ``key=value`` overrides of scenario fields or dotted profile fields.
+    ``train_trace`` trains predictors that learn offline; ``profile_trace`` gives offline neuron
+    statistics to replacement policies (``static-pin``); both must come from other text.
+    """
+    trace = trace if isinstance(trace, Trace) else read_trace(trace)
+    if trace.n_tokens == 0:
+        raise InputError(f"{trace.path}: trace has no tokens")
+    scenario_overrides, profile_overrides = split_settings(settings)
+    scenario = dataclasses.replace(scenario or Scenario(), **scenario_overrides)
+    if scenario.warmup >= trace.n_tokens:
+        raise InputError(f"scenario field 'warmup': {scenario.warmup} tokens leaves none of the trace's "
+                         f"{trace.n_tokens} tokens to measure")
+    if isinstance(profile, HardwareProfile):
+        hw = profile
+        if profile_overrides:
+            raise InputError("profile overrides need a profile name or file, not a loaded profile")
+    else:
+        hw = load_profile(profile, profile_overrides)
+    fp = ModelFootprint.from_meta(trace.model, scenario)
+    pred_name, pred_params = parse_policy(predictor)
+    cache_name, cache_params = parse_policy(cache)
+    pred = PREDICTORS.create(pred_name, pred_params)
+    policy = REPLACEMENT.create(cache_name, cache_params)
+    train = _companion(train_trace, trace, "training")
+    profile_trace = _companion(profile_trace, trace, "profiling")
+    pred.setup(PredictorContext(
+        n_layers=trace.n_layers, d_ff=tuple(trace.d_ff), n_bytes=trace.n_bytes, seed=seed,
+        train_masks=None if train is None else train.masks, train_tokens=None if train is None else train.token,
+        extra=trace.extra))
+    capacity = _capacity(trace, fp, scenario, pred.dense)
+    if scenario.ffn_in == "dram" and hw.cache is None:
+        raise InputError(f"profile {hw.name}: ffn_in=dram needs an on-chip 'cache' section in the profile")
+    geometry = CacheGeometry(n_layers=trace.n_layers, d_ff=tuple(trace.d_ff), n_bytes=trace.n_bytes,
+                             n_tokens=trace.n_tokens, capacity=capacity, partition=scenario.partition,
+                             need_max=_need(trace, fp, pred.dense), masks=_needed_sets(trace, pred.dense),
+                             profile_masks=None if profile_trace is None else profile_trace.masks)
+    store = BackingStore.flash(hw.storage) if scenario.ffn_in == "flash" else BackingStore.dram(hw.dram)
+    engine = ReplayEngine(trace.masks, trace.token, fp, scenario, hw, store,
+                          NeuronCache(geometry, policy), pred)
+    record = _config(trace, hw, scenario, predictor, cache, seed, train, profile_trace)
+    record.update(summarize(engine.run(), fp, hw))
+    if baselines:
+        for name in ("dense", "none"):
+            record[f"speedup_vs_{name}"] = _baseline_time(
+                record if pred_name == name else None, trace, hw, name, cache, scenario, train,
+                profile_trace, seed) / record["time_per_token_s"]
+    return record
+
+
+def _baseline_time(done: dict | None, trace: Trace, hw: HardwareProfile, name: str, cache: str,
+                   scenario: Scenario, train: Trace | None, profile_trace: Trace | None, seed: int) -> float:
+    """Time per token of a baseline on the same profile and budget (NaN if it cannot run there).
+
+    Without sparsity a layer's whole FFN must fit; when per-layer slices of the budget are too
+    small for that, the dense baseline streams through one global pool instead.
+    """
+    if done is not None:
+        return done["time_per_token_s"]
+    tries = [scenario]
+    if name == "dense" and scenario.partition == "per-layer":
+        tries.append(dataclasses.replace(scenario, partition="global"))
+    for sc in tries:
+        try:
+            return simulate(trace, hw, name, cache, scenario=sc, train_trace=train, profile_trace=profile_trace,
+                            seed=seed, baselines=False)["time_per_token_s"]
+        except InputError:
+            continue
+    return float("nan")
+
+
+def _companion(other: str | os.PathLike | Trace | None, trace: Trace, role: str) -> Trace | None:
+    """Load a training/profiling trace and check it comes from the same model shape."""
+    if other is None:
+        return None
+    other = other if isinstance(other, Trace) else read_trace(other)
+    if other.d_ff != trace.d_ff or other.n_layers != trace.n_layers:
+        raise InputError(f"{other.path}: {role} trace has another model shape ({other.n_layers} layers, "
+                         f"d_ff {other.d_ff[0]}) than {trace.path} ({trace.n_layers} layers, d_ff {trace.d_ff[0]})")
+    return other
+
+
+def _config(trace: Trace, hw: HardwareProfile, scenario: Scenario, predictor: str, cache: str, seed: int,
+            train: Trace | None, profile_trace: Trace | None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "trace": str(trace.path),
+        "trace_name": Path(trace.path).name,
+        "trace_sha256": trace.sha256,
+        "trace_kind": trace.meta.get("kind", "traced"),
+        "model": trace.model["name"],
+        "profile": hw.name,
+        "profile_sha256": hw.sha256,
+        "predictor": predictor,
+        "cache": cache,
+        "seed": seed,
+        "train_trace_sha256": train.sha256 if train is not None else "",
+        "profile_trace_sha256": profile_trace.sha256 if profile_trace is not None else "",
+        "sparsesim_version": __version__,
+    }
+    record.update(scenario.to_dict())
+    return record

@@ -1,0 +1,165 @@
+"""Synthetic traces for model shapes we cannot run here (7B, 70B) and for published setups.
+
+Each neuron i of layer l follows a "sticky" two-state Markov chain: with probability ``c`` it
+keeps its previous state, otherwise it draws a fresh Bernoulli(pi_i). Its stationary activity is
+``pi_i`` and its persistence ``P(active_t | active_t-1) = c + (1 - c) pi_i``. The base rates
+``pi`` have mean ``active`` and a Zipf-like skew ``pi_i ∝ rank_i ** -hot_skew`` (hot neurons,
+scattered over the layer by a seeded permutation). ``persistence`` is the measured quantity
+``sum |m_t & m_t-1| / sum |m_t-1|``; the copy probability ``c`` is solved from it.
+
+``like`` takes per-layer activity, persistence and the sorted per-neuron frequency profile from
+a real trace (resampled to the target d_ff). Synthetic traces say so in their metadata
+(``kind: synthetic``) with every generator parameter and the seed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from simulator import __version__
+from simulator.bitset import frequency
+from simulator.errors import InputError
+from simulator.tracefile import Trace, TraceWriter, mask_bytes, read_trace
+
+# name: (layers, d_model, d_ff, glu, vocab, attention params per layer, tied head, positions)
+SHAPES: dict[str, tuple[int, int, int, bool, int, int, bool, int]] = {
+    "opt-6.7b": (32, 4096, 16384, False, 50272, 4 * 4096 * 4096, True, 2048),
+    "opt-350m": (24, 1024, 4096, False, 50272, 4 * 1024 * 1024, True, 2048),
+    "llama-2-7b": (32, 4096, 11008, True, 32000, 4 * 4096 * 4096, False, 0),
+    "llama-2-13b": (40, 5120, 13824, True, 32000, 4 * 5120 * 5120, False, 0),
+    "llama-2-70b": (80, 8192, 28672, True, 32000, 2 * 8192 * 8192 + 2 * 8192 * 1024, False, 0),
+    "mistral-7b": (32, 4096, 14336, True, 32000, 2 * 4096 * 4096 + 2 * 4096 * 1024, False, 0),
+    "falcon-7b": (32, 4544, 18176, False, 65024, 4544 * 4544 + 4544 * 4672, True, 0),
+}
+
+
+def shape_model(name: str, layers: int, d_model: int, d_ff: int, glu: bool, vocab: int,
+                attention_per_layer: int, tied: bool, positions: int) -> dict[str, Any]:
+    embedding = vocab * d_model + positions * d_model
+    head = vocab * d_model
+    attention = layers * attention_per_layer
+    return {
+        "name": name, "architecture": "synthetic", "n_layers": layers, "d_model": d_model,
+        "d_ff": [d_ff] * layers, "glu": glu, "activation": "synthetic",
+        "ffn_params": layers * d_ff * d_model * (3 if glu else 2),
+        "attention_params": attention, "embedding_params": embedding, "lm_head_params": head,
+        "non_ffn_params": attention + embedding + (0 if tied else head), "vocab_size": vocab,
+    }
+
+
+def _base_rates(rng: np.random.Generator, d_ff: int, active: float, hot_skew: float) -> np.ndarray:
+    weights = np.arange(1, d_ff + 1, dtype=float) ** -hot_skew
+    pi = weights / weights.mean() * active
+    for _ in range(50):  # redistribute mass clipped at 1 so the mean stays `active`
+        over = pi > 1.0
+        if not over.any():
+            break
+        excess = (pi[over] - 1.0).sum()
+        pi[over] = 1.0
+        free = ~over
+        pi[free] += excess * pi[free] / pi[free].sum()
+    return rng.permutation(np.minimum(pi, 1.0))
+
+
+def _copy_probability(pi: np.ndarray, persistence: float) -> float:
+    """Solve c in P = c + (1 - c) * E[pi^2] / E[pi] (activity-weighted persistence)."""
+    floor = float((pi ** 2).sum() / pi.sum())
+    if persistence < floor - 1e-9:
+        raise InputError(f"--persistence {persistence}: below the floor {floor:.4f} that independent tokens "
+                         f"with this activity and skew already give")
+    return 0.0 if floor >= 1 else (persistence - floor) / (1 - floor)
+
+
+def measure(trace: Trace) -> dict[str, Any]:
+    """Per-layer activity, persistence and sorted neuron frequency of a (real) trace."""
+
+    T, L, _ = trace.masks.shape
+    activity, persistence, profiles = [], [], []
+    for l, d in enumerate(trace.d_ff):
+        m = trace.masks[:, l]
+        prev, cur = m[:-1], m[1:]
+        both = np.bitwise_count(prev & cur).sum()
+        persistence.append(float(both / max(np.bitwise_count(prev).sum(), 1)))
+        activity.append(float(trace.active[:, l].mean() / d))
+        profiles.append(np.sort(frequency(m)[:d] / T)[::-1])
+    return {"activity": activity, "persistence": persistence, "frequency": profiles}
+
+
+def _resample(profile: np.ndarray, d_ff: int) -> np.ndarray:
+    x = np.linspace(0, 1, len(profile))
+    return np.interp(np.linspace(0, 1, d_ff), x, profile)
+
+
+def synthesize(out: str | os.PathLike, *, shape: str | None = None, layers: int | None = None,
+               d_model: int | None = None, d_ff: int | None = None, glu: bool = True, tokens: int = 256,
+               active: float = 0.1, persistence: float | None = None, hot_skew: float = 0.0,
+               like: str | os.PathLike | None = None, seed: int = 0, progress: bool = True) -> str:
+    """Write a synthetic trace to ``out`` and return its path (see the module docstring)."""
+    ref = read_trace(like) if like else None
+    if shape:
+        if shape not in SHAPES:
+            raise InputError(f"--shape {shape!r}: unknown; known shapes: {', '.join(SHAPES)}")
+        model = shape_model(shape, *SHAPES[shape])
+    elif ref is not None and layers is None:
+        model = dict(ref.model)
+        model["name"] = f"synthetic-like-{ref.model['name']}"
+    else:
+        if not (layers and d_model and d_ff):
+            raise InputError("synth: give --shape, --like, or all of --layers, --d-model and --d-ff")
+        model = shape_model(f"custom-{layers}x{d_ff}", layers, d_model, d_ff, glu, 32000,
+                            4 * d_model * d_model, False, 0)
+    if tokens <= 0:
+        raise InputError(f"--tokens must be > 0, got {tokens}")
+    if not 0 < active < 1:
+        raise InputError(f"--active must be in (0, 1), got {active}")
+    if persistence is not None and not 0 <= persistence <= 1:
+        raise InputError(f"--persistence must be in [0, 1], got {persistence}")
+    if hot_skew < 0:
+        raise InputError(f"--hot-skew must be >= 0, got {hot_skew}")
+    rng = np.random.default_rng(seed)
+    L, widths = int(model["n_layers"]), [int(x) for x in model["d_ff"]]
+    measured = measure(ref) if ref is not None else None
+    pis, copies = [], []
+    for l, d in enumerate(widths):
+        if measured is not None:
+            src = l * len(measured["frequency"]) // L
+            pi = rng.permutation(_resample(measured["frequency"][src], d))
+            target = measured["persistence"][src] if persistence is None else persistence
+        else:
+            pi = _base_rates(rng, d, active, hot_skew)
+            target = persistence
+        pis.append(pi)
+        copies.append(0.0 if target is None else _copy_probability(pi, target))
+    nb = mask_bytes(widths)
+    width = max(widths)
+    pi = np.zeros((L, width))
+    for l, p in enumerate(pis):
+        pi[l, :len(p)] = p
+    copy = np.array(copies)[:, None]
+    state = rng.random((L, width)) < pi
+    meta = {
+        "kind": "synthetic",
+        "model": model,
+        "synthetic": {"shape": shape, "tokens": tokens, "active": None if ref is not None else active,
+                      "persistence": persistence, "hot_skew": hot_skew, "seed": seed,
+                      "copy_probability": copies, "like": None if ref is None else
+                      {"path": str(ref.path), "sha256": ref.sha256}},
+        "tool": {"sparsesim": __version__},
+    }
+    block = 64
+    with TraceWriter(out, meta) as writer:
+        for start in tqdm(range(0, tokens, block), desc="synth", unit="blk", disable=not progress):
+            n = min(block, tokens - start)
+            masks = np.empty((n, L, nb), dtype=np.uint8)
+            for i in range(n):
+                keep = rng.random((L, width)) < copy
+                fresh = rng.random((L, width)) < pi
+                state = np.where(keep, state, fresh)
+                masks[i] = np.packbits(state, axis=1, bitorder="little")[:, :nb]
+            pos = np.arange(start, start + n)
+            writer.write(np.zeros(n, np.int32), pos, rng.integers(0, model.get("vocab_size", 32000), n), masks)
+    return str(out)
