@@ -15,7 +15,8 @@ import sys
 
 from simulator.errors import InputError
 
-COMMAND_MODULES = ("tracing.cli", "simulator.cli", "experiments.commands")
+COMMAND_MODULES = ("tracing.cli", "simulator.cli", "experiments.predictability", "experiments.commands",
+                   "experiments.fidelity")
 
 
 def build_parser() -> argparse.ArgumentParser:

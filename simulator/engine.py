@@ -54,9 +54,25 @@ class ReplayStats:
     io_busy: float = 0.0        # s the storage device spent serving batches
 
 
+@dataclass
+class IoBatch:
+    """One storage batch as scheduled: ``neurons`` is None for streamed non-FFN weights."""
+
+    token: int
+    layer: int
+    kind: str                   # "demand" | "prefetch"
+    neurons: np.ndarray | None  # packed set read for ``layer``
+    sizes: np.ndarray           # distinct request sizes (bytes) ...
+    counts: np.ndarray          # ... and how many of each
+    issued: float               # simulated s
+    start: float
+    end: float
+
+
 class ReplayEngine:
     def __init__(self, masks: np.ndarray, tokens: np.ndarray, footprint: ModelFootprint, scenario: Scenario,
-                 profile, store: BackingStore, cache: NeuronCache, predictor: Predictor):
+                 profile, store: BackingStore, cache: NeuronCache, predictor: Predictor,
+                 io_log: list[IoBatch] | None = None):
         self.masks = masks
         self.tokens = tokens
         self.fp = footprint
@@ -65,6 +81,7 @@ class ReplayEngine:
         self.store = store
         self.cache = cache
         self.predictor = predictor
+        self.io_log = io_log
         self.T, self.L, self.nb = masks.shape
         self.view = CausalView(masks, tokens, allow_future=predictor.sees_future)
         self._all = [bitset.full(d, self.nb) for d in footprint.d_ff]
@@ -101,15 +118,22 @@ class ReplayEngine:
         self.c["request_bytes"][layer] += int(round(float((sizes * counts).sum())))
         return sizes, counts
 
-    def _read(self, env: simpy.Environment, sizes: np.ndarray, counts: np.ndarray, priority: int):
+    def _read(self, env: simpy.Environment, sizes: np.ndarray, counts: np.ndarray, priority: int,
+              layer: int = -1, neurons: np.ndarray | None = None):
+        issued = env.now
         with self.device.request(priority=priority) as req:
             yield req
             busy = self.store.batch_time(sizes, counts)
             self.io_busy += busy
+            start = env.now
             yield env.timeout(busy)
+        if self.io_log is not None:  # the exact read schedule, for replay against real storage
+            self.io_log.append(IoBatch(self.step // self.L, layer, "demand" if priority == 0 else "prefetch",
+                                       None if neurons is None else neurons.copy(), sizes, counts,
+                                       issued, start, env.now))
 
     def _prefetch(self, env: simpy.Environment, layer: int, packed: np.ndarray, sizes, counts):
-        yield from self._read(env, sizes, counts, priority=1)
+        yield from self._read(env, sizes, counts, 1, layer, packed)
         self.inflight[layer] &= ~packed
         self.pending[layer] = [(p, s) for p, s in self.pending[layer] if p is not env.active_process]
         inserted, evicted = self.cache.insert(layer, self.step, packed, True, self.protect[layer])
@@ -220,7 +244,7 @@ class ReplayEngine:
                 waits = [p for p, s in self.pending[l] if n_late and (s & late).any()]
                 if n_miss:
                     self.c["demand_neurons"][l] += n_miss
-                    waits.append(env.process(self._read(env, *self._request(l, miss), priority=0)))
+                    waits.append(env.process(self._read(env, *self._request(l, miss), 0, l, miss)))
                 if waits:
                     yield simpy.AllOf(env, waits)
                 stall += env.now - t0

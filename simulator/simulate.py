@@ -107,13 +107,14 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
              predictor: str = "oracle", cache: str = "lru", *, scenario: Scenario | None = None,
              settings: Sequence[str] = (), train_trace: str | os.PathLike | Trace | None = None,
              profile_trace: str | os.PathLike | Trace | None = None, seed: int = 0,
-             baselines: bool = True) -> dict[str, Any]:
+             baselines: bool = True, io_log: list | None = None) -> dict[str, Any]:
     """Replay ``trace`` and return the flat result record (see ``docs/metrics.md``).
 
     ``predictor`` and ``cache`` are registry names with optional parameters (``"window:k=4"``);
     ``settings`` are ``key=value`` overrides of scenario fields or dotted profile fields.
     ``train_trace`` trains predictors that learn offline; ``profile_trace`` gives offline neuron
     statistics to replacement policies (``static-pin``); both must come from other text.
+    ``io_log``, if a list, receives every storage batch as scheduled (:class:`IoBatch`).
     """
     trace = trace if isinstance(trace, Trace) else read_trace(trace)
     if trace.n_tokens == 0:
@@ -149,7 +150,7 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
                              profile_masks=None if profile_trace is None else profile_trace.masks)
     store = BackingStore.flash(hw.storage) if scenario.ffn_in == "flash" else BackingStore.dram(hw.dram)
     engine = ReplayEngine(trace.masks, trace.token, fp, scenario, hw, store,
-                          NeuronCache(geometry, policy), pred)
+                          NeuronCache(geometry, policy), pred, io_log)
     record = _config(trace, hw, scenario, predictor, cache, seed, train, profile_trace)
     record.update(summarize(engine.run(), fp, hw))
     if baselines:

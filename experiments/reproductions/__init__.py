@@ -1,0 +1,1 @@
+"""Paper reproductions: each module defines its rows, the published numbers, and ``run()``."""
