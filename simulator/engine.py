@@ -32,7 +32,7 @@ LAYER_COUNTERS = (
     "accesses", "hits", "late", "misses", "prefetch_requested", "prefetch_issued", "prefetch_useful",
     "prefetch_useless", "prefetch_unused_at_end", "evictions", "pollution_neurons", "pollution_misses",
     "demand_neurons", "prefetch_neurons", "requests", "request_bytes", "pred_tp", "pred_fp", "pred_fn",
-    "inserted", "expired", "prefetch_bypassed",
+    "inserted", "expired", "prefetch_bypassed", "prefetch_dropped",
 )
 
 
@@ -176,6 +176,13 @@ class ReplayEngine:
         fetch = pred & ~self.cache.resident[layer] & ~self.inflight[layer]
         self.c["prefetch_requested"][layer] += bitset.count(pred)
         n = bitset.count(fetch)
+        if self.sc.prefetch_cap and n:
+            # Bytes-in-flight cap: issue what fits now, drop the rest of this prediction.
+            room = int(self.sc.prefetch_cap // self.fp.neuron_bytes) - int(np.bitwise_count(self.inflight).sum())
+            if room < n:
+                fetch = bitset.first(fetch, max(room, 0), self.nb * 8)
+                self.c["prefetch_dropped"][layer] += n - max(room, 0)
+                n = max(room, 0)
         if n == 0:
             return
         self.c["prefetch_issued"][layer] += n

@@ -64,6 +64,7 @@ def summarize(stats: ReplayStats, fp: ModelFootprint, profile) -> dict[str, Any]
         "prefetch_late": tot["late"],
         "prefetch_unused_at_end": tot["prefetch_unused_at_end"],
         "prefetch_bypassed": tot["prefetch_bypassed"],
+        "prefetch_dropped": tot["prefetch_dropped"],
         "evictions": tot["evictions"],
         "expired": tot["expired"],
         "pollution_bytes": float(tot["pollution_neurons"] * nb),

@@ -35,6 +35,9 @@ from simulator.units import (
 )
 
 PRESET_PACKAGE = "hw_profiles"
+# yaml.safe_load's loader, in C when PyYAML was built with libyaml (about 10x faster; sweeps load
+# a profile per run).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,8 @@ def _show(value: Any) -> str:
         text = "a list"
     elif isinstance(value, str):
         text = value if value.strip() else "an empty string"
+    elif isinstance(value, int) and value.bit_length() > 64:
+        text = f"an integer of {value.bit_length()} bits"   # str() refuses more than 4300 digits
     else:
         text = str(value)
     text = " ".join(_LINE_BREAKS.sub(" ", text).split())
@@ -236,13 +241,9 @@ def _suggest(word: Any, known: Sequence[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(known)})"
 
 
-def _preset_file(name: str):
-    return resources.files(PRESET_PACKAGE) / f"{name}.yaml"
-
-
 def _read_preset(name: str) -> tuple[str, Any, Any]:
     origin = f"{PRESET_PACKAGE}/{name}.yaml"
-    file = _preset_file(name)
+    file = resources.files(PRESET_PACKAGE) / f"{name}.yaml"
     return origin, file, _read_yaml(file, origin, "")
 
 
@@ -265,7 +266,7 @@ def _read_yaml(file: Any, origin: str, not_found_hint: str) -> Any:
     except OSError as e:
         raise _fail(origin, "", f"cannot read: {e.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

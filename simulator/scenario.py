@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from simulator.errors import InputError
+from simulator.reorder import REORDERINGS
 from simulator.units import BYTES, UnitError, parse_quantity
 
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 34 / 32, "int4": 18 / 32}
@@ -43,6 +44,8 @@ class Scenario:
     insert_overhead: float = 1e-7    # s per neuron inserted/evicted (bookkeeping; estimate, see docs)
     warm: bool = False               # start with the cache full (steady state) instead of empty
     warmup: int = 0                  # tokens replayed first but left out of the metrics (ChampSim's warm-up)
+    prefetch_cap: float = 0.0        # bytes of prefetches in flight at most (0: no cap)
+    reorder: str = "none"            # neuron order in storage: none, frequency, coactivation
 
     def __post_init__(self) -> None:
         def choice(field: str, allowed: tuple[str, ...]) -> None:
@@ -55,6 +58,9 @@ class Scenario:
         choice("ffn_in", PLACEMENTS)
         choice("nonffn_in", PLACEMENTS)
         choice("schedule", SCHEDULES)
+        choice("reorder", REORDERINGS)
+        if self.prefetch_cap < 0:
+            raise InputError(f"scenario field 'prefetch_cap': must be >= 0 bytes (0 = no cap), got {self.prefetch_cap}")
         if isinstance(self.dram_budget, str):  # "6.5 GB": total DRAM for weights
             try:
                 object.__setattr__(self, "dram_budget", parse_quantity(self.dram_budget, BYTES))

@@ -22,6 +22,7 @@ from simulator.errors import InputError
 from simulator.metrics import summarize
 from simulator.predictors import PREDICTORS, PredictorContext
 from simulator.profile import HardwareProfile, load_profile
+from simulator.reorder import apply_order, neuron_order
 from simulator.replacement import REPLACEMENT, CacheGeometry
 from simulator.scenario import ModelFootprint, Scenario
 from simulator.storage import BackingStore
@@ -131,12 +132,19 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     else:
         hw = load_profile(profile, profile_overrides)
     fp = ModelFootprint.from_meta(trace.model, scenario)
+    train = _companion(train_trace, trace, "training")
+    profile_trace = _companion(profile_trace, trace, "profiling")
+    requested = scenario   # recorded as asked; the replay below may run on reordered masks
+    if scenario.reorder != "none":  # every mask the run sees moves to the new storage order
+        orders = neuron_order((profile_trace or trace).masks, tuple(trace.d_ff), scenario.reorder)
+        trace, train, profile_trace = (None if t is None else dataclasses.replace(
+            t, masks=apply_order(t.masks, orders), extra={k: apply_order(v, orders) for k, v in t.extra.items()})
+            for t in (trace, train, profile_trace))
+        scenario = dataclasses.replace(scenario, reorder="none")
     pred_name, pred_params = parse_policy(predictor)
     cache_name, cache_params = parse_policy(cache)
     pred = PREDICTORS.create(pred_name, pred_params)
     policy = REPLACEMENT.create(cache_name, cache_params)
-    train = _companion(train_trace, trace, "training")
-    profile_trace = _companion(profile_trace, trace, "profiling")
     pred.setup(PredictorContext(
         n_layers=trace.n_layers, d_ff=tuple(trace.d_ff), n_bytes=trace.n_bytes, seed=seed,
         train_masks=None if train is None else train.masks, train_tokens=None if train is None else train.token,
@@ -151,7 +159,7 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     store = BackingStore.flash(hw.storage) if scenario.ffn_in == "flash" else BackingStore.dram(hw.dram)
     engine = ReplayEngine(trace.masks, trace.token, fp, scenario, hw, store,
                           NeuronCache(geometry, policy), pred, io_log)
-    record = _config(trace, hw, scenario, predictor, cache, seed, train, profile_trace)
+    record = _config(trace, hw, requested, predictor, cache, seed, train, profile_trace)
     record.update(summarize(engine.run(), fp, hw))
     if baselines:
         for name in ("dense", "none"):

@@ -4,7 +4,8 @@ Request shaping (:func:`request_sizes`): the neurons of one layer that must be r
 into storage requests. Under the ``per-matrix`` layout a neuron is one row in each of its 2–3
 matrices (so each run of adjacent neurons becomes one request per matrix); under ``bundled`` it
 is one record of all its rows (LLM in a Flash row-column bundling, PowerInfer-2 bundles). Runs of
-adjacent neurons coalesce into one request up to ``max_request`` bytes.
+adjacent neurons coalesce into one request up to ``max_request`` bytes. :func:`request_extents`
+places the same requests at byte offsets of a weight file, for replay against real storage.
 
 Service time of a batch (:meth:`BackingStore.batch_time`) — one simpy event per batch::
 
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from simulator import bitset
+from simulator.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -58,17 +60,24 @@ class BackingStore:
         return max(t_throughput, t_latency)
 
 
+def _request_shape(row_bytes: float, matrices: int, layout: str, coalesce: bool,
+                   max_request: int) -> tuple[float, int, int]:
+    """(bytes of one neuron in one request, copies of each run, most neurons per request)."""
+    unit = row_bytes * matrices if layout == "bundled" else row_bytes
+    copies = 1 if layout == "bundled" else matrices
+    per_request = max(1, int(max_request // unit)) if coalesce else 1
+    return unit, copies, per_request
+
+
 def request_sizes(packed: np.ndarray, d_ff: int, row_bytes: float, matrices: int, layout: str,
                   coalesce: bool, max_request: int) -> tuple[np.ndarray, np.ndarray]:
     """Distinct request sizes (bytes) and how many of each, to read the neurons in ``packed``."""
-    unit = row_bytes * matrices if layout == "bundled" else row_bytes
-    copies = 1 if layout == "bundled" else matrices
+    unit, copies, per_request = _request_shape(row_bytes, matrices, layout, coalesce, max_request)
     n = bitset.count(packed)
     if n == 0:
         return np.empty(0), np.empty(0, dtype=np.int64)
     if not coalesce:
         return np.array([unit]), np.array([n * copies])
-    per_request = max(1, int(max_request // unit))
     lengths = bitset.runs(packed, d_ff)
     full = int((lengths // per_request).sum())
     rest = lengths % per_request
@@ -76,3 +85,36 @@ def request_sizes(packed: np.ndarray, d_ff: int, row_bytes: float, matrices: int
     sizes = np.concatenate([[per_request] if full else [], rest_sizes]) * unit
     counts = np.concatenate([[full] if full else [], rest_counts]).astype(np.int64) * copies
     return sizes.astype(float), counts
+
+
+def request_extents(packed: np.ndarray, layer: int, d_ff: Sequence[int], row_bytes: float, matrices: int,
+                    layout: str, coalesce: bool, max_request: int) -> tuple[np.ndarray, np.ndarray]:
+    """Byte offsets and sizes, in file order, of the requests :func:`request_sizes` counts.
+
+    The weight file holds the FFN layer after layer. Within a layer, ``per-matrix``: each matrix's
+    ``d_ff[layer]`` rows contiguous, matrix after matrix (gate, up, down-transposed); ``bundled``:
+    one record of all of a neuron's rows per neuron, in neuron order. Requests are cut exactly as
+    in :func:`request_sizes` (the multiset of sizes is the same), so real reads of these extents
+    are the reads the simulator timed.
+    """
+    if row_bytes != int(row_bytes):
+        raise InputError(f"a row of {row_bytes} bytes is not a whole number of bytes: this precision and "
+                         f"d_model have no byte-addressable file layout")
+    row, width = int(row_bytes), int(d_ff[layer])
+    unit, copies, per_request = _request_shape(row, matrices, layout, coalesce, max_request)
+    unit = int(unit)
+    layer_base = sum(int(d) for d in d_ff[:layer]) * matrices * row
+    lengths = bitset.runs(packed, width)
+    if lengths.size == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    members = bitset.indices(packed, width)
+    run_first = members[np.cumsum(lengths) - lengths]
+    pieces = -(-lengths // per_request)                       # requests per run
+    run = np.repeat(np.arange(lengths.size), pieces)
+    k = np.arange(run.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)   # piece index within its run
+    first = run_first[run] + k * per_request
+    count = np.minimum(per_request, lengths[run] - k * per_request)
+    copy_base = layer_base + np.arange(copies, dtype=np.int64)[:, None] * (width * row)  # matrix m of the layer
+    offsets = (copy_base + first.astype(np.int64) * unit).ravel()
+    sizes = np.broadcast_to(count.astype(np.int64) * unit, (copies, count.size)).ravel()
+    return offsets, sizes.copy()

@@ -67,6 +67,8 @@ ENERGY_PER_FLOP = Dimension(
 COUNT = Dimension("count", "32", {}, ())
 
 _NUMBER_WITH_UNIT = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*)")
+# Integers wider than this overflow a float (and Decimal() refuses ints of more than 4300 digits).
+_FLOAT_MAX_BITS = 1024
 # The micro sign and the Greek mu both mean micro; the tables spell it "u".
 _MICRO = str.maketrans({"\u00b5": "u", "\u03bc": "u"})
 
@@ -98,6 +100,8 @@ def parse_quantity(raw: object, dim: Dimension) -> float:
     else:
         if isinstance(raw, float) and not math.isfinite(raw):
             raise UnitError(f"must be a finite number, got {raw}")
+        if isinstance(raw, int) and raw.bit_length() > _FLOAT_MAX_BITS:
+            raise UnitError(f"must be a finite number, got an integer of {raw.bit_length()} bits")
         number, scale = Decimal(raw), Decimal(1)
     # Overflow gives Infinity instead of raising, so that a huge exponent is reported as "not finite".
     with decimal.localcontext() as ctx:

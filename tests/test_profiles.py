@@ -178,6 +178,8 @@ def test_quantities_stay_finite():
     with pytest.raises(ValueError, match="finite"):
         parse_quantity("1e999 GB/s", BANDWIDTH)
     assert math.isfinite(parse_quantity("1e-999 GB/s", BANDWIDTH))
+    with pytest.raises(ValueError, match="finite"):
+        parse_quantity(10**5000, BANDWIDTH)              # too many digits even for str()
 
 
 # --- extends, overrides, hashing ---------------------------------------------------------------
@@ -376,7 +378,7 @@ KEYS = ["name", "description", "extends", "compute", "dram", "cache", "storage",
         "peak_bandwidth", "queue_depth", "read_curve", "points", "value", "source", "estimate"]
 SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
            | st.sampled_from(["8 KiB", "1.25 GB/s", "-1 GB/s", "50 us", "5 pJ/bit", "1e999 B", "nan",
-                              "oneplus-12", "apple-m1-max", "nvme", "3 GB", "32", "10 pJ/FLOP"]))
+                              "oneplus-12", "apple-m1-max", "nvme", "3 GB", "32", "10 pJ/FLOP", -(2**2000)]))
 YAMLISH = st.recursive(
     SCALARS,
     lambda inner: st.lists(inner, max_size=4)

@@ -82,6 +82,7 @@ class PredictorContext:
     train_masks: np.ndarray | None = None     # [T', L, n_bytes] from a separate training trace
     train_tokens: np.ndarray | None = None
     extra: dict = field(default_factory=dict)  # the trace's stored predicted-mask columns
+    meta: dict = field(default_factory=dict)   # the trace's metadata (``stored`` reads its "learned" section)
 
 
 class Predictor:

@@ -74,6 +74,28 @@ class Belady(KeyedReplacement):
         self.masks = geometry.masks
         self.L = geometry.n_layers
 
+    def preload(self) -> np.ndarray:
+        """The optimal initial content: the neurons referenced first, up to capacity.
+
+        Policies that preload (static-pin) start warm; MIN starts with the best warm cache so that
+        it stays an upper bound on hits.
+        """
+        g = self.geometry
+        first = np.full((g.n_layers, g.width), _NEVER, dtype=np.int64)
+        for start in range(0, self.masks.shape[0], 256):
+            bits = np.unpackbits(self.masks[start:start + 256], axis=-1, bitorder="little").astype(bool)
+            seen = bits.any(axis=0) & (first == _NEVER)
+            when = (start + bits.argmax(axis=0)) * self.L + np.arange(self.L)[:, None]
+            first[seen] = when[seen]
+        chosen = np.zeros(first.shape, dtype=bool)
+        if g.partition == "global":
+            order = np.lexsort((np.arange(first.size), first.reshape(-1)))[:int(g.capacity[0])]
+            chosen.reshape(-1)[order] = True
+        else:
+            for l in range(g.n_layers):
+                chosen[l, np.lexsort((np.arange(g.width), first[l]))[:int(g.capacity[l])]] = True
+        return np.packbits(chosen & (first != _NEVER), axis=1, bitorder="little")
+
     def _next_use(self, layer: int, after_token: int, bits: np.ndarray) -> np.ndarray:
         """Global step of each neuron's first use in a token > ``after_token`` (or never)."""
         idx = np.flatnonzero(bits)

@@ -1,0 +1,111 @@
+"""One hand-computed case per replacement policy (ChampSim 4xx style), via the real engine.
+
+Shared trace (1 layer, 8 neurons, capacity 3, no prediction, demand fills only), needed sets per
+token: t0 {0,1}, t1 {2}, t2 {0,3}, t3 {1}, t4 {2,3}, t5 {1}. Victims are chosen among resident
+neurons not needed at that step; ties go to the lowest index.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simulator.errors import InputError
+from simulator.predictors import PREDICTORS, Predictor
+from simulator.simulate import simulate
+from tracebuild import write_trace
+
+SETS = [{0, 1}, {2}, {0, 3}, {1}, {2, 3}, {1}]
+
+
+def _trace(tmp_path, sets, d=8):
+    active = np.zeros((len(sets), 1, d), dtype=bool)
+    for t, s in enumerate(sets):
+        active[t, 0, sorted(s)] = True
+    return write_trace(tmp_path / "hand.parquet", active, d_model=16)
+
+
+def _run(path, cache, budget=3 / 8, predictor="none", **extra):
+    settings = [f"dram_budget={budget}", *[f"{k}={v}" for k, v in extra.items()]]
+    return simulate(path, "apple-m1-max", predictor, cache, settings=settings, baselines=False)
+
+
+@pytest.mark.parametrize("cache, hits, misses, evictions", [
+    # LRU: t2 evicts 1 (last used t0) over 2 (t1); t3 evicts 2; t4 evicts 0; t5 hits 1.
+    ("lru", 3, 6, 3),
+    # FIFO: t2 evicts 1 (in at t0, index below 2? no: 0 and 1 entered at t0, 0 is needed) -> 1;
+    # t3 evicts 0 (oldest entry); t4 hits 2 and 3; t5 hits 1.
+    ("fifo", 4, 5, 2),
+    # LFU: t2 evicts 1 (1 use, older than 2); t3 evicts 2 (1 use, older than 3); t4 evicts 1
+    # (1 use) over 0 (2 uses); t5 misses 1.
+    ("lfu", 2, 7, 4),
+    # Belady starts with the first-referenced neurons {0,1,2}: t0, t1 hit; t2 evicts 2 (next use
+    # t4) over 1 (t3); t3 hits 1; t4 evicts 0 (never used again); t5 hits 1.
+    ("belady", 7, 2, 2),
+    # static-pin: pins the hottest neuron, 1 (3 uses), preloaded; room for the largest needed set
+    # (2) leaves 1 pinned slot. t0 hits 1; t2 evicts 2 (cold); t3 hits 1; t4 evicts 0; t5 hits 1.
+    ("static-pin", 5, 4, 2),
+])
+def test_policy_by_hand(tmp_path, cache, hits, misses, evictions):
+    r = _run(_trace(tmp_path, SETS), cache)
+    assert (r["hits"], r["demand_misses"], r["evictions"]) == (hits, misses, evictions)
+
+
+def test_window_expires_neurons_unused_for_k_tokens(tmp_path):
+    """window k=2, ample capacity (8): after token t, neurons last used at <= t-2 leave.
+    t2 drops 1 (used t0); t3 drops 2 (used t1); t4 drops 0 (used t2); t5 hits 1 (used t3).
+    Hits: t2 0, t4 3, t5 1 = 3; misses 6; 3 expirations, no capacity evictions."""
+    r = _run(_trace(tmp_path, SETS), "window:k=2", budget=1.0)
+    assert (r["hits"], r["demand_misses"], r["expired"], r["evictions"]) == (3, 6, 3, 3)
+
+
+def test_belady_beats_every_online_policy(tmp_path):
+    rng = np.random.default_rng(3)
+    base = rng.random((1, 2, 64)) < 0.15
+    active = np.where(rng.random((60, 2, 64)) < 0.6, base, rng.random((60, 2, 64)) < 0.15)
+    path = write_trace(tmp_path / "r.parquet", active, d_model=32)
+    for budget in (0.3, 0.5, 0.7):
+        rates = {c: _run(path, c, budget=budget)["hit_rate"] for c in ("lru", "fifo", "lfu", "window:k=3",
+                                                                        "static-pin", "belady")}
+        assert rates["belady"] == max(rates.values()), (budget, rates)
+
+
+class FixedGuess(Predictor):
+    """Always predicts neurons 6 and 7 (for the pollution accounting test)."""
+
+    def predict(self, view, token, layer):
+        return np.array([0b11000000], dtype=np.uint8)
+
+
+if "test-fixed-guess" not in PREDICTORS.names():
+    PREDICTORS.register("test-fixed-guess")(FixedGuess)
+
+
+def test_useless_prefetch_and_pollution(tmp_path):
+    """Capacity 4, lookahead 0, needed t0 {0,1}, t1 {0,2}, t2 {0,1}; prediction always {6,7}.
+    t0: prefetch {6,7} is served first and fills; demand {0,1} fills (cache {0,1,6,7}).
+    t1: {6,7} resident; 2 misses and evicts 1 (all stamps 0, lowest index).
+    t2: 1 misses and evicts 6 (oldest, lowest index), a prefetch never used: useless, pollution.
+    At the end 7 is still unused. Hits: t1 0, t2 0."""
+    path = _trace(tmp_path, [{0, 1}, {0, 2}, {0, 1}])
+    r = _run(path, "lru", budget=0.5, predictor="test-fixed-guess", lookahead=0)
+    assert (r["hits"], r["demand_misses"], r["evictions"]) == (2, 4, 2)
+    assert (r["prefetch_issued"], r["prefetch_useful"], r["prefetch_useless"], r["prefetch_unused_at_end"]) \
+        == (2, 0, 1, 1)
+    assert r["pollution_bytes"] == pytest.approx(1 * 3 * 16 * 2.0)   # one neuron: 3 rows of 16 fp16
+    assert r["wasted_bytes"] == pytest.approx(2 * 3 * 16 * 2.0)
+
+
+def test_window_of_zero_is_refused(tmp_path):
+    with pytest.raises(InputError, match="window k must be an integer >= 1"):
+        _run(_trace(tmp_path, SETS), "window:k=0")
+
+
+def test_budget_too_small_names_the_minimum(tmp_path):
+    with pytest.raises(InputError, match=r"minimum for this trace and predictor is 0\.2500 of the FFN"):
+        _run(_trace(tmp_path, SETS), "lru", budget=0.125)
+
+
+def test_unknown_policy_lists_the_known_ones(tmp_path):
+    with pytest.raises(InputError, match="unknown replacement policy 'lruu'.*did you mean 'lru'.*known: belady"):
+        _run(_trace(tmp_path, SETS), "lruu")
