@@ -68,11 +68,12 @@ def format_summary(info: dict) -> str:
     for kind, label in (("calibration", "calib"), ("evaluation", "eval")):
         t = (info["text"] or {}).get(kind)
         if t:
-            lines.append(f"{label:<10} {t.get('name')} (sha256 {str(t.get('sha256'))[:12]}…), {t.get('tokens')} tokens "
-                         f"from {t.get('start')}, window {t.get('window')}")
+            lines.append(f"{label:<10} {t.get('name')} (sha256 {str(t.get('sha256'))[:12]}…), "
+                         f"{t.get('tokens')} tokens from {t.get('start')}, window {t.get('window')}")
     if ppl:
         lines.append(f"perplexity dense {ppl['dense']:.3f}, sparse {ppl['sparse']:.3f} "
-                     f"(+{100 * (ppl['sparse'] / ppl['dense'] - 1):.1f}%; {ppl['tokens']} tokens, window {ppl['window']})")
+                     f"({100 * (ppl['sparse'] / ppl['dense'] - 1):+.1f}%; {ppl['tokens']} tokens, "
+                     f"window {ppl['window']})")
     if info["extra_columns"]:
         lines.append(f"predictors {', '.join(info['extra_columns'])}")
     lines.append("layer  measured sparsity" + ("  threshold" if s.get("thresholds") else ""))

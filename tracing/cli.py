@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _model_text_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULTS["model"],
-                   help="gemma-3-270m (default), stories260K, a HF model directory, a .gguf file or a llama2.c directory")
+                   help="gemma-3-270m (default), stories260K, a HF model directory, a .gguf file "
+                        "or a llama2.c directory")
     p.add_argument("--text", default=DEFAULTS["text"], help="pydoc (built-in, default) or a UTF-8 text file")
     p.add_argument("--tokens", type=int, default=DEFAULTS["tokens"],
                    help="evaluation tokens from the start of the text (default %(default)s)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ def cache_root() -> Path:
 def load_model(spec: str = DEFAULT_MODEL) -> LoadedModel:
     """Load a model by built-in name or path (HF directory, ``.gguf`` file, llama2.c directory)."""
     hf_logging.set_verbosity_error()  # load-time chatter (unused weights, deprecations) is not for the user
+    hf_logging.disable_progress_bar()
     path = Path(spec).expanduser()
     if spec == DEFAULT_MODEL:
         hf_dir = _gemma_270m_cache()
@@ -135,6 +137,7 @@ def _convert_gguf(final: Path, gguf_into) -> Path:
     """
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
+    print(f"sparsesim: converting GGUF to fp32 safetensors in {final} (once; about a minute)", file=sys.stderr)
     _remove_stale_staging(root, final.name)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:

@@ -79,16 +79,17 @@ def parse_levels(text: str) -> list[float]:
     return sorted({check_sparsity(v, "--levels value") for v in levels})
 
 
-def ppl_curve(*, model: str = DEFAULT_MODEL, text: str = "pydoc", levels: list[float], window: int | None = None,
-              methods: list[str] = ("percentile",), site: str = "intermediate", tokens: int | None = DEFAULT_TOKENS,
-              calib_tokens: int = DEFAULT_CALIB_TOKENS, out: str | Path) -> list[dict]:
+def ppl_curve(*, model: str | LoadedModel = DEFAULT_MODEL, text: str = "pydoc", levels: list[float],
+              window: int | None = None, methods: list[str] = ("percentile",), site: str = "intermediate",
+              tokens: int | None = DEFAULT_TOKENS, calib_tokens: int = DEFAULT_CALIB_TOKENS,
+              out: str | Path) -> list[dict]:
     """Sparsity-vs-perplexity sweep → ``out`` (CSV) and ``out`` with suffix .html (plotly, offline)."""
     out = check_writable(out)
     html = check_writable(out.with_suffix(".html"))
     methods = [check_choice(m, METHODS, "--method") for m in methods]
     levels = [check_sparsity(v, "--levels value") for v in levels]
     source = load_text(text)
-    lm = load_model(model)
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
     window = resolve_window(lm, window)
     split = split_tokens(tokenize(lm.tokenizer, source), source, eval_tokens=tokens, calib_tokens=calib_tokens,
                          window=window)

@@ -115,7 +115,8 @@ def calibrate(lm: LoadedModel, calib_ids: np.ndarray, *, window: int, method: st
     details = {
         "proxy": "relative FFN-output error ||W_down(h - h*mask)||^2 / ||W_down h||^2 on dense calibration tokens",
         "grid_step": 1 / GRID, "proxy_tokens": int(proxy[0][0].shape[0]),
-        "proxy_error_at_allocation": [float(np.interp(s, np.arange(GRID + 1) / GRID, e)) for s, e in zip(greedy, errors)],
+        "proxy_error_at_allocation": [float(np.interp(s, np.arange(GRID + 1) / GRID, e))
+                                      for s, e in zip(greedy, errors)],
         "greedy_levels": greedy,
         "calibration_nll_per_token": {n: r[1] / y.numel() for n, r in results.items()},
         "chosen": chosen,
@@ -192,7 +193,7 @@ def allocate(errors: np.ndarray, d_ff: list[int], target: float) -> list[float]:
         if reached + gain >= target - 1e-12:
             levels = steps / grid
             levels[layer] += (target - reached) / weight[layer]
-            return [float(v) for v in levels]
+            return [round(float(v), 12) for v in levels]     # drop float noise from the fractional step
         steps[layer] += 1
         reached += gain
 

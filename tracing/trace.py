@@ -41,17 +41,20 @@ def tool_versions() -> dict:
             "python": platform.python_version()}
 
 
-def trace_model(*, out: str | Path, model: str = DEFAULT_MODEL, text: str = "pydoc", sparsity: float | None = None,
-                method: str | None = None, site: str | None = None, tokens: int | None = DEFAULT_TOKENS,
-                window: int | None = None, calib_tokens: int = DEFAULT_CALIB_TOKENS,
+def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, text: str = "pydoc",
+                sparsity: float | None = None, method: str | None = None, site: str | None = None,
+                tokens: int | None = DEFAULT_TOKENS, window: int | None = None,
+                calib_tokens: int = DEFAULT_CALIB_TOKENS,
                 thresholds: str | Path | None = None, save_thresholds: str | Path | None = None,
                 ppl: bool = True) -> dict:
     """Trace ``model`` on ``text`` at ``sparsity`` into ``out``; returns the trace metadata.
 
     ``method``/``site`` default to percentile/intermediate; with ``thresholds`` (a saved JSON)
-    they and ``sparsity`` come from the file and, if also given, must agree with it.
+    they and ``sparsity`` come from the file and, if also given, must agree with it. ``model``
+    may be an already loaded model (tests, notebooks).
     """
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
+    config = {k: (v.name if isinstance(v, LoadedModel) else str(v) if isinstance(v, Path) else v)
+              for k, v in locals().items()}
     out = check_writable(out)
     if save_thresholds is not None:
         check_writable(save_thresholds)
@@ -63,7 +66,7 @@ def trace_model(*, out: str | Path, model: str = DEFAULT_MODEL, text: str = "pyd
     elif thresholds is None:
         raise InputError("--sparsity is required unless --thresholds gives saved thresholds")
     source = load_text(text)
-    lm = load_model(model)
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
     window = resolve_window(lm, window)
     split = split_tokens(tokenize(lm.tokenizer, source), source, eval_tokens=tokens, calib_tokens=calib_tokens,
                          window=window)

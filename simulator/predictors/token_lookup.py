@@ -25,7 +25,8 @@ class TokenLookup(ScoredPredictor):
     the occurrences). Occurrences come from the training trace (``source=train``), from earlier
     tokens of this run as their masks become visible (``source=run``), or both (``source=both``;
     ``auto``, the default, is both with a training trace and run without). An id not seen yet in
-    a layer falls back to previous-token.
+    a layer, or an id not known yet at issue time (layer 0 issued during the previous token),
+    falls back to previous-token.
     """
 
     def __init__(self, source: str = "auto", threshold: float | None = None, topk: int | None = None):
@@ -81,8 +82,9 @@ class TokenLookup(ScoredPredictor):
         last = latest_token(view, token, layer)
         if self.learn_run:
             self._learn_run(view, layer, last)
-        token_id = view.token_id(token)
-        seen = self.seen.get(token_id)
+        # Issued before the token exists (its first layers, from the previous token's last ones),
+        # the id is still unknown; like an unseen id this falls back to previous-token.
+        seen = self.seen.get(view.token_id(token)) if token <= view.current_token else None
         if seen is None or seen[layer] == 0:
             return None if last < 0 else view.mask(last, layer)
-        return self.select(self.counts[token_id][layer] / seen[layer], layer)
+        return self.select(self.counts[view.token_id(token)][layer] / seen[layer], layer)

@@ -1,0 +1,243 @@
+"""``validate-io``: replay the simulator's read schedule against a real weight file and compare times.
+
+1. Simulate the trace with the given profile, policies and scenario, collecting ``io_log``: every
+   storage batch the simulated device served, in order, with its simulated service time.
+2. Materialize the FFN weights as a scratch file (random data, real blocks) in the layout the
+   scenario names: :func:`simulator.storage.request_extents` gives each batch's requests as byte
+   extents of that file — the same function family the simulator sizes them with, checked batch by
+   batch against the simulated sizes.
+3. Read every batch with O_DIRECT, one batch at a time in simulated order, with as many reads
+   outstanding as the profile's queue depth, and time it; ``--repeats`` passes give the spread.
+
+Only service times are compared: the simulator overlaps I/O with compute, but a batch's service
+time (``end - start`` in the log) is what its storage model predicts, and a token's I/O time is
+the sum over its batches. O_DIRECT needs block-aligned extents, so each request is widened to the
+enclosing aligned range (a 1280-byte row read costs 1536-2048 bytes); the report counts both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from experiments.fidelity.direct_io import (
+    PAGE, ParallelReader, check_directory, check_free_space, direct_alignment, scratch_file,
+)
+from simulator.atomic import atomic_path, check_writable, write_text
+from simulator.engine import IoBatch
+from simulator.errors import InputError
+from simulator.profile import HardwareProfile, load_profile
+from simulator.scenario import ModelFootprint, Scenario
+from simulator.simulate import simulate, split_settings
+from simulator.storage import request_extents
+from simulator.tracefile import Trace, read_trace
+from simulator.units import BYTES, format_quantity
+
+DEFAULT_MAX_DISK = 4 << 30
+
+
+@dataclass(frozen=True)
+class ReplayBatch:
+    """One simulated batch as real reads: aligned extents of the weight file."""
+
+    token: int
+    layer: int
+    kind: str
+    simulated: float          # s, the simulated service time
+    offsets: list[int]        # aligned
+    sizes: list[int]          # aligned
+    requested_bytes: int      # what the simulator counted
+
+
+@dataclass
+class IoValidation:
+    """Simulated and measured service times of every batch (``measured``: [repeats, batches] s)."""
+
+    config: dict
+    batches: list[ReplayBatch]
+    measured: np.ndarray
+    record: dict              # the simulator's result record
+
+    @property
+    def simulated_total(self) -> float:
+        return float(sum(b.simulated for b in self.batches))
+
+    @property
+    def measured_totals(self) -> np.ndarray:
+        return self.measured.sum(axis=1)
+
+    @property
+    def measured_total(self) -> float:
+        return float(np.median(self.measured_totals))
+
+    @property
+    def error(self) -> float:
+        """Relative error of the simulated total I/O time against the measured one (median of repeats)."""
+        return self.simulated_total / self.measured_total - 1
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the repeated measured totals: the noise of the measurement itself."""
+        totals = self.measured_totals
+        return float((totals.max() - totals.min()) / np.median(totals))
+
+    def per_token(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids, simulated and measured (median over repeats) I/O seconds per token."""
+        tokens = np.array([b.token for b in self.batches])
+        ids = np.unique(tokens)
+        sim = np.array([b.simulated for b in self.batches])
+        simulated = np.array([sim[tokens == t].sum() for t in ids])
+        measured = np.median(np.stack([[m[tokens == t].sum() for t in ids] for m in self.measured]), axis=0)
+        return ids, simulated, measured
+
+
+def _aligned(offsets: np.ndarray, sizes: np.ndarray, align: int) -> tuple[list[int], list[int]]:
+    start = offsets // align * align
+    end = -(-(offsets + sizes) // align) * align
+    return start.tolist(), (end - start).tolist()
+
+
+def read_schedule(io_log: Sequence[IoBatch], fp: ModelFootprint, scenario: Scenario,
+                  align: int) -> list[ReplayBatch]:
+    """The log's batches in the order the simulated device served them, as aligned file extents."""
+    batches = []
+    for b in sorted(io_log, key=lambda b: b.start):
+        if b.neurons is None:
+            raise InputError("validate-io replays FFN neuron reads only; streamed non-FFN weights "
+                             "(nonffn_in=flash) are not materialized in the weight file")
+        offsets, sizes = request_extents(b.neurons, b.layer, fp.d_ff, fp.row_bytes, fp.matrices, scenario.layout,
+                                         scenario.coalesce, scenario.max_request)
+        values, counts = np.unique(sizes, return_counts=True)
+        order = np.argsort(b.sizes)
+        if not (np.array_equal(values, b.sizes[order]) and np.array_equal(counts, b.counts[order])):
+            raise AssertionError(f"request_extents disagrees with the simulated request sizes "
+                                 f"(token {b.token}, layer {b.layer})")
+        aligned_offsets, aligned_sizes = _aligned(offsets, sizes, align)
+        batches.append(ReplayBatch(b.token, b.layer, b.kind, b.end - b.start, aligned_offsets, aligned_sizes,
+                                   int(sizes.sum())))
+    return batches
+
+
+def _scenario(settings: Sequence[str]) -> tuple[Scenario, list[str]]:
+    scenario_fields, profile_overrides = split_settings(settings)
+    return dataclasses.replace(Scenario(), **scenario_fields), profile_overrides
+
+
+def validate_io(trace: str | os.PathLike | Trace, profile: str | os.PathLike, predictor: str, cache: str,
+                settings: Sequence[str], directory: str | os.PathLike, repeats: int = 3,
+                max_disk: int = DEFAULT_MAX_DISK, seed: int = 0) -> IoValidation:
+    """Simulate, then replay the simulated reads on a real weight file (module docstring).
+
+    ``settings`` are ``--set``-style: scenario fields (``dram_budget=0.25``, ``layout=bundled``) and
+    dotted profile fields.
+    """
+    if repeats < 1:
+        raise InputError(f"--repeats must be >= 1, got {repeats}")
+    directory = check_directory(directory)
+    trace = trace if isinstance(trace, Trace) else read_trace(trace)
+    scenario, profile_overrides = _scenario(settings)
+    if scenario.ffn_in != "flash":
+        raise InputError("validate-io needs ffn_in=flash: with the FFN in DRAM there are no storage reads")
+    hw: HardwareProfile = load_profile(os.fspath(profile), profile_overrides)
+    fp = ModelFootprint.from_meta(trace.model, scenario)
+    file_bytes = -(-int(np.ceil(fp.ffn_bytes)) // PAGE) * PAGE
+    what = (f"the weight file of {trace.model['name']} ({trace.n_layers} layers, d_ff {trace.d_ff[0]}, "
+            f"{scenario.precision})")
+    check_free_space(directory, file_bytes, what, max_disk)   # before the simulation, to fail fast
+    io_log: list[IoBatch] = []
+    record = simulate(trace, hw, predictor, cache, scenario=scenario, baselines=False, io_log=io_log, seed=seed)
+    config = {"trace": str(trace.path), "model": trace.model["name"], "profile": hw.name,
+              "profile_path": hw.path, "predictor": predictor, "cache": cache, **scenario.to_dict(),
+              "queue_depth": hw.storage.queue_depth, "weight_file_bytes": file_bytes, "repeats": repeats}
+    with scratch_file(directory, file_bytes, what, seed=seed, max_disk=max_disk) as fd:
+        align = direct_alignment(fd)
+        batches = read_schedule(io_log, fp, scenario, align)
+        largest = max((max(b.sizes) for b in batches), default=PAGE)
+        measured = np.zeros((repeats, len(batches)))
+        with ParallelReader(fd, hw.storage.queue_depth, largest) as reader:
+            for r in range(repeats):
+                for i, b in enumerate(batches):
+                    measured[r, i] = reader.read(b.offsets, b.sizes)
+    config["alignment"] = align
+    return IoValidation(config, batches, measured, record)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+def write_csv(result: IoValidation, path: Path) -> None:
+    """One row per batch: simulated and measured (median, min, max over repeats) service time."""
+    lines = ["batch,token,layer,kind,requests,requested_bytes,read_bytes,simulated_s,measured_s,"
+             "measured_min_s,measured_max_s"]
+    med, low, high = np.median(result.measured, axis=0), result.measured.min(axis=0), result.measured.max(axis=0)
+    for i, b in enumerate(result.batches):
+        lines.append(f"{i},{b.token},{b.layer},{b.kind},{len(b.sizes)},{b.requested_bytes},{sum(b.sizes)},"
+                     f"{b.simulated:.9g},{med[i]:.9g},{low[i]:.9g},{high[i]:.9g}")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def _size_classes(result: IoValidation) -> list[str]:
+    """Error by batch size (requests per batch): where the storage model is off, if anywhere."""
+    n = np.array([len(b.sizes) for b in result.batches])
+    sim = np.array([b.simulated for b in result.batches])
+    med = np.median(result.measured, axis=0)
+    q = result.config["queue_depth"]
+    rows = ["| requests per batch | batches | simulated ms | measured ms | error |", "|---|---|---|---|---|"]
+    for low, high, label in ((1, 1, "1"), (2, q, f"2-{q}"), (q + 1, 8 * q, f"{q + 1}-{8 * q}"),
+                             (8 * q + 1, None, f"> {8 * q}")):
+        pick = (n >= low) & (n <= (high if high is not None else n.max()))
+        if pick.any():
+            s, m = sim[pick].sum(), med[pick].sum()
+            rows.append(f"| {label} | {int(pick.sum())} | {_ms(s)} | {_ms(m)} | {s / m - 1:+.1%} |")
+    return rows
+
+
+def report_markdown(result: IoValidation) -> str:
+    c = result.config
+    ids, sim_tok, meas_tok = result.per_token()
+    token_err = sim_tok / np.where(meas_tok > 0, meas_tok, np.nan) - 1
+    requested = sum(b.requested_bytes for b in result.batches)
+    read = sum(sum(b.sizes) for b in result.batches)
+    totals = result.measured_totals
+    lines = [
+        "# validate-io: simulated vs measured I/O time", "",
+        f"- trace `{c['trace']}` ({c['model']}), profile `{c['profile']}` ({c['profile_path']})",
+        f"- predictor `{c['predictor']}`, cache `{c['cache']}`, dram_budget {c['dram_budget']}, "
+        f"precision {c['precision']}, layout {c['layout']}, coalesce {c['coalesce']}, "
+        f"max_request {c['max_request']}",
+        f"- weight file {format_quantity(float(c['weight_file_bytes']), BYTES)}; reads with O_DIRECT, "
+        f"{c['queue_depth']} outstanding (the profile's queue depth), alignment {c['alignment']} B; "
+        f"{c['repeats']} repeats",
+        f"- {len(result.batches)} batches, {sum(len(b.sizes) for b in result.batches)} requests; "
+        f"{format_quantity(float(requested), BYTES)} requested, {format_quantity(float(read), BYTES)} read "
+        f"after alignment", "",
+        "| | I/O time total (ms) |", "|---|---|",
+        f"| simulated | {_ms(result.simulated_total)} |",
+        f"| measured (median of repeats) | {_ms(result.measured_total)} |",
+        f"| measured, min-max of repeats | {_ms(totals.min())}-{_ms(totals.max())} |",
+        f"| error (simulated / measured - 1) | {result.error:+.1%} |",
+        f"| measurement spread ((max-min) / median) | {result.spread:.1%} |", "",
+        f"Per token ({len(ids)} tokens with reads): median |error| {np.nanmedian(np.abs(token_err)):.1%}, "
+        f"worst {np.nanmax(np.abs(token_err)):.1%}.", "",
+        "By batch size:", "", *_size_classes(result), "",
+    ]
+    return "\n".join(lines)
+
+
+def write_outputs(result: IoValidation, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    csv_path, md_path = out / "validate-io.csv", out / "validate-io.md"
+    write_csv(result, csv_path)
+    write_text(md_path, report_markdown(result))
+    return csv_path, md_path
+
+
+def check_outputs(out_dir: str | os.PathLike) -> None:
+    check_writable(Path(out_dir) / "validate-io.csv")
