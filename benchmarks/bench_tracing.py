@@ -53,7 +53,7 @@ def _bench_model(name: str, window: int, n_windows: int) -> dict:
         with TraceWriter(path, meta) as writer, SparseFFN(lm.ffns, th.site, th.rule(), record=True) as hooks:
             for i, x in enumerate(wins):
                 hidden_states(lm, x)
-                masks = hooks.take_packed()[0]
+                masks = hooks.take_packed()
                 popcount_rows(masks)
                 n = x.shape[1]
                 writer.write(np.full(n, i), np.arange(n), x[0].numpy(), masks)

@@ -34,6 +34,7 @@ from experiments.sweep import read_results
 PPL_FILE = "curve.csv"                    # what `sparsesim ppl -o RESULTS_DIR/curve.csv` writes
 PPL_LEVEL_COLUMNS = ("target_sparsity", "level")
 FAILURES_SHOWN = 20
+SENSITIVITY_BINS = 10
 MB = 1e6
 Row = dict[str, Any]
 
@@ -95,7 +96,7 @@ def _config_key(row: Row, *drop: str) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def _csv(rows: Sequence[Row]) -> str:
+def csv_text(rows: Sequence[Row]) -> str:
     buffer = io.StringIO()
     if rows:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
@@ -253,30 +254,40 @@ def _swept_numeric(ok: Sequence[Row]) -> list[str]:
                  or "." not in key and all(_number(v) is not None for v in values))]
 
 
+def _binned(by_value: dict[float, list[float]]) -> tuple[list[float], list[float]]:
+    """Median per value; a sampled (continuous) setting is pooled into equal-count bins first."""
+    xs = sorted(by_value)
+    if len(xs) <= SENSITIVITY_BINS:
+        return xs, [float(np.median(by_value[x])) for x in xs]
+    bins = np.array_split(np.array(xs), SENSITIVITY_BINS)
+    return ([float(np.median(b)) for b in bins],
+            [float(np.median([v for x in b for v in by_value[x]])) for b in bins])
+
+
 def _sensitivity_section(ok: Sequence[Row]) -> Section:
     figures = []
     for key in _swept_numeric(ok):
         rows = [r for r in ok if key in _config(r)["settings"]]
+        # main effect: each run relative to the median of its policy on its profile and trace, so that
+        # grids and sampled (Latin-hypercube) designs read the same way and profiles are comparable
+        reference = {k: _quantile(g, "time_per_token_s")
+                     for k, g in _group(rows, lambda r: (_design(r), r["profile"], r["trace_sha256"])).items()}
         ratios: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-        # compare each run with the same configuration, trace and seed at the smallest value of `key`
-        for group in _group(rows, lambda r: (_config_key(r, key), r["trace_sha256"], r["seed"])).values():
-            base = min(group, key=lambda r: _setting_value(r, key))["time_per_token_s"]
-            for r in group:
-                ratios[_design(r)][_setting_value(r, key)].append(r["time_per_token_s"] / base)
+        for r in rows:
+            ratios[_design(r)][_setting_value(r, key)].append(
+                r["time_per_token_s"] / reference[(_design(r), r["profile"], r["trace_sha256"])])
         fig = go.Figure()
         for design, by_value in sorted(ratios.items()):
-            xs = sorted(by_value)
-            fig.add_trace(go.Scatter(x=xs, y=[float(np.median(by_value[x])) for x in xs], mode="lines+markers",
-                                     name=design))
+            xs, ys = _binned(by_value)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=design))
         fig.update_layout(title=f"Sensitivity to {key}", xaxis_title=f"{key} (base units)",
-                          yaxis_title="time per token / time at the smallest value (median)",
-                          xaxis_type="log" if _log_axis(_setting_value(r, key) for r in rows) else "linear",
-                          template="plotly_white")
+                          yaxis_title="time per token / the policy's median", template="plotly_white",
+                          xaxis_type="log" if _log_axis(_setting_value(r, key) for r in rows) else "linear")
         figures.append(fig)
-    text = ("For each swept numeric setting: time per token relative to the same configuration, trace and seed at "
-            "the setting's smallest value; one line per policy (median over everything else). Hardware fields "
-            "are in base units (B/s, s, B, FLOP/s)." if figures else "No numeric setting other than the DRAM "
-            "budget was swept.")
+    text = ("Main effect of each swept numeric setting: time per token relative to the median of the same policy on "
+            "the same profile and trace, as a median over everything else (sampled values pooled into "
+            f"{SENSITIVITY_BINS} equal-count bins). Hardware fields are in base units (B/s, s, B, FLOP/s)."
+            if figures else "No numeric setting other than the DRAM budget was swept.")
     return Section("Sensitivity to swept parameters", text, figures=figures)
 
 
@@ -334,19 +345,24 @@ def _ppl_section(path: Path) -> tuple[Section, dict[str, str]]:
 
 
 def _provenance_section(rows: Sequence[Row]) -> Section:
-    traces = {(r["trace_name"], r.get("trace_sha256"), r.get("trace_kind"), r.get("model")) for r in rows
-              if r["status"] == "ok"}
-    profiles = {(r["profile"], r.get("profile_sha256")) for r in rows if r["status"] == "ok"}
-    companions = {(kind, r.get(kind), r.get(f"{kind}_sha256")) for r in rows for kind in ("train_trace", "profile_trace")
-                  if r.get(f"{kind}_sha256")}
+    traces = {(r["trace_name"], r.get("trace_sha256"), r.get("trace_kind"), r.get("model"))
+              for r in rows if r["status"] == "ok"}
+    profiles: dict[tuple[str, str], set] = defaultdict(set)   # base profile -> hashes after swept overrides
+    for r in rows:
+        base = _config(r)["profile"]
+        profiles[(base["name"], base["sha256"])].add(r.get("profile_sha256"))
+    companions = {(kind, r.get(kind), r.get(f"{kind}_sha256")) for r in rows
+                  for kind in ("train_trace", "profile_trace") if r.get(f"{kind}_sha256")}
     tables = [table_html([{"trace": t, "sha256": s, "kind": k, "model": m} for t, s, k, m in sorted(traces, key=str)],
                          caption="traces"),
-              table_html([{"profile": p, "sha256 (hardware values)": s} for p, s in sorted(profiles, key=str)],
-                         caption="hardware profiles")]
+              table_html([{"profile": name, "sha256 (hardware values)": sha,
+                           "variants run (swept fields)": len(variants - {None})}
+                          for (name, sha), variants in sorted(profiles.items())], caption="hardware profiles")]
     if companions:
         tables.append(table_html([{"role": k, "trace": t, "sha256": s} for k, t, s in sorted(companions, key=str)],
                                  caption="training and profiling traces"))
-    return Section("Inputs", "Every input of the runs shown, by content hash.", tables=tables)
+    return Section("Inputs", "Every input of the runs, by content hash (each run's own hashes are in the "
+                             "results table).", tables=tables)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,8 +417,8 @@ def make_report(results_dir: str | os.PathLike, out_html: str | os.PathLike,
         sections.append(section)
     sections.append(_provenance_section(rows))
     stem = out_html.with_suffix("")
-    write_text(f"{stem}-summary.csv", _csv(summary_rows(rows)))
-    write_text(f"{stem}-pareto.csv", _csv(front))
+    write_text(f"{stem}-summary.csv", csv_text(summary_rows(rows)))
+    write_text(f"{stem}-pareto.csv", csv_text(front))
     provenance = {"results_dir": str(results_dir.resolve()), "sweep": sweep.get("name"),
                   "spec_file": sweep.get("spec_file"), "spec_sha256": sweep.get("spec_sha256"),
                   "environment": sweep.get("environment"), "perplexity_curve": ppl_input,

@@ -45,10 +45,11 @@ def first(packed: np.ndarray, n: int, width: int) -> np.ndarray:
 
 def runs(packed: np.ndarray, d_ff: int) -> np.ndarray:
     """Lengths of the runs of consecutive members, in neuron order (for request coalescing)."""
-    bits = np.zeros(d_ff + 2, dtype=np.int8)
-    bits[1:-1] = to_bool(packed, d_ff)
-    edges = np.diff(bits)
-    return np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+    idx = np.flatnonzero(to_bool(packed, d_ff))
+    if idx.size == 0:
+        return idx
+    breaks = np.flatnonzero(np.diff(idx) != 1)
+    return np.diff(np.concatenate(([-1], breaks, [idx.size - 1])))
 
 
 def frequency(masks: np.ndarray, block: int = 256) -> np.ndarray:

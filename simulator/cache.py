@@ -50,6 +50,7 @@ class NeuronCache:
     def _remove(self, layer: int, packed: np.ndarray) -> None:
         self.resident[layer] &= ~packed
         self.size[layer] -= bitset.count(packed)
+        self.policy.on_evict(layer, packed)
 
     def make_room(self, layer: int, step: int, n: int, protect: np.ndarray) -> dict[int, np.ndarray]:
         """Evict up to ``n`` neurons (never from ``protect``, which belongs to ``layer``).

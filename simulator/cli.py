@@ -10,7 +10,110 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_simulate(sub)
+    _register_synth(sub)
+    _register_policies(sub)
     _register_profiles(sub)
+
+
+def _register_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="replay a trace against a hardware profile",
+                       description="Replay a trace token by token against a hardware profile under a "
+                                   "predictor and a replacement policy (docs/simulator.md, docs/metrics.md).")
+    p.add_argument("--trace", required=True, help="trace .parquet file")
+    p.add_argument("--profile", default="apple-m1-max", help="preset name or YAML file (sparsesim profiles list)")
+    p.add_argument("--predictor", default="oracle", help="name[:key=value,...] (sparsesim policies)")
+    p.add_argument("--cache", default="lru", help="replacement policy name[:key=value,...]")
+    p.add_argument("--dram-budget", help="<= 1: share of the FFN for the neuron cache; else total bytes ('6.5 GB')")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8", "int4"))
+    p.add_argument("--layout", choices=("per-matrix", "bundled"))
+    p.add_argument("--lookahead", type=int, help="prefetch issued k layers ahead")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="a scenario field (e.g. partition=global) or a dotted profile field "
+                        "(e.g. 'storage.peak_bandwidth=2 GB/s'); repeatable")
+    p.add_argument("--train-trace", help="trace of other text for predictors that learn offline")
+    p.add_argument("--profile-trace", help="trace of other text for offline neuron statistics (static-pin, reorder)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-baselines", action="store_true", help="skip the dense and no-prefetch baseline runs")
+    p.add_argument("--json", metavar="OUT", help="also write the full record as JSON ('-' for stdout only)")
+    p.set_defaults(func=_simulate)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import json
+
+    from simulator.atomic import check_writable, write_text
+    from simulator.metrics import format_summary
+    from simulator.simulate import simulate
+
+    if args.json and args.json != "-":
+        check_writable(args.json)
+    settings = list(args.settings)
+    for field, value in (("dram_budget", args.dram_budget), ("precision", args.precision),
+                         ("layout", args.layout), ("lookahead", args.lookahead)):
+        if value is not None:
+            settings.append(f"{field}={value}")
+    record = simulate(args.trace, args.profile, args.predictor, args.cache, settings=settings,
+                      train_trace=args.train_trace, profile_trace=args.profile_trace, seed=args.seed,
+                      baselines=not args.no_baselines)
+    text = json.dumps(record, indent=2, default=float)
+    if args.json == "-":
+        print(text)
+        return 0
+    print(format_summary(record))
+    if args.json:
+        write_text(args.json, text + "\n")
+    return 0
+
+
+def _register_synth(sub: argparse._SubParsersAction) -> None:
+    from simulator.synth import SHAPES
+
+    p = sub.add_parser("synth", help="write a synthetic trace (model shapes we cannot run here)",
+                       description="Synthetic activation traces, labelled 'synthetic' in their metadata "
+                                   "(generator: simulator/synth.py, docs/simulator.md).")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="a published model shape")
+    p.add_argument("--layers", type=int)
+    p.add_argument("--d-model", type=int)
+    p.add_argument("--d-ff", type=int)
+    p.add_argument("--no-glu", action="store_true", help="plain (2-matrix) FFN for a custom shape")
+    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--active", type=float, default=0.1, help="mean share of neurons active per token")
+    p.add_argument("--persistence", type=float, help="P(active at t | active at t-1), measured-style")
+    p.add_argument("--hot-skew", type=float, default=0.0, help="Zipf exponent of per-neuron activity")
+    p.add_argument("--like", help="take activity, persistence and hot-neuron profile from a real trace")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=_synth)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from simulator.atomic import check_writable
+    from simulator.synth import synthesize
+
+    check_writable(args.output)
+    path = synthesize(args.output, shape=args.shape, layers=args.layers, d_model=args.d_model, d_ff=args.d_ff,
+                      glu=not args.no_glu, tokens=args.tokens, active=args.active, persistence=args.persistence,
+                      hot_skew=args.hot_skew, like=args.like, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+def _register_policies(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("policies", help="list predictors and replacement policies with their parameters")
+    p.set_defaults(func=_policies)
+
+
+def _policies(args: argparse.Namespace) -> int:
+    from simulator.predictors import PREDICTORS
+    from simulator.replacement import REPLACEMENT
+
+    for registry in (PREDICTORS, REPLACEMENT):
+        print(f"{registry.kind}s:")
+        for name, doc, params in registry.describe():
+            shown = ", ".join(f"{k}={v}" for k, v in params.items())
+            print(f"  {name:<18} {doc}" + (f"  [{shown}]" if shown else ""))
+    return 0
 
 
 def _register_profiles(sub: argparse._SubParsersAction) -> None:

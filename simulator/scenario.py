@@ -35,7 +35,7 @@ class Scenario:
     ffn_in: str = "flash"            # flash: DRAM neuron cache; dram: on-chip cache over DRAM
     nonffn_in: str = "dram"          # dram: resident; flash: streamed every token (the naive baseline)
     dram_budget: float = 0.25        # <= 1: fraction of FFN bytes for the cache; > 1: total bytes
-    partition: str = "per-layer"     # neuron-cache capacity split per layer, or one global pool
+    partition: str = "global"        # one DRAM pool for all layers, or capacity split per layer
     layout: str = "per-matrix"       # per-matrix rows, or gate+up+down bundled per neuron
     coalesce: bool = True            # neurons adjacent in storage are read in one request
     max_request: int = 1 << 20       # bytes; larger runs are split

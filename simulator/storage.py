@@ -80,10 +80,10 @@ def request_sizes(packed: np.ndarray, d_ff: int, row_bytes: float, matrices: int
         return np.array([unit]), np.array([n * copies])
     lengths = bitset.runs(packed, d_ff)
     full = int((lengths // per_request).sum())
-    rest = lengths % per_request
-    rest_sizes, rest_counts = np.unique(rest[rest > 0], return_counts=True)
+    rest = np.bincount(lengths % per_request)     # run lengths are small integers: count, don't sort
+    rest_sizes = np.flatnonzero(rest[1:]) + 1
     sizes = np.concatenate([[per_request] if full else [], rest_sizes]) * unit
-    counts = np.concatenate([[full] if full else [], rest_counts]).astype(np.int64) * copies
+    counts = np.concatenate([[full] if full else [], rest[rest_sizes]]).astype(np.int64) * copies
     return sizes.astype(float), counts
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from simulator.errors import InputError
 from simulator.predictors import PREDICTORS, Predictor
+from simulator.replacement import REPLACEMENT
+from simulator.replacement.keyed import LeastRecentlyUsed
 from simulator.simulate import simulate
 from tracebuild import write_trace
 
@@ -109,3 +111,26 @@ def test_budget_too_small_names_the_minimum(tmp_path):
 def test_unknown_policy_lists_the_known_ones(tmp_path):
     with pytest.raises(InputError, match="unknown replacement policy 'lruu'.*did you mean 'lru'.*known: belady"):
         _run(_trace(tmp_path, SETS), "lruu")
+
+
+class PlainLRU(LeastRecentlyUsed):
+    """LRU without the key-class index: the global eviction sorts every key instead."""
+
+    stamped = False
+
+
+if "test-plain-lru" not in REPLACEMENT.names():
+    REPLACEMENT.register("test-plain-lru")(PlainLRU)
+
+
+@pytest.mark.parametrize("predictor", ["none", "oracle"])
+def test_global_lru_index_matches_full_sort(tmp_path, predictor):
+    rng = np.random.default_rng(5)
+    base = rng.random((1, 4, 96)) < 0.2
+    active = np.where(rng.random((50, 4, 96)) < 0.5, base, rng.random((50, 4, 96)) < 0.2)
+    path = write_trace(tmp_path / "g.parquet", active, d_model=32)
+    for budget in (0.15, 0.4):
+        fast = _run(path, "lru", budget=budget, predictor=predictor, partition="global")
+        plain = _run(path, "test-plain-lru", budget=budget, predictor=predictor, partition="global")
+        for key in ("hits", "demand_misses", "evictions", "time_per_token_s", "per_layer"):
+            assert fast[key] == plain[key], key

@@ -117,7 +117,7 @@ def _write_windows(writer: TraceWriter, lm: LoadedModel, th: Thresholds, ids: np
             tqdm(total=len(ids), desc="trace", unit="tok", disable=None) as bar:
         for w in windows(ids, window, lm.bos_id):
             hidden = hidden_states(lm, torch.from_numpy(w.inputs)[None])
-            masks = hooks.take_packed()[0]                     # [T, L, n_bytes]
+            masks = hooks.take_packed()                     # [T, L, n_bytes]
             writer.write(np.full(len(w.inputs), w.index), np.arange(len(w.inputs)), w.inputs, masks)
             active += popcount_rows(masks).sum(axis=0)
             if score:

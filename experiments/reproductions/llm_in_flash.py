@@ -15,7 +15,9 @@ Published rows (ms per token, I/O only): naive 2196, hybrid 1090, + predictor 73
 * storage: the profile's read curve (8 KiB → 1.25 GB/s, 16 KiB → 2.25 GB/s, 1 MiB → 6.1 GB/s);
   naive and hybrid read whole matrices sequentially (coalesced into 1 MiB requests), the sparse
   rows read one 8 KiB row (16 KiB bundle) per neuron as the paper's loader does (no coalescing);
-* hybrid keeps a fixed part of the FFN resident (``static-pin``) and streams the rest.
+* hybrid keeps a fixed part of the FFN resident (``static-pin``) and streams the rest;
+* the windowed rows keep one preallocated matrix per layer (``partition=per-layer``), as the paper's
+  memory management does.
 
 The simulator's I/O time per token is the storage device's busy time, averaged after 8 warm-up
 tokens (the window needs k tokens to fill).
@@ -32,8 +34,9 @@ ROWS: dict[str, tuple[str, str, list[str]]] = {
     "naive": ("dense", "lru", ["nonffn_in=flash", "dram_budget=0.0313", "partition=global"]),
     "hybrid": ("dense", "static-pin", ["dram_budget=6.7 GB", "partition=global"]),
     "predictor": ("oracle", "lru", ["coalesce=false", "dram_budget=4.8 GB", "partition=global"]),
-    "window": ("oracle", "window:k=4", ["coalesce=false", "dram_budget=6.5 GB"]),
-    "bundling": ("oracle", "window:k=4", ["coalesce=false", "dram_budget=6.5 GB", "layout=bundled"]),
+    "window": ("oracle", "window:k=4", ["coalesce=false", "dram_budget=6.5 GB", "partition=per-layer"]),
+    "bundling": ("oracle", "window:k=4", ["coalesce=false", "dram_budget=6.5 GB", "layout=bundled",
+                                          "partition=per-layer"]),
 }
 COMMON = ["precision=fp16", "warmup=8"]
 

@@ -21,20 +21,31 @@ from simulator.errors import InputError
 from simulator.predictors import PREDICTORS, CausalView, PredictorContext
 from simulator.predictors.scored import ScoredPredictor, latest_layer, latest_token, unpack_rows
 
-POWER_ITERATIONS = 2     # randomized SVD: enough for mask matrices with a decaying spectrum
+POWER_ITERATIONS = 2     # subspace iterations: enough for mask matrices with a decaying spectrum
 OVERSAMPLE = 8
 RIDGE = 1e-3             # λ relative to the mean variance of the components: keeps the solve stable
 
 
-class MaskRegression:
-    """Rank-r least-squares map from one layer's 0/1 mask to another layer's activation scores."""
+class PrincipalComponents:
+    """Mean and top-r principal axes of one layer's 0/1 training masks [T, d]."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, rank: int, rng: np.random.Generator):
+    def __init__(self, x: np.ndarray, rank: int, rng: np.random.Generator):
         x = x.astype(np.float32)
-        self.mean_x = x.mean(axis=0)
-        centred = x - self.mean_x
-        self.axes = _principal_axes(centred, min(rank, *centred.shape), rng)     # [d_src, r]
-        z = centred @ self.axes
+        self.mean = x.mean(axis=0)
+        centred = x - self.mean
+        self.axes = _principal_axes(centred, min(rank, *centred.shape), rng)     # [d, r]
+        self.train = centred @ self.axes                                           # [T, r]
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) @ self.axes
+
+
+class MaskRegression:
+    """Least-squares map from a source layer's principal components to a target layer's scores."""
+
+    def __init__(self, source: PrincipalComponents, y: np.ndarray):
+        self.source = source
+        z = source.train
         y = y.astype(np.float32)
         self.mean_y = y.mean(axis=0)
         gram = z.T @ z
@@ -43,17 +54,31 @@ class MaskRegression:
                                     z.T @ (y - self.mean_y))                     # [r, d_tgt]
 
     def scores(self, x: np.ndarray) -> np.ndarray:
-        return self.mean_y + ((x - self.mean_x) @ self.axes) @ self.coef
+        return self.mean_y + self.source.project(x) @ self.coef
 
 
 def _principal_axes(centred: np.ndarray, rank: int, rng: np.random.Generator) -> np.ndarray:
-    """Top ``rank`` right singular vectors of ``centred`` [T, d] (Halko et al. randomized SVD)."""
-    sketch = centred @ rng.standard_normal((centred.shape[1], rank + OVERSAMPLE)).astype(np.float32)
-    for _ in range(POWER_ITERATIONS):
-        sketch, _ = np.linalg.qr(centred @ (centred.T @ sketch))
-    basis, _ = np.linalg.qr(sketch)
-    _, _, vt = np.linalg.svd(basis.T @ centred, full_matrices=False)
-    return np.ascontiguousarray(vt[:rank].T)
+    """Top ``rank`` principal axes [d, rank] of ``centred`` [T, d].
+
+    Randomized subspace iteration (Halko et al. 2011) with the Gram matrix applied as
+    X^T (X b), never formed, then Rayleigh-Ritz on the small projected matrix;
+    orthonormalisation by the eigenvectors of the small basis Gram (no QR of tall matrices).
+    """
+    def gram(basis: np.ndarray) -> np.ndarray:
+        return centred.T @ (centred @ basis)
+
+    basis = rng.standard_normal((centred.shape[1], min(rank + OVERSAMPLE, centred.shape[1]))).astype(np.float32)
+    for _ in range(POWER_ITERATIONS + 1):
+        basis = _orthonormal(gram(basis))
+    _, vectors = np.linalg.eigh(basis.T @ gram(basis))
+    return np.ascontiguousarray(basis @ vectors[:, ::-1][:, :rank])
+
+
+def _orthonormal(basis: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the column span of ``basis`` (directions of ~zero norm dropped)."""
+    values, vectors = np.linalg.eigh(basis.T @ basis)
+    keep = values > values.max(initial=0.0) * 1e-10
+    return basis @ (vectors[:, keep] / np.sqrt(values[keep]))
 
 
 class CrossLayer(ScoredPredictor):
@@ -69,7 +94,8 @@ class CrossLayer(ScoredPredictor):
         super().setup(context)
         if context.train_masks is None or len(context.train_masks) < 2:
             raise InputError(f"predictor {self.name} needs a training trace (--train) to learn its layer-to-layer map")
-        self.maps: dict[tuple[int, int], MaskRegression] = {}
+        self.components: dict[int, PrincipalComponents] = {}          # per source layer
+        self.maps: dict[tuple[int, int], MaskRegression] = {}           # per (source, target)
         width = max(context.d_ff)
         self.flops = 2.0 * (width * self.rank + self.rank * width)
 
@@ -81,9 +107,12 @@ class CrossLayer(ScoredPredictor):
         key = (source, target)
         if key not in self.maps:
             ctx = self.context
-            self.maps[key] = MaskRegression(unpack_rows(ctx.train_masks[:, source], ctx.d_ff[source]),
-                                            unpack_rows(ctx.train_masks[:, target], ctx.d_ff[target]),
-                                            self.rank, np.random.default_rng([ctx.seed, source, target]))
+            if source not in self.components:
+                self.components[source] = PrincipalComponents(
+                    unpack_rows(ctx.train_masks[:, source], ctx.d_ff[source]), self.rank,
+                    np.random.default_rng([ctx.seed, source]))
+            self.maps[key] = MaskRegression(self.components[source],
+                                            unpack_rows(ctx.train_masks[:, target], ctx.d_ff[target]))
         return self.maps[key]
 
     def predict(self, view: CausalView, token: int, layer: int) -> np.ndarray | None:

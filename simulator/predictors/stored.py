@@ -24,7 +24,7 @@ class StoredPrediction(Predictor):
       l - s. It exists only from that layer step on, so the run must issue predictions at most
       s layers ahead (lookahead <= s; ``CausalityError`` otherwise). Layers l < s have no input
       and get no prediction.
-    * ``flops_per_token``: the predictor's FLOPs per layer, charged to compute at issue.
+    * ``flops_per_layer``: FLOPs of one prediction (one token, one layer), charged to compute at issue.
     """
 
     def __init__(self, name: str = "lowrank"):
@@ -45,7 +45,7 @@ class StoredPrediction(Predictor):
         rows = learned["train_rows"]
         self.trained = range(0) if rows is None else range(int(rows[0]), int(rows[1]))
         self.offset = int(learned["input_offset"])
-        self.flops = float(learned.get("flops_per_token", 0.0))
+        self.flops = float(learned.get("flops_per_layer", 0.0))
 
     def predict(self, view: CausalView, token: int, layer: int) -> np.ndarray | None:
         if token in self.trained or layer < self.offset:

@@ -9,6 +9,7 @@ implements any of these hooks; the engine calls them and never changes to add a 
 ``on_access(layer, step, used)``         neurons the FFN used at this layer step
 ``victims(layer, step, n, candidates)``  return exactly ``n`` neurons of ``candidates`` to evict
 ``global_victims(step, n, candidates)``  the same over all layers (global capacity partition)
+``on_evict(layer, evicted)``             neurons that left the cache (evicted or expired)
 ``expire(layer, step)``                  neurons to drop voluntarily now (e.g. a token window)
 ``admit(layer, step, filled, prefetch)`` the subset of a fill worth inserting (bypass the rest)
 ``preload()``                            [L, n_bytes] neurons resident before decoding starts
@@ -59,6 +60,9 @@ class ReplacementPolicy:
         pass
 
     def on_access(self, layer: int, step: int, used: np.ndarray) -> None:
+        pass
+
+    def on_evict(self, layer: int, evicted: np.ndarray) -> None:
         pass
 
     def expire(self, layer: int, step: int) -> np.ndarray | None:
