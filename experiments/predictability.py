@@ -23,7 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from experiments.html import Section, table_html, write_page
 from simulator import __version__
+from simulator.atomic import write_text
 from simulator.bitset import frequency
 from simulator.errors import InputError
 from simulator.predictors import PREDICTORS, PredictorContext
@@ -76,13 +78,6 @@ def _load(trace: str | os.PathLike | Trace, role: str) -> Trace:
     if trace.n_tokens == 0:
         raise InputError(f"{trace.path}: {role} trace has no tokens")
     return trace
-
-
-def predictor_context(trace: Trace, train: Trace | None, seed: int) -> PredictorContext:
-    return PredictorContext(
-        n_layers=trace.n_layers, d_ff=tuple(trace.d_ff), n_bytes=trace.n_bytes, seed=seed,
-        train_masks=None if train is None else train.masks, train_tokens=None if train is None else train.token,
-        extra=trace.extra, meta=trace.meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +229,7 @@ def perturbation_rows(trace: Trace, perturbed: Sequence[Trace]) -> list[Row]:
 
 def figures(tables: dict[str, list[Row]]) -> dict[str, Any]:
     """The plots, built from the very rows written to the CSV tables."""
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go   # heavy: only when a report is built, not at CLI start-up
 
     def lines(rows: list[Row], group: str, y: str, title: str, ytitle: str) -> go.Figure:
         fig = go.Figure()
@@ -267,9 +262,7 @@ def figures(tables: dict[str, list[Row]]) -> dict[str, Any]:
     return figs
 
 
-def _sections(tables: dict[str, list[Row]], figs: dict[str, Any], lookahead: int, precision: str) -> list:
-    from experiments.html import Section, table_html
-
+def _sections(tables: dict[str, list[Row]], figs: dict[str, Any], lookahead: int, precision: str) -> list[Section]:
     sections = [
         Section("Predictor accuracy",
                 f"Each predictor replayed over the trace with the simulator's causality rule (layer schedule, "
@@ -303,13 +296,13 @@ def _sections(tables: dict[str, list[Row]], figs: dict[str, Any], lookahead: int
     return sections
 
 
-def analyze(trace: str | os.PathLike | Trace, out_dir: str | os.PathLike, train: str | os.PathLike | Trace | None = None,
-            predictors: Sequence[str] | None = None, perturbed: Sequence[str | os.PathLike | Trace] = (),
-            precision: str = "fp16", lookahead: int = 1, seed: int = 0) -> dict[str, Any]:
+def analyze(trace: str | os.PathLike | Trace, out_dir: str | os.PathLike,
+            train: str | os.PathLike | Trace | None = None, predictors: Sequence[str] | None = None,
+            perturbed: Sequence[str | os.PathLike | Trace] = (), precision: str = "fp16", lookahead: int = 1,
+            seed: int = 0) -> dict[str, Any]:
     """Analyse ``trace``; write ``out_dir/report.html`` and the CSV tables; return tables, figures and paths."""
-    from experiments.html import write_page
-    from experiments.report import csv_text
-    from simulator.atomic import write_text
+    from experiments.report import csv_text   # imports plotly: kept out of CLI start-up
+
 
     if precision not in BYTES_PER_WEIGHT:
         raise InputError(f"--precision {precision!r}: not one of {', '.join(BYTES_PER_WEIGHT)}")
@@ -323,7 +316,7 @@ def analyze(trace: str | os.PathLike | Trace, out_dir: str | os.PathLike, train:
     perturbed = [_companion(_load(p, "perturbed"), trace, "perturbed") for p in perturbed]
     specs = list(predictors) if predictors else default_predictors(trace, train)
     neuron_bytes = ModelFootprint.from_meta(trace.model, Scenario(precision=precision)).neuron_bytes
-    context = predictor_context(trace, train, seed)
+    context = PredictorContext.of(trace, train, seed)
     layer_rows: list[Row] = []
     summary: list[Row] = []
     for spec in specs:

@@ -65,7 +65,7 @@ def _group(rows: Iterable[Row], key: Callable[[Row], Hashable]) -> dict[Hashable
     return dict(groups)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=1 << 16)
 def _parse_config(text: str) -> dict[str, Any]:
     return json.loads(text)
 
@@ -208,6 +208,9 @@ def _traffic_section(ok: Sequence[Row]) -> Section:
 
 
 def _speedup_section(ok: Sequence[Row]) -> Section:
+    if not _finite(r.get("speedup_vs_dense") for r in ok).size:
+        return Section("Speed-up over dense", "No speed-ups recorded: the sweep ran with baselines: false, or the "
+                                              "dense baseline could not run at any budget swept.")
     fig = go.Figure()
     table = []
     designs = sorted({_design(r) for r in ok})
@@ -385,7 +388,7 @@ def summary_rows(rows: Sequence[Row]) -> list[Row]:
             "storage_mb_per_token": _quantile(ok, "storage_bytes_per_token") / MB,
             "wasted_mb_per_token": _per_token(ok, "wasted_bytes") / MB,
             "pollution_mb_per_token": _per_token(ok, "pollution_bytes") / MB,
-            "hit_rate": _quantile(ok, "hit_rate"), "recall": _quantile(ok, "recall"),
+            "hit_rate": _quantile(ok, "hit_rate"), "recall": _quantile(ok, "predictor_recall"),
             "energy_per_token_j": _quantile(ok, "energy_per_token_j"),
             "error": "" if ok else r["error"],
         })

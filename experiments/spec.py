@@ -452,7 +452,7 @@ def materialize(spec: SweepSpec, synth_dir: Path) -> SweepSpec:
                 synth_dir.mkdir(parents=True, exist_ok=True)
                 try:
                     synthesize(out, progress=False, **trace.synth)
-                except InputError as e:
+                except (InputError, TypeError, ValueError) as e:   # TypeError/ValueError: a value of the wrong type
                     raise InputError(f"{spec.path}: traces: synth {dict(trace.synth)}: {e}") from None
             trace = dataclasses.replace(trace, path=out)
         traces.append(trace)
@@ -468,28 +468,27 @@ def expand(spec: SweepSpec) -> list[RunConfig]:
             hashes[path] = file_sha256(path)
         return hashes[path]
 
-    profile_info = {p: load_profile(p) for p in spec.profiles}
+    presets = list_profiles()
+    profiles = [(p, p if p in presets else _relative(Path(p), spec.root), load_profile(p)) for p in spec.profiles]
     runs: dict[str, RunConfig] = {}
     for trace in spec.traces:
         if trace.path is None:
             raise ValueError(f"synthetic trace {trace.label} not materialized")  # a caller bug, not input
-        for profile in spec.profiles:
-            hw = profile_info[profile]
+        for profile, label, hw in profiles:
             for point in spec.points:
-                run = _run(spec, trace, profile, hw.name, hw.sha256, point, sha)
+                run = _run(spec, trace, profile, label, hw.name, hw.sha256, point, sha)
                 runs.setdefault(run.run_id, run)
     return list(runs.values())
 
 
-def _run(spec: SweepSpec, trace: TraceInput, profile: str, profile_name: str, profile_sha: str,
-         point: Mapping[str, Any], sha: Callable[[Path], str]) -> RunConfig:
+def _run(spec: SweepSpec, trace: TraceInput, profile: str, profile_label: str, profile_name: str,
+         profile_sha: str, point: Mapping[str, Any], sha: Callable[[Path], str]) -> RunConfig:
     predictor = point.get("predictor", _SIMULATE_DEFAULTS["predictor"])
     cache = point.get("cache", _SIMULATE_DEFAULTS["cache"])
     seed = point.get("seed", _SIMULATE_DEFAULTS["seed"])
     companions = {key: spec.root / point[key] for key in TRACE_SETTINGS if key in point}
     settings = {key: setting_text(value) for key, value in sorted(point.items())
                 if key not in (*POLICY_SETTINGS, "seed", *TRACE_SETTINGS)}
-    profile_label = profile if profile in list_profiles() else _relative(Path(profile), spec.root)
     canonical = {
         "trace": {"name": trace.label, "sha256": sha(trace.path)},
         "profile": {"name": profile_label, "sha256": profile_sha},

@@ -222,12 +222,13 @@ def open_executor(workers: int | None = None, scheduler: str | None = None,
             yield client.get_executor(), slots, f"dask {scheduler or 'local'} ({slots} threads)"
         return
     workers = workers or default_workers()
-    # forkserver: workers do not inherit the parent's threads and open files (tqdm's monitor, the lock)
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+    # spawn: each worker is a child of this process (so _exit_with_parent sees it die; under
+    # forkserver the server outlives it) and inherits none of its open files (a forked orphan
+    # would keep the results directory's lock held)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_exit_with_parent)
     try:
-        yield pool, workers, f"process pool ({workers} workers, {method})"
+        yield pool, workers, f"process pool ({workers} workers)"
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -239,12 +240,10 @@ def _dask_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
         from distributed import Client, LocalCluster
     except ImportError:
         raise InputError("Dask is not installed: pip install 'sparsesim[dask]'") from None
-    silence = logging.ERROR
     if scheduler is None:
         # loopback only, no dashboard: a local cluster opens no port beyond 127.0.0.1
-        with dask.config.set({"distributed.comm.timeouts.connect": f"{DASK_CONNECT_TIMEOUT_S}s"}), \
-                LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
-                             host="127.0.0.1", dashboard_address=None, silence_logs=silence) as cluster, \
+        with LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
+                          host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
                 Client(cluster) as client:
             yield client
         return

@@ -15,6 +15,9 @@ from typing import Iterator
 
 from simulator.errors import InputError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early, with one line, if ``path`` cannot be created (before any long work starts)."""
@@ -39,6 +42,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent or ".")
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)   # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, final)

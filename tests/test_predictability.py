@@ -103,7 +103,8 @@ def test_report_renders_and_plots_its_tables(tmp_path):
     similarity = read_csv(result["paths"]["similarity"])
     for line in figs["similarity"].data:
         np.testing.assert_array_equal(floats(line.y), floats(r[line.name] for r in similarity))
-    np.testing.assert_array_equal(floats(figs["concentration"].data[0].y), floats(r["hot_fraction_80"] for r in similarity))
+    np.testing.assert_array_equal(floats(figs["concentration"].data[0].y),
+                                  floats(r["hot_fraction_80"] for r in similarity))
     perturbation = read_csv(result["paths"]["perturbation"])
     np.testing.assert_array_equal(floats(figs["perturbation"].data[0].y), floats(r["match_rate"] for r in perturbation))
     dense = next(r for r in summary if r["predictor"] == "dense")
@@ -140,3 +141,29 @@ def test_cli_exits_2_with_one_line(tmp_path, small, monkeypatch, capsys):
     assert err.count("\n") == 1 and "no tokens" in err
     assert cli.main(["analyze", small, "--predictors", "previous-token,window:k=2", "-o", str(tmp_path / "ok")]) == 0
     assert (tmp_path / "ok" / "report.html").exists()
+
+
+def test_perturbation_traces_of_stories260k(tmp_path, shared_data):
+    """Real model: re-traced unchanged tokens match exactly; a causal model's masks before the first
+    replaced position of a window are identical; the replaced share is as asked."""
+    pytest.importorskip("torch")
+    from tracing.models import load_model
+    from tracing.perturb import trace_perturbed
+    from tracing.trace import trace_model
+
+    stories = load_model(str(shared_data / "llama2c-stories260K"))
+    base = tmp_path / "base.parquet"
+    trace_model(out=base, model=stories, text="pydoc", sparsity=0.5, tokens=512, window=256, calib_tokens=512,
+                ppl=False)
+    same, perturbed = tmp_path / "p0.parquet", tmp_path / "p20.parquet"
+    trace_perturbed(base, same, 0.0, model=stories)
+    meta = trace_perturbed(base, perturbed, 0.2, seed=1, model=stories)
+    assert meta["perturbation"]["replaced_tokens"] == round(0.2 * (512 - 2))   # BOS of both windows kept
+    rows = {r["perturbed"]: r for r in analyze(base, tmp_path / "out", predictors=["previous-token"],
+                                               perturbed=[same, perturbed])["tables"]["perturbation"]
+            if r["layer"] == 0}
+    assert rows["p0.parquet"]["match_rate"] == 1.0
+    assert rows["p20.parquet"]["match_rate"] < 1.0 and rows["p20.parquet"]["fraction"] == 0.2
+    original, changed = read_trace(base), read_trace(perturbed)
+    first_change = np.flatnonzero(changed.token != original.token)[0]
+    assert np.array_equal(original.masks[:first_change], changed.masks[:first_change])

@@ -37,9 +37,7 @@ def run(trace_path, spec: str, train_path=None, lookahead: int = 1, schedule: st
     train = read_trace(train_path) if train_path else None
     name, params = parse_policy(spec)
     predictor = PREDICTORS.create(name, params)
-    predictor.setup(PredictorContext(trace.n_layers, tuple(trace.d_ff), trace.n_bytes, seed,
-                                     None if train is None else train.masks, None if train is None else train.token,
-                                     trace.extra, trace.meta))
+    predictor.setup(PredictorContext.of(trace, train, seed))
     predicted, issued = replay(trace.masks, trace.token, predictor, lookahead=lookahead, schedule=schedule)
     sets = [[set(np.flatnonzero(np.unpackbits(predicted[t, l], bitorder="little")[:trace.d_ff[l]]).tolist())
              if issued[t, l] else None for l in range(trace.n_layers)] for t in range(trace.n_tokens)]
@@ -172,7 +170,7 @@ def test_oracle_is_perfect(small):
     _, c = run(small, "oracle")
     assert (c.fp == 0).all() and (c.fn == 0).all() and (c.tp > 0).all()
     r = simulate(small, "apple-m1-max", "oracle", "lru", settings=["dram_budget=1.0"], baselines=False)
-    assert r["precision"] == 1.0 and r["recall"] == 1.0
+    assert r["predictor_precision"] == 1.0 and r["predictor_recall"] == 1.0
 
 
 def test_noisy_oracle_hits_its_rates(tmp_path):

@@ -13,7 +13,6 @@ import time
 import zlib
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -48,8 +47,8 @@ def test_report_is_offline_html_with_plots_and_csv_tables(results, tmp_path):
     assert html.count("class=\"plotly-graph-div\"") >= 6
     assert html.count("<script type='text/javascript'>") == 1          # plotly.js inlined once
     assert not re.search(r"<script[^>]+src=[\"']?https?:", html)       # no CDN
-    for title in ("Pareto front", "Traffic and pollution", "Speed-up over dense", "Sensitivity to storage.peak_bandwidth",
-                  "Per-layer predictor accuracy", "Inputs", "Provenance"):
+    for title in ("Pareto front", "Traffic and pollution", "Speed-up over dense",
+                  "Sensitivity to storage.peak_bandwidth", "Per-layer predictor accuracy", "Inputs", "Provenance"):
         assert title in html
     assert "invalid" in html                                            # the failures table (budget 0.01)
     summary = list(csv.DictReader(open(tmp_path / "report-summary.csv")))

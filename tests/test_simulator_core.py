@@ -43,7 +43,7 @@ def test_oracle_never_wastes_a_byte(random_trace):
         r = simulate(random_trace, "apple-m1-max", "oracle", cache, settings=["dram_budget=0.5"],
                      baselines=False)
         assert r["wasted_bytes"] == 0 and r["pollution_bytes"] == 0
-        assert r["precision"] == 1.0 and r["recall"] == 1.0
+        assert r["predictor_precision"] == 1.0 and r["predictor_recall"] == 1.0
 
 
 def test_dense_moves_every_ffn_byte(random_trace):

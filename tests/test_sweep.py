@@ -150,7 +150,8 @@ def test_failed_runs_are_recorded_and_only_errors_are_retried(tmp_path, traces, 
     invalid = [r for r in rows if r["status"] == "invalid"]
     assert all("dram_budget" in r["error"] for r in invalid)
 
-    ok_run = next(r for r in expand(load_spec(spec)) if r.run_id == next(x for x in rows if x["status"] == "ok")["run_id"])
+    ok_id = next(r["run_id"] for r in rows if r["status"] == "ok")
+    ok_run = next(r for r in expand(load_spec(spec)) if r.run_id == ok_id)
     monkeypatch.setattr("experiments.sweep.simulate", lambda *a, **k: 1 / 0)
     crashed = execute_run(ok_run)
     assert crashed["status"] == "error" and crashed["error"].startswith("ZeroDivisionError")

@@ -62,7 +62,7 @@ BAD_TRACE_ARGS = {   # flags overriding the good command line; None drops a flag
     "text shorter than a window": ({"--text": "{short}"}, "too short for 512 evaluation tokens"),
     "sparsity 1": ({"--sparsity": "1.0"}, "--sparsity 1.0: must be a number in [0, 1)"),
     "sparsity negative": ({"--sparsity": "-0.1"}, "--sparsity -0.1: must be a number in [0, 1)"),
-    "unwritable output": ({"-o": "{blocker}/t.parquet"}, "cannot create output directory"),
+    "unwritable output": ({"-o": "{blocker}/t.parquet"}, "is not writable"),
     "NaN threshold": ({"--sparsity": None, "--thresholds": "{nan_json}"}, "expected a finite number"),
 }
 

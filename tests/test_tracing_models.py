@@ -118,7 +118,7 @@ def test_gguf_conversion_failure_leaves_no_cache(tmp_path, monkeypatch):
         (staging / "model.gguf").write_bytes(b"GGUF" + b"\0" * 64)   # truncated GGUF: the loader fails
         return staging / "model.gguf"
 
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="cannot load as a GGUF causal LM"):
         models._convert_gguf(final, half_written)
     assert not final.exists()
     assert list(models.cache_root().iterdir()) == []

@@ -88,7 +88,7 @@ def train_lowrank(hidden: torch.Tensor, masks: torch.Tensor, rank: int, epochs: 
                 loss = loss_fn(net(x[rows]), y[rows])
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(rows)
+                total += float(loss.detach()) * len(rows)
     return LowRankPredictor(net=net.eval(), rank=rank, d_model=d_model, d_ff=d_ff, threshold=threshold,
                             train_tokens=n, epochs=epochs, seed=seed, final_loss=total / n)
 

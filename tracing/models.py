@@ -76,8 +76,7 @@ def load_model(spec: str = DEFAULT_MODEL) -> LoadedModel:
     hf_logging.disable_progress_bar()
     path = Path(spec).expanduser()
     if spec == DEFAULT_MODEL:
-        hf_dir = _gemma_270m_cache()
-        model, tok = _load_hf_dir(hf_dir)
+        model, tok = _load_hf_dir(_gemma_270m_cache())
     elif spec == STORIES_NAME:
         model, tok = load_llama2c(Path(os.environ.get(STORIES_ENV, STORIES_DEFAULT_DIR)))
     elif not path.exists():
@@ -142,9 +141,12 @@ def _convert_gguf(final: Path, gguf_into) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
         gguf = Path(gguf_into(staging))
-        kwargs = dict(gguf_file=gguf.name)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except Exception as e:  # the GGUF reader raises many types for a damaged or unsupported file
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise InputError(f"{gguf}: cannot load as a GGUF causal LM ({type(e).__name__}: {first})") from None
         # The weights are already dequantized; without dropping the GGUF quantizer bookkeeping
         # save_pretrained() refuses the model as "quantized with gguf and not serializable".
         model.hf_quantizer = None

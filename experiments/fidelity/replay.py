@@ -28,7 +28,7 @@ import numpy as np
 from experiments.fidelity.direct_io import (
     PAGE, ParallelReader, check_directory, check_free_space, direct_alignment, scratch_file,
 )
-from simulator.atomic import atomic_path, check_writable, write_text
+from simulator.atomic import check_writable, write_text
 from simulator.engine import IoBatch
 from simulator.errors import InputError
 from simulator.profile import HardwareProfile, load_profile
@@ -43,25 +43,59 @@ DEFAULT_MAX_DISK = 4 << 30
 
 @dataclass(frozen=True)
 class ReplayBatch:
-    """One simulated batch as real reads: aligned extents of the weight file."""
+    """One simulated batch as real reads: extents of the weight file, before alignment."""
 
     token: int
     layer: int
     kind: str
     simulated: float          # s, the simulated service time
-    offsets: list[int]        # aligned
-    sizes: list[int]          # aligned
-    requested_bytes: int      # what the simulator counted
+    offsets: np.ndarray       # bytes
+    sizes: np.ndarray         # bytes
+
+    def aligned(self, align: int) -> tuple[list[int], list[int]]:
+        """The smallest ``align``-aligned extents that cover the requests (what O_DIRECT can read)."""
+        start = self.offsets // align * align
+        end = -(-(self.offsets + self.sizes) // align) * align
+        return start.tolist(), (end - start).tolist()
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What one configuration reads: the simulator's batches as extents, and its result record."""
+
+    config: dict
+    batches: list[ReplayBatch]
+    record: dict
+    file_bytes: int           # the weight file the extents address
+
+    def measure(self, fd: int, repeats: int) -> np.ndarray:
+        """Read every batch in order, ``repeats`` passes; [repeats, batches] seconds."""
+        align = direct_alignment(fd)
+        extents = [b.aligned(align) for b in self.batches]
+        largest = max((max(sizes) for _, sizes in extents), default=PAGE)
+        measured = np.zeros((repeats, len(extents)))
+        with ParallelReader(fd, self.config["queue_depth"], largest) as reader:
+            for r in range(repeats):
+                for i, (offsets, sizes) in enumerate(extents):
+                    measured[r, i] = reader.read(offsets, sizes)
+        return measured
 
 
 @dataclass
 class IoValidation:
     """Simulated and measured service times of every batch (``measured``: [repeats, batches] s)."""
 
-    config: dict
-    batches: list[ReplayBatch]
+    plan: ReplayPlan
     measured: np.ndarray
-    record: dict              # the simulator's result record
+    alignment: int
+
+    @property
+    def config(self) -> dict:
+        return self.plan.config
+
+    @property
+    def batches(self) -> list[ReplayBatch]:
+        return self.plan.batches
 
     @property
     def simulated_total(self) -> float:
@@ -96,15 +130,8 @@ class IoValidation:
         return ids, simulated, measured
 
 
-def _aligned(offsets: np.ndarray, sizes: np.ndarray, align: int) -> tuple[list[int], list[int]]:
-    start = offsets // align * align
-    end = -(-(offsets + sizes) // align) * align
-    return start.tolist(), (end - start).tolist()
-
-
-def read_schedule(io_log: Sequence[IoBatch], fp: ModelFootprint, scenario: Scenario,
-                  align: int) -> list[ReplayBatch]:
-    """The log's batches in the order the simulated device served them, as aligned file extents."""
+def read_schedule(io_log: Sequence[IoBatch], fp: ModelFootprint, scenario: Scenario) -> list[ReplayBatch]:
+    """The log's batches in the order the simulated device served them, as weight-file extents."""
     batches = []
     for b in sorted(io_log, key=lambda b: b.start):
         if b.neurons is None:
@@ -117,54 +144,69 @@ def read_schedule(io_log: Sequence[IoBatch], fp: ModelFootprint, scenario: Scena
         if not (np.array_equal(values, b.sizes[order]) and np.array_equal(counts, b.counts[order])):
             raise AssertionError(f"request_extents disagrees with the simulated request sizes "
                                  f"(token {b.token}, layer {b.layer})")
-        aligned_offsets, aligned_sizes = _aligned(offsets, sizes, align)
-        batches.append(ReplayBatch(b.token, b.layer, b.kind, b.end - b.start, aligned_offsets, aligned_sizes,
-                                   int(sizes.sum())))
+        batches.append(ReplayBatch(b.token, b.layer, b.kind, b.end - b.start, offsets, sizes))
     return batches
 
 
-def _scenario(settings: Sequence[str]) -> tuple[Scenario, list[str]]:
+def first_tokens(trace: Trace, tokens: int | None) -> Trace:
+    """The trace cut to its first ``tokens`` tokens (the replay reads every simulated byte, so keep it short)."""
+    if tokens is None or tokens >= trace.n_tokens:
+        return trace
+    if tokens < 1:
+        raise InputError(f"--tokens must be >= 1, got {tokens}")
+    cut = slice(0, tokens)
+    return dataclasses.replace(trace, seq=trace.seq[cut], pos=trace.pos[cut], token=trace.token[cut],
+                               masks=trace.masks[cut], active=trace.active[cut],
+                               extra={k: v[cut] for k, v in trace.extra.items()})
+
+
+def weight_file_bytes(trace: Trace, scenario: Scenario) -> int:
+    """Size of the FFN weight file, rounded up to a page (O_DIRECT writes whole blocks)."""
+    fp = ModelFootprint.from_meta(trace.model, scenario)
+    return -(-int(np.ceil(fp.ffn_bytes)) // PAGE) * PAGE
+
+
+def plan_replay(trace: str | os.PathLike | Trace, profile: str | os.PathLike, predictor: str, cache: str,
+                settings: Sequence[str], tokens: int | None = None, seed: int = 0) -> ReplayPlan:
+    """Simulate one configuration and turn its read schedule into weight-file extents.
+
+    ``settings`` are ``--set``-style: scenario fields (``dram_budget=0.25``, ``layout=bundled``) and
+    dotted profile fields. ``tokens`` keeps only the first tokens of the trace.
+    """
+    trace = first_tokens(trace if isinstance(trace, Trace) else read_trace(trace), tokens)
     scenario_fields, profile_overrides = split_settings(settings)
-    return dataclasses.replace(Scenario(), **scenario_fields), profile_overrides
+    scenario = dataclasses.replace(Scenario(), **scenario_fields)
+    if scenario.ffn_in != "flash":
+        raise InputError("validate-io needs ffn_in=flash: with the FFN in DRAM there are no storage reads")
+    hw: HardwareProfile = load_profile(os.fspath(profile), profile_overrides)
+    io_log: list[IoBatch] = []
+    record = simulate(trace, hw, predictor, cache, scenario=scenario, baselines=False, io_log=io_log, seed=seed)
+    fp = ModelFootprint.from_meta(trace.model, scenario)
+    config = {"trace": str(trace.path), "model": trace.model["name"], "tokens": trace.n_tokens,
+              "profile": hw.name, "profile_path": hw.path, "predictor": predictor, "cache": cache,
+              **scenario.to_dict(), "queue_depth": hw.storage.queue_depth}
+    return ReplayPlan(config, read_schedule(io_log, fp, scenario), record, weight_file_bytes(trace, scenario))
+
+
+def describe_weight_file(trace: Trace, scenario: Scenario) -> str:
+    return (f"the weight file of {trace.model['name']} ({trace.n_layers} layers, d_ff {trace.d_ff[0]}, "
+            f"{scenario.precision})")
 
 
 def validate_io(trace: str | os.PathLike | Trace, profile: str | os.PathLike, predictor: str, cache: str,
                 settings: Sequence[str], directory: str | os.PathLike, repeats: int = 3,
-                max_disk: int = DEFAULT_MAX_DISK, seed: int = 0) -> IoValidation:
-    """Simulate, then replay the simulated reads on a real weight file (module docstring).
-
-    ``settings`` are ``--set``-style: scenario fields (``dram_budget=0.25``, ``layout=bundled``) and
-    dotted profile fields.
-    """
+                tokens: int | None = None, max_disk: int = DEFAULT_MAX_DISK, seed: int = 0) -> IoValidation:
+    """Simulate, then replay the simulated reads on a real weight file (module docstring)."""
     if repeats < 1:
         raise InputError(f"--repeats must be >= 1, got {repeats}")
     directory = check_directory(directory)
     trace = trace if isinstance(trace, Trace) else read_trace(trace)
-    scenario, profile_overrides = _scenario(settings)
-    if scenario.ffn_in != "flash":
-        raise InputError("validate-io needs ffn_in=flash: with the FFN in DRAM there are no storage reads")
-    hw: HardwareProfile = load_profile(os.fspath(profile), profile_overrides)
-    fp = ModelFootprint.from_meta(trace.model, scenario)
-    file_bytes = -(-int(np.ceil(fp.ffn_bytes)) // PAGE) * PAGE
-    what = (f"the weight file of {trace.model['name']} ({trace.n_layers} layers, d_ff {trace.d_ff[0]}, "
-            f"{scenario.precision})")
-    check_free_space(directory, file_bytes, what, max_disk)   # before the simulation, to fail fast
-    io_log: list[IoBatch] = []
-    record = simulate(trace, hw, predictor, cache, scenario=scenario, baselines=False, io_log=io_log, seed=seed)
-    config = {"trace": str(trace.path), "model": trace.model["name"], "profile": hw.name,
-              "profile_path": hw.path, "predictor": predictor, "cache": cache, **scenario.to_dict(),
-              "queue_depth": hw.storage.queue_depth, "weight_file_bytes": file_bytes, "repeats": repeats}
-    with scratch_file(directory, file_bytes, what, seed=seed, max_disk=max_disk) as fd:
-        align = direct_alignment(fd)
-        batches = read_schedule(io_log, fp, scenario, align)
-        largest = max((max(b.sizes) for b in batches), default=PAGE)
-        measured = np.zeros((repeats, len(batches)))
-        with ParallelReader(fd, hw.storage.queue_depth, largest) as reader:
-            for r in range(repeats):
-                for i, b in enumerate(batches):
-                    measured[r, i] = reader.read(b.offsets, b.sizes)
-    config["alignment"] = align
-    return IoValidation(config, batches, measured, record)
+    scenario = dataclasses.replace(Scenario(), **split_settings(settings)[0])
+    what = describe_weight_file(trace, scenario)
+    check_free_space(directory, weight_file_bytes(trace, scenario), what, max_disk)  # fail before simulating
+    plan = plan_replay(trace, profile, predictor, cache, settings, tokens, seed)
+    with scratch_file(directory, plan.file_bytes, what, seed=seed, max_disk=max_disk) as fd:
+        return IoValidation(plan, plan.measure(fd, repeats), direct_alignment(fd))
 
 
 def _ms(seconds: float) -> str:
@@ -177,10 +219,10 @@ def write_csv(result: IoValidation, path: Path) -> None:
              "measured_min_s,measured_max_s"]
     med, low, high = np.median(result.measured, axis=0), result.measured.min(axis=0), result.measured.max(axis=0)
     for i, b in enumerate(result.batches):
-        lines.append(f"{i},{b.token},{b.layer},{b.kind},{len(b.sizes)},{b.requested_bytes},{sum(b.sizes)},"
+        read = sum(b.aligned(result.alignment)[1])
+        lines.append(f"{i},{b.token},{b.layer},{b.kind},{len(b.sizes)},{int(b.sizes.sum())},{read},"
                      f"{b.simulated:.9g},{med[i]:.9g},{low[i]:.9g},{high[i]:.9g}")
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def _size_classes(result: IoValidation) -> list[str]:
@@ -203,8 +245,8 @@ def report_markdown(result: IoValidation) -> str:
     c = result.config
     ids, sim_tok, meas_tok = result.per_token()
     token_err = sim_tok / np.where(meas_tok > 0, meas_tok, np.nan) - 1
-    requested = sum(b.requested_bytes for b in result.batches)
-    read = sum(sum(b.sizes) for b in result.batches)
+    requested = sum(int(b.sizes.sum()) for b in result.batches)
+    read = sum(sum(b.aligned(result.alignment)[1]) for b in result.batches)
     totals = result.measured_totals
     lines = [
         "# validate-io: simulated vs measured I/O time", "",
@@ -212,9 +254,9 @@ def report_markdown(result: IoValidation) -> str:
         f"- predictor `{c['predictor']}`, cache `{c['cache']}`, dram_budget {c['dram_budget']}, "
         f"precision {c['precision']}, layout {c['layout']}, coalesce {c['coalesce']}, "
         f"max_request {c['max_request']}",
-        f"- weight file {format_quantity(float(c['weight_file_bytes']), BYTES)}; reads with O_DIRECT, "
-        f"{c['queue_depth']} outstanding (the profile's queue depth), alignment {c['alignment']} B; "
-        f"{c['repeats']} repeats",
+        f"- first {c['tokens']} tokens; weight file {format_quantity(float(result.plan.file_bytes), BYTES)}; "
+        f"reads with O_DIRECT, {c['queue_depth']} outstanding (the profile's queue depth), alignment "
+        f"{result.alignment} B; {len(result.measured)} repeats",
         f"- {len(result.batches)} batches, {sum(len(b.sizes) for b in result.batches)} requests; "
         f"{format_quantity(float(requested), BYTES)} requested, {format_quantity(float(read), BYTES)} read "
         f"after alignment", "",

@@ -84,6 +84,14 @@ class PredictorContext:
     extra: dict = field(default_factory=dict)  # the trace's stored predicted-mask columns
     meta: dict = field(default_factory=dict)   # the trace's metadata (``stored`` reads its "learned" section)
 
+    @classmethod
+    def of(cls, trace, train=None, seed: int = 0) -> "PredictorContext":
+        """The context for replaying ``trace`` (a :class:`simulator.tracefile.Trace`), with an optional
+        training trace of the same model shape (checked by the caller)."""
+        return cls(n_layers=trace.n_layers, d_ff=tuple(trace.d_ff), n_bytes=trace.n_bytes, seed=seed,
+                   train_masks=None if train is None else train.masks,
+                   train_tokens=None if train is None else train.token, extra=trace.extra, meta=trace.meta)
+
 
 class Predictor:
     """Base class. ``dense`` predictors also turn sparsity off (every neuron is computed)."""

@@ -27,7 +27,7 @@ class StaticPin(LeastRecentlyUsed):
     def setup(self, geometry: CacheGeometry) -> None:
         super().setup(geometry)
         source = geometry.profile_masks if geometry.profile_masks is not None else geometry.masks
-        freq = bitset.frequency(source).astype(float)          # [L, width]
+        freq = bitset.frequency(np.asarray(source)).astype(float)          # [L, width]
         for l, d in enumerate(geometry.d_ff):
             freq[l, d:] = -1.0                                 # padding bits are never pinned
         need = geometry.need_max if geometry.need_max is not None else np.zeros(geometry.n_layers, int)
@@ -71,7 +71,7 @@ class Belady(KeyedReplacement):
 
     def setup(self, geometry: CacheGeometry) -> None:
         super().setup(geometry)
-        self.masks = geometry.masks
+        self.masks = np.asarray(geometry.masks)    # the whole future: materialised even when streamed
         self.L = geometry.n_layers
 
     def preload(self) -> np.ndarray:
