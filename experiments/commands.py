@@ -1,4 +1,4 @@
-"""The experiments' ``sparsesim`` subcommands: ``sweep``, ``report`` and ``reproduce``.
+"""The experiments' ``sparsesim`` subcommands: ``sweep``, ``report``, ``reproduce`` and ``demo``.
 
 Registration only builds parsers; handlers import their module when they run, so ``sparsesim --help``
 stays fast and nothing here imports torch. Each handler is a thin wrapper over a plain function:
@@ -24,6 +24,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_sweep(sub)
     _register_report(sub)
     _register_reproduce(sub)
+    _register_demo(sub)
+
+
+def _register_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on the built-in defaults (Gemma 3 270M on pydoc)",
+        description="Perplexity curve, traces at several sparsity levels, predictability analysis, a sweep over "
+                    "3 profiles x predictors x replacement policies x 3 budgets, and the report (experiments/demo.py). "
+                    "Steps already done in DIR are skipped.")
+    p.add_argument("-o", "--output", dest="out_dir", default="demo", metavar="DIR")
+    p.add_argument("--model", default="gemma-3-270m")
+    p.add_argument("--tokens", type=int, default=512, help="evaluation tokens per trace")
+    p.add_argument("--workers", type=int, metavar="N")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from experiments.demo import demo
+
+    demo(args.out_dir, model=args.model, tokens=args.tokens, workers=args.workers)
+    return 0
 
 
 def _register_sweep(sub: argparse._SubParsersAction) -> None:

@@ -10,29 +10,29 @@ from simulator.predictors import PREDICTORS, CausalView, PredictorContext
 from simulator.predictors.scored import ScoredPredictor, latest_token, unpack_rows
 
 
-def kmodes(bits: np.ndarray, clusters: int, iterations: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded k-modes on 0/1 rows [T, d] under Hamming distance -> (modes [K, d] bool, labels [T]).
+def kmodes(bits: np.ndarray, clusters: int, iterations: int,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded k-modes on 0/1 rows [T, d] under Hamming distance -> (modes [K, d] bool, labels [T], means [K, d]).
 
     Starts from K distinct random rows; assigns each row to its nearest mode and sets each mode
     to the per-neuron majority of its members, until no label changes. Hamming distances come
     from one matrix product (|x| + |m| - 2 x.m), member counts from a one-hot product, so the
-    loop is over iterations only.
+    loop is over iterations only. ``means``: per cluster, the fraction of members in which each
+    neuron is active (0 for an empty cluster).
     """
     x = bits.astype(np.float32)
     k = min(clusters, len(x))
     modes = x[rng.choice(len(x), size=k, replace=False)]
     labels = _nearest(x, modes)
     for _ in range(iterations):
-        onehot = np.zeros((k, len(x)), dtype=np.float32)
-        onehot[labels, np.arange(len(x))] = 1.0
-        sizes = onehot.sum(axis=1)
+        means, sizes = _members(x, labels, k)
         filled = sizes > 0           # an emptied cluster keeps its old mode
-        modes[filled] = ((onehot @ x)[filled] >= 0.5 * sizes[filled, None]).astype(np.float32)
+        modes[filled] = (means[filled] >= 0.5).astype(np.float32)
         new = _nearest(x, modes)
         if np.array_equal(new, labels):
             break
         labels = new
-    return modes.astype(bool), labels
+    return modes.astype(bool), labels, _members(x, labels, k)[0]
 
 
 def _nearest(x: np.ndarray, modes: np.ndarray) -> np.ndarray:
@@ -41,12 +41,20 @@ def _nearest(x: np.ndarray, modes: np.ndarray) -> np.ndarray:
     return distance.argmin(axis=1)
 
 
+def _members(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster: mean of the member rows [K, d] and member count [K]."""
+    onehot = np.zeros((k, len(x)), dtype=np.float32)
+    onehot[labels, np.arange(len(x))] = 1.0
+    sizes = onehot.sum(axis=1)
+    return (onehot @ x) / np.maximum(sizes, 1.0)[:, None], sizes
+
+
 @PREDICTORS.register("pattern-codebook")
 class PatternCodebook(ScoredPredictor):
     """Cluster each layer's training masks into K patterns; predict the next token's pattern.
 
-    Source: Dhar et al., "A Sparsity Predicting Approach for LLMs via Activation Pattern
-    Clustering", Euro-Par 2025 (arXiv 2507.14179): cluster activation patterns into
+    Source: the seed authors' follow-up, "A Sparsity Predicting Approach ... via Activation
+    Pattern Clustering", Euro-Par 2025 (arXiv 2507.14179): cluster activation patterns into
     representative centroids and predict the cluster instead of each neuron. Here: seeded
     k-modes (Hamming distance on the masks) per layer on the training trace, ``clusters`` K
     (default 32), ``iterations`` (default 10). The cluster of the latest visible token's mask
@@ -71,11 +79,10 @@ class PatternCodebook(ScoredPredictor):
         self.modes, self.next_cluster, self.centroids = [], [], []
         for layer, d in enumerate(context.d_ff):
             bits = unpack_rows(context.train_masks[:, layer], d)
-            modes, labels = kmodes(bits, self.clusters, self.iterations, np.random.default_rng([context.seed, layer]))
+            modes, labels, means = kmodes(bits, self.clusters, self.iterations,
+                                          np.random.default_rng([context.seed, layer]))
             k = len(modes)
-            onehot = np.zeros((k, len(bits)), dtype=np.float32)
-            onehot[labels, np.arange(len(bits))] = 1.0
-            self.centroids.append((onehot @ bits) / np.maximum(onehot.sum(axis=1, keepdims=True), 1.0))
+            self.centroids.append(means)
             transitions = np.zeros((k, k), dtype=np.int64)
             np.add.at(transitions, (labels[:-1], labels[1:]), 1)
             # A cluster never followed by another in training predicts the most common cluster.

@@ -83,8 +83,9 @@ class TokenLookup(ScoredPredictor):
         if self.learn_run:
             self._learn_run(view, layer, last)
         # Issued before the token exists (its first layers, from the previous token's last ones),
-        # the id is still unknown; like an unseen id this falls back to previous-token.
-        seen = self.seen.get(view.token_id(token)) if token <= view.current_token else None
+        # the id is unknown yet; like an unseen id this falls back to previous-token.
+        token_id = view.token_id(token) if token <= view.current_token else None
+        seen = self.seen.get(token_id)
         if seen is None or seen[layer] == 0:
             return None if last < 0 else view.mask(last, layer)
-        return self.select(self.counts[view.token_id(token)][layer] / seen[layer], layer)
+        return self.select(self.counts[token_id][layer] / seen[layer], layer)
