@@ -177,10 +177,7 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     cache_name, cache_params = parse_policy(cache)
     pred = PREDICTORS.create(pred_name, pred_params)
     policy = REPLACEMENT.create(cache_name, cache_params)
-    pred.setup(PredictorContext(
-        n_layers=trace.n_layers, d_ff=tuple(trace.d_ff), n_bytes=trace.n_bytes, seed=seed,
-        train_masks=None if train is None else train.masks, train_tokens=None if train is None else train.token,
-        extra=trace.extra))
+    pred.setup(PredictorContext.of(trace, train, seed))
     capacity = _capacity(trace, fp, scenario, pred.dense)
     if scenario.ffn_in == "dram" and hw.cache is None:
         raise InputError(f"profile {hw.name}: ffn_in=dram needs an on-chip 'cache' section in the profile")
