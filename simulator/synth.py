@@ -65,9 +65,15 @@ def _base_rates(rng: np.random.Generator, d_ff: int, active: float, hot_skew: fl
     return rng.permutation(np.minimum(pi, 1.0))
 
 
-def _copy_probability(pi: np.ndarray, persistence: float) -> float:
-    """Solve c in P = c + (1 - c) * E[pi^2] / E[pi] (activity-weighted persistence)."""
+def _copy_probability(pi: np.ndarray, persistence: float, measured: bool = False) -> float:
+    """Solve c in P = c + (1 - c) * E[pi^2] / E[pi] (activity-weighted persistence).
+
+    A measured persistence below the floor (real activity can be anti-persistent) gives c = 0,
+    the least persistent this model gets; a requested one is refused.
+    """
     floor = float((pi ** 2).sum() / pi.sum())
+    if measured and persistence < floor:
+        return 0.0
     if persistence < floor - 1e-9:
         raise InputError(f"--persistence {persistence}: below the floor {floor:.4f} that independent tokens "
                          f"with this activity and skew already give")
@@ -100,6 +106,8 @@ def synthesize(out: str | os.PathLike, *, shape: str | None = None, layers: int 
                like: str | os.PathLike | None = None, seed: int = 0, progress: bool = True) -> str:
     """Write a synthetic trace to ``out`` and return its path (see the module docstring)."""
     ref = read_trace(like) if like else None
+    if ref is not None and ref.n_tokens < 2:
+        raise InputError(f"{ref.path}: --like needs a trace with at least 2 tokens, it has {ref.n_tokens}")
     if shape:
         if shape not in SHAPES:
             raise InputError(f"--shape {shape!r}: unknown; known shapes: {', '.join(SHAPES)}")
@@ -133,7 +141,8 @@ def synthesize(out: str | os.PathLike, *, shape: str | None = None, layers: int 
             pi = _base_rates(rng, d, active, hot_skew)
             target = persistence
         pis.append(pi)
-        copies.append(0.0 if target is None else _copy_probability(pi, target))
+        copies.append(0.0 if target is None else
+                      _copy_probability(pi, target, measured=measured is not None and persistence is None))
     nb = mask_bytes(widths)
     width = max(widths)
     pi = np.zeros((L, width))
@@ -152,7 +161,8 @@ def synthesize(out: str | os.PathLike, *, shape: str | None = None, layers: int 
     }
     block = 64
     with TraceWriter(out, meta) as writer:
-        for start in tqdm(range(0, tokens, block), desc="synth", unit="blk", disable=not progress):
+        # disable=None: a progress bar on a terminal only, not in logs and pipes.
+        for start in tqdm(range(0, tokens, block), desc="synth", unit="blk", disable=None if progress else True):
             n = min(block, tokens - start)
             masks = np.empty((n, L, nb), dtype=np.uint8)
             for i in range(n):

@@ -43,6 +43,12 @@ PRED_PREFIX = "pred:"
 
 # Keys the simulator needs to interpret a trace; the reader refuses a file without them.
 REQUIRED_MODEL_KEYS = ("name", "n_layers", "d_model", "d_ff", "glu", "non_ffn_params")
+MAX_D_FF = 1 << 20   # far above any published model; guards against corrupt metadata
+
+
+def os_reason(e: OSError) -> str:
+    """The operating system's words for an error (pyarrow wraps them in longer messages)."""
+    return os.strerror(e.errno) if e.errno else (str(e).splitlines() or ["I/O error"])[0]
 
 
 def mask_bytes(d_ff: list[int] | int) -> int:
@@ -102,6 +108,7 @@ class TraceWriter:
         self.meta = dict(meta)
         self.meta["format_version"] = FORMAT_VERSION
         self.rows = 0
+        self.path = Path(path)
         self._atomic = atomic_path(path)
         self._tmp = self._atomic.__enter__()
         self._writer = pq.ParquetWriter(self._tmp, _schema(self.n_bytes, self.extra),
@@ -125,7 +132,10 @@ class TraceWriter:
         for name in self.extra:
             cols[PRED_PREFIX + name] = _binary_column(
                 np.asarray(extra[name]).reshape(t * self.n_layers, self.n_bytes), self.n_bytes)
-        self._writer.write_table(pa.table(cols, schema=self._writer.schema))
+        try:
+            self._writer.write_table(pa.table(cols, schema=self._writer.schema))
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot write the trace: {os_reason(e)}") from None
         self.rows += t * self.n_layers
 
     def close(self, complete: bool = True) -> None:
@@ -135,6 +145,9 @@ class TraceWriter:
             if complete:
                 self._writer.add_key_value_metadata({META_KEY.decode(): json.dumps(self.meta)})
             self._writer.close()
+        except OSError as e:
+            complete = False
+            raise InputError(f"{self.path}: cannot write the trace: {os_reason(e)}") from None
         finally:
             self._writer = None
             if complete:
@@ -221,12 +234,21 @@ def _validate_meta(p: Path, meta: dict, pf: pq.ParquetFile) -> None:
         if key not in model:
             raise InputError(f"{p}: metadata field 'model.{key}' is missing")
     n_layers = model["n_layers"]
-    if not isinstance(n_layers, int) or n_layers <= 0:
+    if not isinstance(n_layers, int) or isinstance(n_layers, bool) or not 0 < n_layers <= 4096:
         raise InputError(f"{p}: metadata field 'model.n_layers' must be a positive integer, got {n_layers!r}")
     d_ff = model["d_ff"]
     if (not isinstance(d_ff, list) or len(d_ff) != n_layers
-            or not all(isinstance(x, int) and x > 0 for x in d_ff)):
-        raise InputError(f"{p}: metadata field 'model.d_ff' must list {n_layers} positive integers")
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= MAX_D_FF for x in d_ff)):
+        raise InputError(f"{p}: metadata field 'model.d_ff' must list {n_layers} integers in 1..{MAX_D_FF}")
+    d_model = model["d_model"]
+    if not isinstance(d_model, int) or isinstance(d_model, bool) or not 0 < d_model <= MAX_D_FF:
+        raise InputError(f"{p}: metadata field 'model.d_model' must be an integer in 1..{MAX_D_FF}, got {d_model!r}")
+    if not isinstance(model["glu"], bool):
+        raise InputError(f"{p}: metadata field 'model.glu' must be true or false, got {model['glu']!r}")
+    for key in ("non_ffn_params", "attention_params", "embedding_params", "lm_head_params"):
+        value = model.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e15:
+            raise InputError(f"{p}: metadata field 'model.{key}' must be a parameter count >= 0, got {value!r}")
     schema = pf.schema_arrow
     expected = _schema(mask_bytes(d_ff), ())
     for f in expected:
