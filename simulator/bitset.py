@@ -10,8 +10,17 @@ import numpy as np
 
 
 def count(packed: np.ndarray) -> int:
-    """Number of neurons in a packed set."""
-    return int(np.bitwise_count(packed).sum())
+    """Number of neurons in a packed set (one row).
+
+    Python's ``int.bit_count`` on the row's bytes is 3-4x faster than a numpy popcount + sum for
+    rows of a few hundred bytes, where numpy's per-call overhead dominates.
+    """
+    return int.from_bytes(packed.tobytes(), "little").bit_count()
+
+
+def nonempty(packed: np.ndarray) -> bool:
+    """Whether a packed set has any member (cheaper than ``ndarray.any`` on small rows)."""
+    return int.from_bytes(packed.tobytes(), "little") != 0
 
 
 def full(d_ff: int, n_bytes: int) -> np.ndarray:

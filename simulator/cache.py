@@ -101,7 +101,7 @@ class NeuronCache:
         if stale is None:
             return None
         stale = stale & self.resident[layer]
-        if not stale.any():
+        if not bitset.nonempty(stale):
             return None
         self._remove(layer, stale)
         return stale

@@ -248,7 +248,7 @@ class ReplayEngine:
                 self.c["pollution_misses"][l] += bitset.count(miss & self.displaced[l])
                 self.displaced[l] &= ~need
                 t0 = env.now
-                waits = [p for p, s in self.pending[l] if n_late and (s & late).any()]
+                waits = [p for p, s in self.pending[l] if n_late and bitset.nonempty(s & late)]
                 if n_miss:
                     self.c["demand_neurons"][l] += n_miss
                     waits.append(env.process(self._read(env, *self._request(l, miss), 0, l, miss)))

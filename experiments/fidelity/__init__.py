@@ -15,6 +15,8 @@ import argparse
 from simulator.errors import InputError
 from simulator.units import BYTES, UnitError, parse_quantity
 
+DEFAULT_MAX_DISK = 4 << 30   # bytes: validate-io refuses a larger weight file unless --max-disk says otherwise
+
 
 def _bytes(text: str) -> int:
     try:
@@ -74,7 +76,7 @@ def _register_validate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dir", required=True, metavar="DIR", help="where the weight file is written")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tokens", type=int, metavar="N", help="replay only the first N tokens of the trace")
-    p.add_argument("--max-disk", type=_bytes, default=4 << 30, metavar="BYTES",
+    p.add_argument("--max-disk", type=_bytes, default=DEFAULT_MAX_DISK, metavar="BYTES",
                    help="refuse a weight file larger than this (default 4 GiB)")
     p.add_argument("-o", "--output", dest="out_dir", required=True, metavar="OUT_DIR")
     p.set_defaults(func=_validate)
@@ -99,12 +101,14 @@ def _register_study(sub: argparse._SubParsersAction) -> None:
         "validate-study", help="calibrate this host, then validate the storage model on several configurations",
         description="The validation study of docs/validation.md: calibrate-host, then validate-io for every "
                     "configuration of experiments/reproductions/validation.py on a Gemma 3 270M trace and a "
-                    "synthetic 7B-shaped trace, interleaving repeats; writes validation.md and CSV tables.")
+                    "synthetic 7B-shaped trace, interleaving repeats, then calibrate-host again to see how far the "
+                    "host drifted; writes validation.md and CSV tables (about 10 minutes).")
     p.add_argument("-o", "--output", dest="out_dir", required=True, metavar="DIR")
     p.add_argument("--dir", default=".", metavar="DIR", help="where scratch and weight files go (a disk)")
     p.add_argument("--gemma-trace", required=True, metavar="TRACE",
                    help="a Gemma 3 270M trace (sparsesim trace --model gemma-3-270m ...)")
-    p.add_argument("--profile", metavar="NAME|FILE", help="use this profile instead of calibrating")
+    p.add_argument("--profile", metavar="NAME|FILE",
+                   help="use this profile instead of the first calibration (the one after the replays still runs)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--calibrate-seconds", type=float, default=120.0)
     p.set_defaults(func=_study)

@@ -12,7 +12,7 @@
 Only service times are compared: the simulator overlaps I/O with compute, but a batch's service
 time (``end - start`` in the log) is what its storage model predicts, and a token's I/O time is
 the sum over its batches. O_DIRECT needs block-aligned extents, so each request is widened to the
-enclosing aligned range (a 1280-byte row read costs 1536-2048 bytes); the report counts both.
+enclosing aligned range (a 1280-byte fp16 Gemma row is read as 1536 bytes); the report counts both.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from experiments.fidelity import DEFAULT_MAX_DISK
 from experiments.fidelity.direct_io import (
     PAGE, ParallelReader, check_directory, check_free_space, direct_alignment, scratch_file,
 )
@@ -37,8 +38,6 @@ from simulator.simulate import simulate, split_settings
 from simulator.storage import request_extents
 from simulator.tracefile import Trace, read_trace
 from simulator.units import BYTES, format_quantity
-
-DEFAULT_MAX_DISK = 4 << 30
 
 
 @dataclass(frozen=True)
