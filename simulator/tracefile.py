@@ -241,8 +241,8 @@ def _validate_meta(p: Path, meta: dict, pf: pq.ParquetFile) -> None:
             or not all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= MAX_D_FF for x in d_ff)):
         raise InputError(f"{p}: metadata field 'model.d_ff' must list {n_layers} integers in 1..{MAX_D_FF}")
     d_model = model["d_model"]
-    if not isinstance(d_model, int) or isinstance(d_model, bool) or not 0 < d_model <= MAX_D_FF:
-        raise InputError(f"{p}: metadata field 'model.d_model' must be an integer in 1..{MAX_D_FF}, got {d_model!r}")
+    if not isinstance(d_model, int) or isinstance(d_model, bool) or not 0 < d_model < 1 << 31:
+        raise InputError(f"{p}: metadata field 'model.d_model' must be a positive 32-bit integer, got {d_model!r}")
     if not isinstance(model["glu"], bool):
         raise InputError(f"{p}: metadata field 'model.glu' must be true or false, got {model['glu']!r}")
     for key in ("non_ffn_params", "attention_params", "embedding_params", "lm_head_params"):

@@ -3,10 +3,13 @@ on a synthetic llama-2-7b-shaped trace and on a real Gemma 3 270M trace."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from simulator.simulate import simulate
 from simulator.synth import synthesize
+from simulator.tracefile import read_trace
 
 ONLINE = ("lru", "fifo", "lfu", "window:k=4", "static-pin")
 BUDGETS = (0.1, 0.25, 0.5)
@@ -33,5 +36,8 @@ def test_belady_bounds_online_policies_on_llama7b_shape(llama7b, budget):
 @pytest.mark.gemma
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_belady_bounds_online_policies_on_gemma(gemma_trace, budget):
-    rates = hit_rates(gemma_trace, budget)
+    full = read_trace(gemma_trace)
+    first = dataclasses.replace(full, masks=full.masks[:192], token=full.token[:192], seq=full.seq[:192],
+                                pos=full.pos[:192], active=full.active[:192])   # 192 tokens keep it quick
+    rates = hit_rates(first, budget)
     assert rates["belady"] >= max(rates[c] for c in ONLINE), rates

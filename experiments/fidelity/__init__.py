@@ -102,14 +102,14 @@ def _register_study(sub: argparse._SubParsersAction) -> None:
         description="The validation study of docs/validation.md: calibrate-host, then validate-io for every "
                     "configuration of experiments/reproductions/validation.py on a Gemma 3 270M trace and a "
                     "synthetic 7B-shaped trace, interleaving repeats, then calibrate-host again to see how far the "
-                    "host drifted; writes validation.md and CSV tables (about 10 minutes).")
+                    "host drifted; writes validation.md and CSV tables (about 15 minutes).")
     p.add_argument("-o", "--output", dest="out_dir", required=True, metavar="DIR")
     p.add_argument("--dir", default=".", metavar="DIR", help="where scratch and weight files go (a disk)")
     p.add_argument("--gemma-trace", required=True, metavar="TRACE",
                    help="a Gemma 3 270M trace (sparsesim trace --model gemma-3-270m ...)")
     p.add_argument("--profile", metavar="NAME|FILE",
                    help="use this profile instead of the first calibration (the one after the replays still runs)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="rounds over all configurations (default 5)")
     p.add_argument("--calibrate-seconds", type=float, default=120.0)
     p.set_defaults(func=_study)
 

@@ -246,6 +246,9 @@ class ParallelReader:
             self._start[i].release()
         try:
             self._read_share(self._buffers[0])
+        except BaseException:
+            self._stop = True   # e.g. KeyboardInterrupt: helpers drop the rest of the batch
+            raise
         finally:
             for i in range(helpers):
                 self._done[i].acquire()

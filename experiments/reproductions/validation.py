@@ -167,6 +167,22 @@ def _batch_csv(configs: Sequence[Configuration], results: Sequence[IoValidation]
     return "\n".join(lines) + "\n"
 
 
+def discordant_pairs(rows: list[dict]) -> list[str]:
+    """Pairs of configurations of one trace that the simulator and the measurement order differently."""
+    out = []
+    for a_i, a in enumerate(rows):
+        for b in rows[a_i + 1:]:
+            if a["trace"] != b["trace"]:
+                continue
+            sim = np.sign(a["simulated_ms_per_token"] - b["simulated_ms_per_token"])
+            meas = np.sign(a["measured_ms_per_token"] - b["measured_ms_per_token"])
+            if sim * meas < 0:
+                gap = abs(a["simulated_ms_per_token"] / b["simulated_ms_per_token"] - 1)
+                out.append(f"{a['trace']}: '{a['configuration']}' vs '{b['configuration']}' (simulated {gap:.0%} "
+                           f"apart; measurement spreads {a['spread']:.0%} and {b['spread']:.0%})")
+    return out
+
+
 def summary(rows: list[dict]) -> dict:
     errors = np.abs([r["error"] for r in rows])
     errors_after = np.abs([r["error_with_recalibration"] for r in rows])
@@ -192,6 +208,10 @@ def summary_line(rows: list[dict]) -> str:
             f"with the second calibration {s['median_abs_error_with_recalibration']:.1%}")
 
 
+def _after(error: float) -> str:
+    return "n/a (other schedule)" if np.isnan(error) else f"{error:+.1%}"
+
+
 def markdown(rows: list[dict], profile: str, profile_after: str) -> str:
     lines = ["# Validation study: simulated vs measured I/O time", "",
              f"Profile: `{profile}`; second calibration after the replays: `{profile_after}`. I/O time per token = "
@@ -205,13 +225,16 @@ def markdown(rows: list[dict], profile: str, profile_after: str) -> str:
                      f"{r['mean_request_bytes'] / 1024:.1f} KiB | {r['simulated_ms_per_token']:.1f} | "
                      f"{r['measured_ms_per_token']:.1f} ({r['measured_min_ms_per_token']:.1f}-"
                      f"{r['measured_max_ms_per_token']:.1f}) | {r['error']:+.1%} | {r['spread']:.1%} | "
-                     f"{r['token_median_abs_error']:.1%} | {r['error_with_recalibration']:+.1%} |")
+                     f"{r['token_median_abs_error']:.1%} | {_after(r['error_with_recalibration'])} |")
     lines += ["", summary_line(rows), ""]
+    discordant = discordant_pairs(rows)
+    if discordant:
+        lines += ["Pairs ranked differently by simulation and measurement:", ""] + [f"- {d}" for d in discordant] + [""]
     return "\n".join(lines)
 
 
 def run(out_dir: str | os.PathLike, directory: str | os.PathLike, gemma_trace: str | os.PathLike,
-        profile: str | None = None, repeats: int = 3, calibrate_seconds: float = 120.0,
+        profile: str | None = None, repeats: int = 5, calibrate_seconds: float = 120.0,
         configs: Sequence[Configuration] = CONFIGURATIONS, seed: int = 0) -> list[dict]:
     """The whole study (module docstring); returns one row per configuration."""
     out = Path(out_dir)
