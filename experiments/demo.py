@@ -22,10 +22,11 @@ from typing import Any
 from simulator.atomic import write_text
 
 PROFILES = ("oneplus-12", "raspberry-pi-5-nvme", "laptop-nvme")
-PREDICTORS = ("oracle", "none", "previous-token", "window:k=4", "static-hot")
+PREDICTORS = ("oracle", "none", "previous-token", "token-lookup", "static-hot")
 CACHES = ("lru", "window:k=4", "static-pin")
 BUDGETS = (0.1, 0.25, 0.5)
 LEVELS = (0.3, 0.5, 0.7)
+SWEEP_TOKENS = 256   # tokens of the 50 % trace each sweep run replays (16 of them warm-up)
 
 
 def _step(path: Path, label: str, make) -> Path:
@@ -82,7 +83,8 @@ def demo(out_dir: str | os.PathLike = "demo", model: str = "gemma-3-270m", token
         "traces": [str(traces[0.5].resolve())],
         "profiles": list(PROFILES),
         "grid": {"predictor": list(PREDICTORS), "cache": list(CACHES), "dram_budget": list(BUDGETS)},
-        "fixed": {"train_trace": str(train.resolve()), "profile_trace": str(train.resolve()), "warmup": 16},
+        "fixed": {"train_trace": str(train.resolve()), "profile_trace": str(train.resolve()), "warmup": 16,
+                  "max_tokens": SWEEP_TOKENS},
         "baselines": True,
     }, indent=2))   # JSON is YAML
     print("[demo] sweep ...", flush=True)

@@ -108,8 +108,8 @@ def _policies(args: argparse.Namespace) -> int:
     from simulator.predictors import PREDICTORS
     from simulator.replacement import REPLACEMENT
 
-    for registry in (PREDICTORS, REPLACEMENT):
-        print(f"{registry.kind}s:")
+    for title, registry in (("predictors", PREDICTORS), ("replacement policies (--cache)", REPLACEMENT)):
+        print(f"{title}:")
         for name, doc, params in registry.describe():
             shown = ", ".join(f"{k}={v}" for k, v in params.items())
             print(f"  {name:<18} {doc}" + (f"  [{shown}]" if shown else ""))

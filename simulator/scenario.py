@@ -44,6 +44,7 @@ class Scenario:
     insert_overhead: float = 1e-7    # s per neuron inserted/evicted (bookkeeping; estimate, see docs)
     warm: bool = False               # start with the cache full (steady state) instead of empty
     warmup: int = 0                  # tokens replayed first but left out of the metrics (ChampSim's warm-up)
+    max_tokens: int = 0              # replay only the first N tokens of the trace (0: all)
     prefetch_cap: float = 0.0        # bytes of prefetches in flight at most (0: no cap)
     reorder: str = "none"            # neuron order in storage: none, frequency, coactivation
 
@@ -74,6 +75,8 @@ class Scenario:
             raise InputError(f"scenario field 'lookahead': must be >= 0, got {self.lookahead}")
         if self.max_request <= 0:
             raise InputError(f"scenario field 'max_request': must be > 0 bytes, got {self.max_request}")
+        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 0:
+            raise InputError(f"scenario field 'max_tokens': must be an integer >= 0 (0: all), got {self.max_tokens!r}")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise InputError(f"scenario field 'warmup': must be an integer >= 0 tokens, got {self.warmup!r}")
         if self.insert_overhead < 0:

@@ -153,6 +153,8 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
         raise InputError(f"{trace.path}: trace has no tokens")
     scenario_overrides, profile_overrides = split_settings(settings)
     scenario = dataclasses.replace(scenario or Scenario(), **scenario_overrides)
+    if 0 < scenario.max_tokens < trace.n_tokens:
+        trace = _first_tokens(trace, scenario.max_tokens)
     if scenario.warmup >= trace.n_tokens:
         raise InputError(f"scenario field 'warmup': {scenario.warmup} tokens leaves none of the trace's "
                          f"{trace.n_tokens} tokens to measure")
@@ -228,6 +230,14 @@ def _baseline_time(trace: Trace, hw: HardwareProfile, name: str, cache: str,
         except InputError:
             continue
     return float("nan")
+
+
+def _first_tokens(trace: Trace, n: int) -> Trace:
+    if not isinstance(trace.masks, np.ndarray):
+        raise InputError(f"{trace.path}: the 'max_tokens' limit needs the trace in memory (it is streamed)")
+    return dataclasses.replace(trace, seq=trace.seq[:n], pos=trace.pos[:n], token=trace.token[:n],
+                               masks=trace.masks[:n], active=trace.active[:n],
+                               extra={k: v[:n] for k, v in trace.extra.items()})
 
 
 def _companion(other: str | os.PathLike | Trace | None, trace: Trace, role: str) -> Trace | None:
