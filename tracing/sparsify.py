@@ -148,5 +148,17 @@ class SparseFFN:
         numpy's packbits on the buffer's zero-copy view is ~40x faster on CPU than bit
         arithmetic in torch (3.6 ms against 67-170 ms for 2048 tokens x 18 layers x 2048).
         """
-        packed = np.packbits(self._masks.cpu().numpy(), axis=-1, bitorder="little")
+        if self._masks.device.type == "cpu":
+            packed = np.packbits(self._masks.numpy(), axis=-1, bitorder="little")
+        else:   # pack on the accelerator: 8x less to move to the host, once per window
+            packed = pack_bits(self._masks).cpu().numpy()
         return packed.reshape(-1, *packed.shape[-2:])
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """bool [..., W] -> uint8 [..., ceil(W / 8)] with numpy's little bit order, on the tensor's device."""
+    pad = (-bits.shape[-1]) % 8
+    if pad:
+        bits = F.pad(bits, (0, pad))
+    weights = 1 << torch.arange(8, dtype=torch.uint8, device=bits.device)
+    return (bits.reshape(*bits.shape[:-1], -1, 8).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
