@@ -113,6 +113,7 @@ class SparseFFN:
         self.ffns, self.site, self.rule, self.record, self.count = ffns, site, rule, record, count
         self.width = max(f.d_ff for f in ffns)
         self._masks: torch.Tensor | None = None    # [batch, tokens, layers, width] bool, reused per window
+        self._host: torch.Tensor | None = None     # pinned host buffer for packed masks (accelerators)
         self.active = torch.zeros(len(ffns), dtype=torch.int64)
         self.tokens = 0                 # tokens seen per layer (for counting)
         self._handles: list = []
@@ -150,8 +151,14 @@ class SparseFFN:
         """
         if self._masks.device.type == "cpu":
             packed = np.packbits(self._masks.numpy(), axis=-1, bitorder="little")
-        else:   # pack on the accelerator: 8x less to move to the host, once per window
-            packed = pack_bits(self._masks).cpu().numpy()
+        else:
+            # Pack on the accelerator (8x less to move), once per window, into a reused pinned host
+            # buffer: a pageable copy ran at ~1.5 GB/s on an H200 host, doubling a 7B forward.
+            on_device = pack_bits(self._masks)
+            if self._host is None or self._host.shape != on_device.shape:
+                self._host = torch.empty(on_device.shape, dtype=torch.uint8, pin_memory=True)
+            self._host.copy_(on_device)
+            packed = self._host.numpy()   # valid until the next take_packed: consume it first
         return packed.reshape(-1, *packed.shape[-2:])
 
 
