@@ -166,7 +166,7 @@ def test_validate_io_replays_the_simulated_schedule(small_trace, disk_dir, tmp_p
                                                               (4096, 1 << 24, 1 << 50, "free")])
 def test_validate_io_refuses_a_weight_file_that_does_not_fit(tmp_path, disk_dir, d_ff, d_model, max_disk, message):
     active = np.ones((2, 2, d_ff), dtype=bool)   # 805 MB and 824 GB of fp16 FFN weights
-    trace = write_trace(tmp_path / "big.parquet", active, d_model=d_model)
+    trace = write_trace(tmp_path / "big.parquet", active, d_model=d_model, attention_params=0)
     with pytest.raises(InputError, match=message):
         validate_io(trace, "laptop-nvme", "oracle", "lru", ["dram_budget=0.5"], disk_dir, repeats=1,
                     max_disk=max_disk)
