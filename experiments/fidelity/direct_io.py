@@ -187,7 +187,8 @@ class ParallelReader:
 
     The calling thread reads too, and ``concurrency - 1`` helper threads wait on C-level locks, so
     handing out a batch costs a few microseconds and a batch of one request costs no handoff at all.
-    Requests are taken in order from a shared counter: at most ``concurrency`` are in flight.
+    Requests are taken in order from a shared counter: at most ``concurrency`` are in flight. An
+    interrupted or failed read stops the reader: close it.
     """
 
     def __init__(self, fd: int, concurrency: int, max_request: int):
@@ -225,14 +226,17 @@ class ParallelReader:
     def _helper(self, i: int) -> None:
         while True:
             self._start[i].acquire()
-            if self._stop:
-                return
             try:
+                if self._stop:
+                    return
                 self._read_share(self._buffers[i + 1])
             except BaseException as e:  # handed to the caller, which re-raises it
                 self._errors.append(e)
             finally:
-                self._done[i].release()
+                # Once per start, stopping included: an interrupted read() waits for it. After an
+                # interruption nobody may wait any more, so the lock can already be free.
+                with contextlib.suppress(RuntimeError):
+                    self._done[i].release()
 
     def read(self, offsets: Sequence[int], sizes: Sequence[int]) -> float:
         """Read every extent (aligned offsets and sizes) and return the wall-clock seconds it took."""
@@ -241,16 +245,18 @@ class ParallelReader:
         helpers = min(self.concurrency, len(offsets)) - 1
         self._offsets, self._sizes, self._next = offsets, sizes, itertools.count()
         self._errors.clear()
+        started = 0
         t0 = time.perf_counter()
-        for i in range(helpers):
-            self._start[i].release()
         try:
+            for i in range(helpers):
+                self._start[i].release()
+                started += 1
             self._read_share(self._buffers[0])
         except BaseException:
             self._stop = True   # e.g. KeyboardInterrupt: helpers drop the rest of the batch
             raise
         finally:
-            for i in range(helpers):
+            for i in range(started):
                 self._done[i].acquire()
         elapsed = time.perf_counter() - t0
         if self._errors:
