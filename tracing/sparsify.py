@@ -16,9 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tracing.checks import SITES
 from tracing.ffn import FFN
-
-SITES = ("intermediate", "gate")
 
 
 def shrink_below(threshold: float) -> float:

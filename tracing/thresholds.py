@@ -35,9 +35,9 @@ from simulator.atomic import write_text
 from simulator.errors import InputError
 from tracing.forward import batch_inputs, hidden_states, nll_sum
 from tracing.models import LoadedModel
-from tracing.sparsify import SITES, CalibrateRule, MaskRule, SparseFFN, ThresholdRule, TopKRule, hook_site
+from tracing.checks import METHODS, SITES, check_choice, check_sparsity
+from tracing.sparsify import CalibrateRule, MaskRule, SparseFFN, ThresholdRule, TopKRule, hook_site
 
-METHODS = ("percentile", "global", "topk")
 FORMAT = "sparsesim-thresholds"
 FORMAT_VERSION = 1
 GRID = 50             # global: proxy error grid, step 0.02 in sparsity
@@ -71,18 +71,6 @@ class Thresholds:
 
 def topk_keep(d_ff: list[int], levels: list[float]) -> list[int]:
     return [d - int(round(s * d)) for d, s in zip(d_ff, levels)]
-
-
-def check_sparsity(value: float, what: str = "--sparsity") -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value < 1.0):
-        raise InputError(f"{what} {value}: must be a number in [0, 1)")
-    return float(value)
-
-
-def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
-    if value not in choices:
-        raise InputError(f"{what} {value!r}: expected one of {', '.join(choices)}")
-    return value
 
 
 # ----------------------------------------------------------------------------- calibration

@@ -22,10 +22,10 @@ from simulator.tracefile import TraceWriter, popcount_rows
 from tracing.forward import check_head, hidden_states, nll_sum, windows
 from tracing.models import DEFAULT_MODEL, LoadedModel, load_model
 from tracing.perplexity import DEFAULT_CALIB_TOKENS, DEFAULT_TOKENS, Perplexity, evaluate, resolve_window
-from tracing.sparsify import SITES, SparseFFN
+from tracing.checks import METHODS, SITES, check_choice, check_sparsity
+from tracing.sparsify import SparseFFN
 from tracing.text import load_text, split_tokens, tokenize
-from tracing.thresholds import (METHODS, Thresholds, calibrate, check_choice, check_sparsity, load_thresholds,
-                                topk_keep)
+from tracing.thresholds import Thresholds, calibrate, load_thresholds, topk_keep
 
 
 def tool_versions() -> dict:
