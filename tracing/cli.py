@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
+from pathlib import Path
 
 from simulator.atomic import check_writable
+from simulator.errors import InputError
 from tracing.checks import METHODS, SITES, check_sparsity
 
 DEFAULTS = dict(model="gemma-3-270m", text="pydoc", tokens=4096, calib_tokens=2048)
@@ -14,8 +17,9 @@ DEFAULTS = dict(model="gemma-3-270m", text="pydoc", tokens=4096, calib_tokens=20
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trace", help="trace FFN activation masks of a model on a text into a Parquet trace",
                        description="Calibrate thresholds on a calibration span, then record zero-enforced FFN "
-                                   "activation masks over the evaluation span (docs/tracing.md).")
-    _model_text_args(p)
+                                   "activation masks over the evaluation span (docs/tracing.md). With --perturb, "
+                                   "re-trace a trace's own windows with some tokens replaced.")
+    _model_text_args(p, explicit=True)
     p.add_argument("--sparsity", type=float, help="target FFN activation sparsity in [0, 1), e.g. 0.5")
     p.add_argument("--method", choices=METHODS, help="threshold method (default percentile)")
     p.add_argument("--site", choices=SITES,
@@ -23,6 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--thresholds", metavar="FILE", help="use saved thresholds (JSON) instead of calibrating")
     p.add_argument("--save-thresholds", metavar="FILE", help="write the thresholds used to this JSON file")
     p.add_argument("--no-ppl", dest="ppl", action="store_false", help="skip dense and sparse perplexity")
+    p.add_argument("--learned-rank", type=int, metavar="R",
+                   help="also train a rank-R low-rank activation predictor per layer on the calibration span and "
+                        "store its predictions as column pred:lowrank (predictor 'stored')")
+    p.add_argument("--learned-epochs", type=int, metavar="E",
+                   help="training epochs of the --learned-rank predictor (default 20)")
+    p.add_argument("--perturb", metavar="BASE.parquet",
+                   help="re-trace BASE's windows with its saved thresholds, --fraction of the tokens replaced "
+                        "(for 'sparsesim analyze BASE --perturbed OUT')")
+    p.add_argument("--fraction", type=float, metavar="F", help="with --perturb: share of tokens to replace, in [0, 1]")
+    p.add_argument("--seed", type=int, metavar="S", help="with --perturb: random seed of the replacement (default 0)")
     p.add_argument("-o", "--out", required=True, metavar="OUT.parquet", help="trace file to write")
     p.set_defaults(func=_trace)
 
@@ -42,36 +56,95 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_inspect)
 
 
-def _model_text_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULTS["model"],
-                   help="gemma-3-270m (default), stories260K, a HF model directory, a .gguf file "
-                        "or a llama2.c directory")
-    p.add_argument("--text", default=DEFAULTS["text"], help="pydoc (built-in, default) or a UTF-8 text file")
-    p.add_argument("--tokens", type=int, default=DEFAULTS["tokens"],
-                   help="evaluation tokens from the start of the text (default %(default)s)")
+def _model_text_args(p: argparse.ArgumentParser, explicit: bool = False) -> None:
+    """With ``explicit`` the defaults are left None (filled in by the handler) so it can tell given flags apart."""
+    d = dict.fromkeys(DEFAULTS) if explicit else DEFAULTS
+    p.add_argument("--model", default=d["model"],
+                   help="gemma-3-270m (default" + ("; with --perturb the base trace's model" if explicit else "")
+                        + "), stories260K, a HF model directory, a .gguf file or a llama2.c directory")
+    p.add_argument("--text", default=d["text"], help="pydoc (built-in, default) or a UTF-8 text file")
+    p.add_argument("--tokens", type=int, default=d["tokens"],
+                   help=f"evaluation tokens from the start of the text (default {DEFAULTS['tokens']})")
     p.add_argument("--window", type=int, help="window length (default min(2048, model context))")
-    p.add_argument("--calib-tokens", type=int, default=DEFAULTS["calib_tokens"],
-                   help="calibration tokens from the end of the text (default %(default)s)")
+    p.add_argument("--calib-tokens", type=int, default=d["calib_tokens"],
+                   help=f"calibration tokens from the end of the text (default {DEFAULTS['calib_tokens']})")
+
+
+# Flags of a normal trace that a --perturb run takes from its base trace instead.
+TRACE_ONLY = (("--text", "text"), ("--tokens", "tokens"), ("--window", "window"), ("--calib-tokens", "calib_tokens"),
+              ("--sparsity", "sparsity"), ("--method", "method"), ("--site", "site"), ("--thresholds", "thresholds"),
+              ("--save-thresholds", "save_thresholds"), ("--learned-rank", "learned_rank"),
+              ("--learned-epochs", "learned_epochs"))
 
 
 def _trace(args: argparse.Namespace) -> int:
     # Cheap checks before importing torch (~3 s), so a mistyped flag fails at once.
     start = time.perf_counter()
+    if args.perturb is not None:
+        return _perturb(args, start)
+    given = [flag for flag, key in (("--fraction", "fraction"), ("--seed", "seed")) if getattr(args, key) is not None]
+    if given:
+        raise InputError(f"{' and '.join(given)}: only used with --perturb BASE.parquet")
+    if args.learned_epochs is not None and args.learned_rank is None:
+        raise InputError("--learned-epochs needs --learned-rank R")
+    if args.learned_epochs is not None and args.learned_epochs < 1:
+        raise InputError(f"--learned-epochs {args.learned_epochs}: must be at least 1")
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     check_writable(args.out)
     if args.sparsity is not None:
         check_sparsity(args.sparsity)
-    from tracing.trace import trace_model
+    from tracing.trace import LEARNED_EPOCHS, trace_model
 
     meta = trace_model(out=args.out, model=args.model, text=args.text, sparsity=args.sparsity, method=args.method,
                        site=args.site, tokens=args.tokens, window=args.window, calib_tokens=args.calib_tokens,
-                       thresholds=args.thresholds, save_thresholds=args.save_thresholds, ppl=args.ppl)
+                       thresholds=args.thresholds, save_thresholds=args.save_thresholds, ppl=args.ppl,
+                       learned_rank=args.learned_rank,
+                       learned_epochs=LEARNED_EPOCHS if args.learned_epochs is None else args.learned_epochs)
     s, ppl = meta["sparsity"], meta["perplexity"]
     line = (f"wrote {args.out}: {meta['text']['evaluation']['tokens']} tokens x {meta['model']['n_layers']} layers, "
             f"measured sparsity {s['measured_mean']:.3f} (layers {min(s['measured']):.3f}-{max(s['measured']):.3f})")
     if ppl:
         line += f", ppl dense {ppl['dense']:.3f} sparse {ppl['sparse']:.3f} (window {ppl['window']})"
+    if "learned" in meta:
+        lr = meta["learned"]["lowrank"]
+        held = lr["heldout"]
+        line += (f", pred:lowrank rank {lr['rank']} on layers 1-{len(held['precision'])}: evaluation-token "
+                 f"precision {_mean(held['precision']):.3f} recall {_mean(held['recall']):.3f}")
     print(f"{line}; {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _perturb(args: argparse.Namespace, start: float) -> int:
+    given = [flag for flag, key in TRACE_ONLY if getattr(args, key) is not None]
+    if given:
+        raise InputError(f"--perturb re-traces the base trace's own windows with its saved thresholds; "
+                         f"it takes no {', '.join(given)}")
+    if args.fraction is None:
+        raise InputError("--perturb needs --fraction F (the share of tokens to replace, in [0, 1])")
+    if not 0.0 <= args.fraction <= 1.0:
+        raise InputError(f"--fraction {args.fraction}: must be a number in [0, 1]")
+    base = Path(args.perturb)
+    if not base.is_file():
+        raise InputError(f"--perturb {base}: no such file")
+    if Path(args.out).resolve() == base.resolve():
+        raise InputError(f"-o {args.out}: would overwrite the base trace; write the perturbed trace elsewhere")
+    check_writable(args.out)
+    from tracing.perturb import trace_perturbed
+
+    seed = 0 if args.seed is None else args.seed
+    meta = trace_perturbed(base, args.out, args.fraction, seed=seed, model=args.model)
+    p, s = meta["perturbation"], meta["sparsity"]
+    print(f"wrote {args.out}: {base}'s {meta['text']['evaluation']['tokens']} tokens re-traced with "
+          f"{p['replaced_tokens']} replaced (fraction {args.fraction}, seed {seed}), measured sparsity "
+          f"{s['measured_mean']:.3f}; {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
 
 
 def _ppl(args: argparse.Namespace) -> int:

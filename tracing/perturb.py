@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from simulator.errors import InputError
-from simulator.tracefile import TraceWriter, read_trace
+from simulator.tracefile import TraceWriter, popcount_rows, read_trace
 from tracing.forward import hidden_states
 from tracing.models import LoadedModel, load_model
 from tracing.sparsify import SparseFFN
@@ -83,15 +83,22 @@ def trace_perturbed(base: str | Path, out: str | Path, fraction: float, *, seed:
     ids, replaced = perturb_ids(base_trace.token, fraction, seed, protect=base_trace.pos == 0)
     meta = copy.deepcopy(base_trace.meta)
     meta.pop("format_version", None)
+    meta.pop("learned", None)   # the base's pred:<name> columns are not re-traced
     meta.update(perplexity=None, created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     meta["perturbation"] = {"base": str(base), "base_sha256": base_trace.sha256, "fraction": fraction, "seed": seed,
                             "replaced_tokens": int(replaced.sum()),
                             "rule": "uniform positions except each window's first; replacement ids drawn uniformly "
                                     "from the base trace's own distinct ids, never the original"}
+    active = np.zeros(base_trace.n_layers, dtype=np.int64)
     with TraceWriter(out, meta) as writer, SparseFFN(lm.ffns, th.site, th.rule(), record=True) as hooks:
         for seq in np.unique(base_trace.seq):
             rows = np.flatnonzero(base_trace.seq == seq)
             hidden_states(lm, torch.from_numpy(ids[rows].astype(np.int64))[None])
-            writer.write(base_trace.seq[rows], base_trace.pos[rows], ids[rows], hooks.take_packed())
+            masks = hooks.take_packed()
+            writer.write(base_trace.seq[rows], base_trace.pos[rows], ids[rows], masks)
+            active += popcount_rows(masks).sum(axis=0)
+        # this trace's own sparsity, not the base's copied above
+        measured = [1.0 - int(a) / (base_trace.n_tokens * d) for a, d in zip(active, base_trace.d_ff)]
+        writer.meta["sparsity"].update(measured=measured, measured_mean=float(np.mean(measured)))
         meta = writer.meta
     return meta

@@ -7,6 +7,7 @@ same pass scores the sparse model and one dense pass more scores the dense model
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import platform
 import sys
@@ -19,13 +20,17 @@ from tqdm import tqdm
 from simulator.atomic import check_writable
 from simulator.errors import InputError
 from simulator.tracefile import TraceWriter, popcount_rows
-from tracing.forward import check_head, hidden_states, nll_sum, windows
+from tracing.forward import batch_inputs, check_head, hidden_states, nll_sum, windows
+from tracing.lowrank import HiddenCapture, LowRankPredictor, accuracy, check_rank, lowrank_meta, predict_lowrank, \
+    train_lowrank
 from tracing.models import DEFAULT_MODEL, LoadedModel, load_model
 from tracing.perplexity import DEFAULT_CALIB_TOKENS, DEFAULT_TOKENS, Perplexity, evaluate, resolve_window
 from tracing.checks import METHODS, SITES, check_choice, check_sparsity
 from tracing.sparsify import SparseFFN
 from tracing.text import load_text, split_tokens, tokenize
 from tracing.thresholds import Thresholds, calibrate, load_thresholds, topk_keep
+
+LEARNED_EPOCHS = 20   # --learned-epochs default (tracing.lowrank.train_lowrank's)
 
 
 def tool_versions() -> dict:
@@ -46,12 +51,17 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
                 tokens: int | None = DEFAULT_TOKENS, window: int | None = None,
                 calib_tokens: int = DEFAULT_CALIB_TOKENS,
                 thresholds: str | Path | None = None, save_thresholds: str | Path | None = None,
-                ppl: bool = True) -> dict:
+                ppl: bool = True, learned_rank: int | None = None, learned_epochs: int = LEARNED_EPOCHS) -> dict:
     """Trace ``model`` on ``text`` at ``sparsity`` into ``out``; returns the trace metadata.
 
     ``method``/``site`` default to percentile/intermediate; with ``thresholds`` (a saved JSON)
     they and ``sparsity`` come from the file and, if also given, must agree with it. ``model``
     may be an already loaded model (tests, notebooks).
+
+    ``learned_rank`` r also trains a rank-r low-rank predictor per layer (``tracing/lowrank.py``)
+    on the sparse model's calibration span (``learned_epochs`` epochs; layer l from layer l - 1's
+    FFN input) and stores its predictions for the evaluation tokens as column ``pred:lowrank``,
+    described by ``meta["learned"]["lowrank"]`` (replayed by predictor ``stored``).
     """
     config = {k: (v.name if isinstance(v, LoadedModel) else str(v) if isinstance(v, Path) else v)
               for k, v in locals().items()}
@@ -65,8 +75,16 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
         check_sparsity(sparsity)
     elif thresholds is None:
         raise InputError("--sparsity is required unless --thresholds gives saved thresholds")
+    if learned_rank is not None and (isinstance(learned_epochs, bool) or not isinstance(learned_epochs, int)
+                                     or learned_epochs < 1):
+        raise InputError(f"--learned-epochs {learned_epochs}: must be an integer >= 1")
     source = load_text(text)
     lm = model if isinstance(model, LoadedModel) else load_model(model)
+    if learned_rank is not None:   # before calibration: a bad rank fails at once
+        check_rank(learned_rank, lm.info["d_model"])
+        if len(lm.ffns) < 2:
+            raise InputError(f"--learned-rank: model {lm.name} has one layer; the predictor for layer l reads "
+                             f"layer l - 1's FFN input, so it needs at least two")
     window = resolve_window(lm, window)
     split = split_tokens(tokenize(lm.tokenizer, source), source, eval_tokens=tokens, calib_tokens=calib_tokens,
                          window=window)
@@ -80,6 +98,11 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
         th.save(save_thresholds)
     if ppl:
         check_head(lm)
+    if learned_rank is not None:
+        predictors, train_text = _train_predictors(lm, th, split.calibration, window, learned_rank, learned_epochs,
+                                                   {**source.describe(), "start": split.calib_start})
+    else:
+        predictors = train_text = None
 
     meta = {
         "model": lm.info,
@@ -94,8 +117,9 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
         "config": {**config, "argv": sys.argv},
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    with TraceWriter(out, meta) as writer:
-        active, sparse = _write_windows(writer, lm, th, split.evaluation, window, score=ppl)
+    with TraceWriter(out, meta, extra=("lowrank",) if predictors else ()) as writer:
+        active, sparse, heldout = _write_windows(writer, lm, th, split.evaluation, window, score=ppl,
+                                                 predictors=predictors)
         tokens_traced = len(split.evaluation)
         measured = [1.0 - a / (tokens_traced * f.d_ff) for a, f in zip(active, lm.ffns)]
         writer.meta["sparsity"].update(measured=measured, measured_mean=float(np.mean(measured)))
@@ -104,26 +128,85 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
             writer.meta["perplexity"] = {"window": window, "tokens": tokens_traced, "dense": dense.ppl,
                                          "sparse": sparse.ppl, "dense_nll_per_token": dense.nll / dense.tokens,
                                          "sparse_nll_per_token": sparse.nll / sparse.tokens}
+        if predictors:
+            writer.meta["learned"] = {"lowrank": lowrank_meta(predictors[1:], input_offset=1, train_rows=None,
+                                                              train_text=train_text, heldout=heldout)}
         meta = writer.meta
     return meta
 
 
 def _write_windows(writer: TraceWriter, lm: LoadedModel, th: Thresholds, ids: np.ndarray, window: int,
-                   score: bool) -> tuple[list[int], Perplexity | None]:
-    """One forward pass and one row group per window; returns active counts per layer and sparse PPL."""
+                   score: bool, predictors: list[LowRankPredictor | None] | None = None,
+                   ) -> tuple[list[int], Perplexity | None, list[dict] | None]:
+    """One forward pass and one row group per window; returns active counts per layer, sparse PPL and,
+    with ``predictors``, their per-layer accuracy (layers 1..L-1) on these tokens."""
     active = np.zeros(len(lm.ffns), dtype=np.int64)
     nll = 0.0
-    with SparseFFN(lm.ffns, th.site, th.rule(), record=True) as hooks, \
+    reports: list[list[dict]] = [[] for _ in lm.ffns]
+    capture = HiddenCapture(lm.ffns) if predictors else contextlib.nullcontext()
+    with SparseFFN(lm.ffns, th.site, th.rule(), record=True) as hooks, capture as cap, \
             tqdm(total=len(ids), desc="trace", unit="tok", disable=None) as bar:
         for w in windows(ids, window, lm.bos_id):
             hidden = hidden_states(lm, torch.from_numpy(w.inputs)[None])
             masks = hooks.take_packed()                     # [T, L, n_bytes]
-            writer.write(np.full(len(w.inputs), w.index), np.arange(len(w.inputs)), w.inputs, masks)
+            extra = None
+            if predictors:
+                extra = {"lowrank": _predict(predictors, cap.take(), masks, reports)}
+            writer.write(np.full(len(w.inputs), w.index), np.arange(len(w.inputs)), w.inputs, masks, extra)
             active += popcount_rows(masks).sum(axis=0)
             if score:
                 nll += nll_sum(lm, hidden, torch.from_numpy(w.targets)[None])
             bar.update(len(w.inputs))
-    return [int(a) for a in active], (Perplexity(nll, len(ids), window) if score else None)
+    heldout = [_pooled(r) for r in reports[1:]] if predictors else None
+    return [int(a) for a in active], (Perplexity(nll, len(ids), window) if score else None), heldout
+
+
+
+def _train_predictors(lm: LoadedModel, th: Thresholds, calib_ids: np.ndarray, window: int, rank: int, epochs: int,
+                      text: dict) -> tuple[list[LowRankPredictor | None], dict]:
+    """Per layer l >= 1, a low-rank predictor of layer l's mask from layer l - 1's FFN input (Deja Vu's
+    input offset 1), trained on the sparse model's pass over the calibration span; index 0 is None.
+
+    The span is fed as the equal windows that calibration uses; returns the models and a
+    description of exactly the tokens they were trained on (disjoint from the evaluation span).
+    """
+    x, _ = batch_inputs(calib_ids, window, lm.bos_id)
+    hidden: list[list[torch.Tensor]] = [[] for _ in lm.ffns]
+    packs = []
+    with SparseFFN(lm.ffns, th.site, th.rule(), record=True) as hooks, HiddenCapture(lm.ffns) as cap:
+        for row in tqdm(x, desc="learned: calibration pass", unit="window", disable=None):
+            hidden_states(lm, row[None])
+            packs.append(hooks.take_packed().copy())        # the packed buffer may be reused
+            for layer, h in enumerate(cap.take()):
+                hidden[layer].append(h.cpu())
+    packed = np.concatenate(packs)
+    models: list[LowRankPredictor | None] = [None]
+    for layer in tqdm(range(1, len(lm.ffns)), desc=f"learned: rank {rank}", unit="layer", disable=None):
+        masks = np.unpackbits(packed[:, layer], axis=-1, bitorder="little", count=lm.ffns[layer].d_ff).astype(bool)
+        models.append(train_lowrank(torch.cat(hidden[layer - 1]), torch.from_numpy(masks), rank, epochs, seed=layer))
+    return models, {**text, "tokens": int(x.numel()), "window": int(x.shape[1])}
+
+
+def _predict(models: list[LowRankPredictor | None], hidden: list[torch.Tensor], masks: np.ndarray,
+             reports: list[list[dict]]) -> np.ndarray:
+    """Packed predictions [T, L, n_bytes] like ``masks`` (layer 0 all zeros); appends each layer's accuracy."""
+    pred = np.zeros_like(masks)
+    for layer in range(1, len(models)):
+        p = predict_lowrank(models[layer], hidden[layer - 1].cpu())
+        d_ff = models[layer].d_ff
+        truth = np.unpackbits(masks[:, layer], axis=-1, bitorder="little", count=d_ff).astype(bool)
+        reports[layer].append(accuracy(p, torch.from_numpy(truth)))
+        pred[:, layer, :(d_ff + 7) // 8] = np.packbits(p.numpy(), axis=-1, bitorder="little")
+    return pred
+
+
+def _pooled(reports: list[dict]) -> dict:
+    """:func:`tracing.lowrank.accuracy` over all windows at once, from the per-window counters."""
+    tokens, tp, fp, fn = (sum(r[k] for r in reports) for k in ("tokens", "tp", "fp", "fn"))
+    return {"tokens": tokens, "tp": tp, "fp": fp, "fn": fn,
+            "precision": tp / (tp + fp) if tp + fp else float("nan"),
+            "recall": tp / (tp + fn) if tp + fn else float("nan"),
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")}
 
 
 def _saved_thresholds(path: str | Path, lm: LoadedModel, sparsity: float | None, method: str | None,

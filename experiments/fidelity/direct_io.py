@@ -33,7 +33,7 @@ from simulator.units import BYTES, format_quantity
 SCRATCH_PREFIX = ".sparsesim-scratch-"
 # Filesystems that live in memory: O_DIRECT may open there (tmpfs accepts it since Linux 6.6), but a
 # read never touches a storage device, so a measurement there says nothing about flash.
-MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs", "proc", "sysfs"})
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"})
 FREE_SPACE_RESERVE = 64 << 20   # bytes left free for the filesystem's metadata and other users
 FILL_CHUNK = 4 << 20            # bytes written per O_DIRECT write when filling a scratch file
 PAGE = mmap.PAGESIZE
