@@ -14,9 +14,10 @@ The profile's ``queue_depth`` is the smallest concurrency within 10 % of the bes
 over sizes): more threads than that buy nothing on this host and the replay uses exactly that
 many. ``read_curve`` is the median bandwidth at that depth, made non-decreasing (the schema
 requires it) by lowering any point above a larger size's: on this host bandwidth peaks at
-128-512 KiB and 1 MiB reads are slower (8 of the 9 calibrations made while building this). Bulk reads are issued at
-``max_request`` (1 MiB), so the large end must stay as measured; averaging the bump in (pool
-adjacent violators) made 1 MiB 4-12 % too fast and dense streams 13-26 % too quick in the study.
+128-512 KiB and 1 MiB reads are slower (9 of 11 calibrations made while building this). Bulk
+reads are issued at ``max_request`` (1 MiB), so the large end must stay as measured; averaging
+the bump in (pool adjacent violators) made 1 MiB 4-12 % too fast and dense streams 13-26 % too
+quick in the validation study (docs/validation.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import yaml

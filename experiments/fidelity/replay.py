@@ -60,11 +60,10 @@ class ReplayBatch:
 
 @dataclass(frozen=True)
 class ReplayPlan:
-    """What one configuration reads: the simulator's batches as extents, and its result record."""
+    """What one configuration reads: the simulator's batches as weight-file extents."""
 
     config: dict
     batches: list[ReplayBatch]
-    record: dict
     file_bytes: int           # the weight file the extents address
 
     def measure(self, fd: int, repeats: int) -> np.ndarray:
@@ -165,6 +164,12 @@ def weight_file_bytes(trace: Trace, scenario: Scenario) -> int:
     return -(-int(np.ceil(fp.ffn_bytes)) // PAGE) * PAGE
 
 
+def scenario_of(settings: Sequence[str]) -> tuple[Scenario, list[str]]:
+    """The scenario that ``--set``-style ``settings`` describe, and the profile overrides among them."""
+    scenario_fields, profile_overrides = split_settings(settings)
+    return dataclasses.replace(Scenario(), **scenario_fields), profile_overrides
+
+
 def plan_replay(trace: str | os.PathLike | Trace, profile: str | os.PathLike, predictor: str, cache: str,
                 settings: Sequence[str], tokens: int | None = None, seed: int = 0) -> ReplayPlan:
     """Simulate one configuration and turn its read schedule into weight-file extents.
@@ -173,18 +178,17 @@ def plan_replay(trace: str | os.PathLike | Trace, profile: str | os.PathLike, pr
     dotted profile fields. ``tokens`` keeps only the first tokens of the trace.
     """
     trace = first_tokens(trace if isinstance(trace, Trace) else read_trace(trace), tokens)
-    scenario_fields, profile_overrides = split_settings(settings)
-    scenario = dataclasses.replace(Scenario(), **scenario_fields)
+    scenario, profile_overrides = scenario_of(settings)
     if scenario.ffn_in != "flash":
         raise InputError("validate-io needs ffn_in=flash: with the FFN in DRAM there are no storage reads")
     hw: HardwareProfile = load_profile(os.fspath(profile), profile_overrides)
     io_log: list[IoBatch] = []
-    record = simulate(trace, hw, predictor, cache, scenario=scenario, baselines=False, io_log=io_log, seed=seed)
+    simulate(trace, hw, predictor, cache, scenario=scenario, baselines=False, io_log=io_log, seed=seed)
     fp = ModelFootprint.from_meta(trace.model, scenario)
     config = {"trace": str(trace.path), "model": trace.model["name"], "tokens": trace.n_tokens,
               "profile": hw.name, "profile_path": hw.path, "predictor": predictor, "cache": cache,
               **scenario.to_dict(), "queue_depth": hw.storage.queue_depth}
-    return ReplayPlan(config, read_schedule(io_log, fp, scenario), record, weight_file_bytes(trace, scenario))
+    return ReplayPlan(config, read_schedule(io_log, fp, scenario), weight_file_bytes(trace, scenario))
 
 
 def describe_weight_file(trace: Trace, scenario: Scenario) -> str:
@@ -200,7 +204,7 @@ def validate_io(trace: str | os.PathLike | Trace, profile: str | os.PathLike, pr
         raise InputError(f"--repeats must be >= 1, got {repeats}")
     directory = check_directory(directory)
     trace = trace if isinstance(trace, Trace) else read_trace(trace)
-    scenario = dataclasses.replace(Scenario(), **split_settings(settings)[0])
+    scenario, _ = scenario_of(settings)
     what = describe_weight_file(trace, scenario)
     check_free_space(directory, weight_file_bytes(trace, scenario), what, max_disk)  # fail before simulating
     plan = plan_replay(trace, profile, predictor, cache, settings, tokens, seed)
@@ -224,20 +228,30 @@ def write_csv(result: IoValidation, path: Path) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def _size_classes(result: IoValidation) -> list[str]:
-    """Error by batch size (requests per batch): where the storage model is off, if anywhere."""
-    n = np.array([len(b.sizes) for b in result.batches])
-    sim = np.array([b.simulated for b in result.batches])
-    med = np.median(result.measured, axis=0)
-    q = result.config["queue_depth"]
-    rows = ["| requests per batch | batches | simulated ms | measured ms | error |", "|---|---|---|---|---|"]
-    for low, high, label in ((1, 1, "1"), (2, q, f"2-{q}"), (q + 1, 8 * q, f"{q + 1}-{8 * q}"),
-                             (8 * q + 1, None, f"> {8 * q}")):
-        pick = (n >= low) & (n <= (high if high is not None else n.max()))
-        if pick.any():
-            s, m = sim[pick].sum(), med[pick].sum()
-            rows.append(f"| {label} | {int(pick.sum())} | {_ms(s)} | {_ms(m)} | {s / m - 1:+.1%} |")
-    return rows
+LARGE_REQUEST = 64 << 10   # bytes: above this the host is bandwidth-bound, below it IOPS-bound
+
+
+def by_batch_shape(results: Sequence[IoValidation]) -> list[str]:
+    """Error by batch depth (fewer requests than the queue depth or not) and request size, over ``results``.
+
+    Fewer requests than the queue depth is where queueing matters: the model charges each request
+    the full-depth bandwidth.
+    """
+    cells: dict[tuple[str, str], np.ndarray] = {}
+    for res in results:
+        q = res.config["queue_depth"]
+        median = np.median(res.measured, axis=0)
+        for b, measured in zip(res.batches, median):
+            depth = "< queue depth" if len(b.sizes) < q else ">= queue depth"
+            size = "< 64 KiB" if b.sizes.mean() < LARGE_REQUEST else ">= 64 KiB"
+            cells.setdefault((depth, size), np.zeros(3))[:] += (1, b.simulated, measured)
+    total = sum(c[2] for c in cells.values())
+    lines = ["| requests per batch | mean request | batches | simulated s | measured s | error | "
+             "share of measured time |", "|---|---|---|---|---|---|---|"]
+    for (depth, size), (n, sim, meas) in sorted(cells.items()):
+        lines.append(f"| {depth} | {size} | {int(n)} | {sim:.4g} | {meas:.4g} | {sim / meas - 1:+.1%} | "
+                     f"{meas / total:.2%} |")
+    return lines
 
 
 def report_markdown(result: IoValidation) -> str:
@@ -267,7 +281,7 @@ def report_markdown(result: IoValidation) -> str:
         f"| measurement spread ((max-min) / median) | {result.spread:.1%} |", "",
         f"Per token ({len(ids)} tokens with reads): median |error| {np.nanmedian(np.abs(token_err)):.1%}, "
         f"worst {np.nanmax(np.abs(token_err)):.1%}.", "",
-        "By batch size:", "", *_size_classes(result), "",
+        "By batch shape:", "", *by_batch_shape([result]), "",
     ]
     return "\n".join(lines)
 

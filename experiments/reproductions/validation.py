@@ -37,7 +37,7 @@ import numpy as np
 
 from experiments.fidelity.calibrate import calibrate_host
 from experiments.fidelity.direct_io import check_directory, direct_alignment, scratch_file
-from experiments.fidelity.replay import IoValidation, ReplayPlan, plan_replay
+from experiments.fidelity.replay import IoValidation, ReplayPlan, by_batch_shape, plan_replay
 from simulator.atomic import write_text
 from simulator.errors import InputError
 from simulator.predictors import PREDICTORS
@@ -149,32 +149,6 @@ def row(config: Configuration, result: IoValidation, simulated_after: float) -> 
         "token_median_abs_error": float(np.median(np.abs(sim_tok / meas_tok - 1))),
         "error_with_recalibration": simulated_after / result.measured_total - 1,
     }
-
-
-LARGE_REQUEST = 64 << 10   # bytes: above this the host is bandwidth-bound, below it IOPS-bound
-
-
-def by_batch_shape(results: Sequence[IoValidation]) -> list[str]:
-    """Error by batch depth (fewer requests than the queue depth or not) and request size, all configurations.
-
-    Fewer requests than the queue depth is where queueing matters: the model charges each request
-    the full-depth bandwidth.
-    """
-    cells: dict[tuple[str, str], np.ndarray] = {}
-    for res in results:
-        q = res.config["queue_depth"]
-        median = np.median(res.measured, axis=0)
-        for b, measured in zip(res.batches, median):
-            depth = "< queue depth" if len(b.sizes) < q else ">= queue depth"
-            size = "< 64 KiB" if b.sizes.mean() < LARGE_REQUEST else ">= 64 KiB"
-            cells.setdefault((depth, size), np.zeros(3))[:] += (1, b.simulated, measured)
-    total = sum(c[2] for c in cells.values())
-    lines = ["| requests per batch | mean request | batches | simulated s | measured s | error | share of measured time |",
-             "|---|---|---|---|---|---|---|"]
-    for (depth, size), (n, sim, meas) in sorted(cells.items()):
-        lines.append(f"| {depth} | {size} | {int(n)} | {sim:.4g} | {meas:.4g} | {sim / meas - 1:+.1%} | "
-                     f"{meas / total:.2%} |")
-    return lines
 
 
 def _csv(rows: list[dict]) -> str:
