@@ -134,6 +134,9 @@ def _register_profiles(sub: argparse._SubParsersAction) -> None:
                       help="change one value, e.g. --set 'dram.bandwidth=50 GB/s' (repeatable)")
     show.add_argument("--json", action="store_true", help="print JSON in base units instead")
     show.set_defaults(func=_profiles_show)
+    # Measuring this host makes a profile too; the command itself lives with the fidelity study.
+    from experiments.fidelity import register_calibrate
+    register_calibrate(actions)
 
 
 def _profiles_list(args: argparse.Namespace) -> int:

@@ -26,12 +26,13 @@ def _bytes(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    _register_calibrate(sub)
+    register_calibrate(sub)
     _register_validate(sub)
     _register_study(sub)
 
 
-def _register_calibrate(sub: argparse._SubParsersAction) -> None:
+def register_calibrate(sub: argparse._SubParsersAction) -> None:
+    """``calibrate-host``: a top-level command and also ``sparsesim profiles calibrate-host``."""
     p = sub.add_parser(
         "calibrate-host", help="measure this host's storage (O_DIRECT) and DRAM into a hardware profile",
         description="Write a scratch file in DIR, measure O_DIRECT random-read bandwidth for 512 B-1 MiB requests "
