@@ -16,7 +16,7 @@ from simulator.synth import synthesize
 from simulator.tracefile import popcount_rows, read_trace
 
 
-def _median_time(fn, repeats: int) -> tuple[float, float, float]:
+def median_time(fn, repeats: int) -> tuple[float, float, float]:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -28,7 +28,7 @@ def _median_time(fn, repeats: int) -> tuple[float, float, float]:
 def throughput(trace_path: str, predictor: str, cache: str, budget: float, repeats: int = 3) -> dict:
     trace = read_trace(trace_path)
     steps = trace.n_tokens * trace.n_layers
-    med, lo, hi = _median_time(lambda: simulate(trace, "apple-m1-max", predictor, cache,
+    med, lo, hi = median_time(lambda: simulate(trace, "apple-m1-max", predictor, cache,
                                                 settings=[f"dram_budget={budget}"], baselines=False), repeats)
     return {"predictor": predictor, "cache": cache, "budget": budget, "tokens": trace.n_tokens,
             "layers": trace.n_layers, "d_ff": trace.d_ff[0], "layer_steps_per_s": steps / med,
@@ -41,7 +41,7 @@ def floor(trace_path: str, repeats: int = 3) -> dict:
         t = read_trace(trace_path, verify=False)
         popcount_rows(t.masks)
     trace = read_trace(trace_path)
-    med, lo, hi = _median_time(read_and_count, repeats)
+    med, lo, hi = median_time(read_and_count, repeats)
     return {"layer_steps_per_s": trace.n_tokens * trace.n_layers / med, "seconds": med}
 
 

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import pstats
-import statistics
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import bench_simulator
+from benchmarks.bench_simulator import median_time
 from simulator import __version__
 from simulator.simulate import simulate
 from simulator.synth import synthesize
@@ -41,15 +41,6 @@ RESULTS = ROOT / "benchmarks" / "results.json"
 REPORT = ROOT / "BENCHMARKS.md"
 
 
-def _timed(fn, repeats: int = 3) -> tuple[float, float, float]:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times), max(times)
-
-
 def scaling(tmp: str) -> dict:
     """Fit log(time) = a + b log(x) for tokens, layers, d_ff and cache size (oracle + LRU)."""
     def seconds(layers=8, d_ff=4096, tokens=64, budget=0.25):
@@ -58,7 +49,7 @@ def scaling(tmp: str) -> dict:
             synthesize(path, layers=layers, d_model=1024, d_ff=d_ff, tokens=tokens, active=0.1, persistence=0.5,
                        seed=0, progress=False)
         trace = read_trace(path)
-        return _timed(lambda: simulate(trace, "oneplus-12", "oracle", "lru", settings=[f"dram_budget={budget}"],
+        return median_time(lambda: simulate(trace, "oneplus-12", "oracle", "lru", settings=[f"dram_budget={budget}"],
                                        baselines=False), repeats=3)[0]
     series = {
         "tokens": ([32, 64, 128, 256], lambda x: seconds(tokens=x)),
@@ -87,7 +78,7 @@ def trace_size(tmp: str) -> dict:
             for s in range(0, trace.n_tokens, 64):
                 w.write(trace.seq[s:s + 64], trace.pos[s:s + 64], trace.token[s:s + 64], trace.masks[s:s + 64])
         size = os.path.getsize(p)
-        med, lo, hi = _timed(lambda: popcount_rows(read_trace(p, verify=False).masks), repeats=5)
+        med, lo, hi = median_time(lambda: popcount_rows(read_trace(p, verify=False).masks), repeats=5)
         out[compression or "none"] = {"bytes": size, "bits_per_neuron_token": 8 * size / neuron_tokens,
                                       "read_and_popcount_GB_per_s": trace.masks.nbytes / med / 1e9,
                                       "spread_s": [lo, hi]}

@@ -225,14 +225,8 @@ class ReplayEngine:
                 for tt, ll in targets:
                     self._issue(env, tt, ll)
                 # Non-FFN work of this layer.
-                if self.sc.nonffn_in == "flash":
-                    t0 = env.now
-                    yield from self._read(env, *self._stream_requests(fp.layer_nonffn_bytes), priority=0)
-                    stall += env.now - t0
-                yield env.timeout(self.t_nonffn)
-                compute += self.t_nonffn
-                self.dram_bytes += fp.layer_nonffn_bytes
-                self.flops += 2 * fp.layer_nonffn_bytes / fp.bytes_per_weight
+                s, c = yield from self._dense_weights(env, fp.layer_nonffn_bytes, self.t_nonffn)
+                stall, compute = stall + s, compute + c
                 # FFN: wait for what it needs.
                 need = self._all[l] if self.predictor.dense else self.masks[t, l]
                 self.protect[l] = need
@@ -281,16 +275,23 @@ class ReplayEngine:
                 compute += t_ffn
                 mm += charge
                 self.protect[l] = 0
-            if self.sc.nonffn_in == "flash":
-                t0 = env.now
-                yield from self._read(env, *self._stream_requests(fp.head_bytes), priority=0)
-                stall += env.now - t0
-            yield env.timeout(self.t_head)
-            compute += self.t_head
-            self.dram_bytes += fp.head_bytes
-            self.flops += 2 * fp.head_bytes / fp.bytes_per_weight
+            s, c = yield from self._dense_weights(env, fp.head_bytes, self.t_head)   # the LM head
+            stall, compute = stall + s, compute + c
             self.token_time[t] = env.now - start
             self.token_compute[t], self.token_stall[t], self.token_mm[t] = compute, stall, mm
+
+    def _dense_weights(self, env: simpy.Environment, nbytes: float, seconds: float):
+        """Non-FFN weights (a layer's attention, the LM head): streamed from flash first when they
+        live there, then computed from DRAM. Returns (stall, compute) seconds."""
+        stall = 0.0
+        if self.sc.nonffn_in == "flash":
+            t0 = env.now
+            yield from self._read(env, *self._stream_requests(nbytes), priority=0)
+            stall = env.now - t0
+        yield env.timeout(seconds)
+        self.dram_bytes += nbytes
+        self.flops += 2 * nbytes / self.fp.bytes_per_weight
+        return stall, seconds
 
     def _stream_requests(self, total: float) -> tuple[np.ndarray, np.ndarray]:
         """Large sequential requests for non-FFN weights streamed from flash."""
