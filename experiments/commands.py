@@ -16,7 +16,8 @@ from simulator.atomic import write_text
 from simulator.errors import InputError
 
 # name -> module with make_trace(path) -> path and run(trace) -> [records]
-REPRODUCTIONS = {"llm-in-flash": "experiments.reproductions.llm_in_flash"}
+REPRODUCTIONS = {"llm-in-flash": "experiments.reproductions.llm_in_flash",
+                 "seed-paper": "experiments.reproductions.seed_paper"}
 REPRODUCTION_COLUMNS = ("row", "published_ms", "simulated_ms", "error")
 
 
@@ -80,7 +81,7 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
 
 def _register_reproduce(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "reproduce", help="reproduce a published result and compare (llm-in-flash)",
+        "reproduce", help="reproduce a published result and compare (llm-in-flash, seed-paper)",
         description="Rebuild a published table with the simulator and print published vs simulated. Writes "
                     "the trace it needs and NAME.csv into DIR.")
     p.add_argument("name", choices=sorted(REPRODUCTIONS), help="which result")
@@ -112,7 +113,8 @@ def _report(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     rows = reproduce(args.name, args.out_dir or args.name)
-    print(format_rows(rows, REPRODUCTION_COLUMNS))
+    columns = getattr(importlib.import_module(REPRODUCTIONS[args.name]), "COLUMNS", REPRODUCTION_COLUMNS)
+    print(format_rows(rows, columns))
     return 0
 
 
