@@ -113,12 +113,15 @@ def summarize(rows: list[dict[str, Any]], curve: Path) -> list[str]:
              f"(window {WINDOW}; zero-enforced, calibrated on disjoint tokens)."]
     best = []
     for profile in PROFILES:
-        mine = [r for r in ok if r["profile"] == profile and r["predictor"] != "dense"]
+        mine = [r for r in ok if r["profile"] == profile and r["predictor"] not in ("oracle", "dense")]
         if mine:
             r = min(mine, key=lambda r: r["time_per_token_s"])
+            # The dense model's best time on this device and budget, under any replacement policy.
+            dense = min(r2["time_per_token_s"] / r2["speedup_vs_dense"] for r2 in ok
+                        if r2["profile"] == profile and r2["dram_budget"] == r["dram_budget"])
             best.append(f"{profile} {r['time_per_token_s'] * 1e3:.1f} ms ({r['predictor']}+{r['cache']}, budget "
-                        f"{r['dram_budget']}, {r['speedup_vs_dense']:.2f}x vs dense)")
-    lines.append("2. Fastest design per device: " + "; ".join(best) + ".")
+                        f"{r['dram_budget']}; dense {dense * 1e3:.1f} ms)")
+    lines.append("2. Fastest realisable design per device (no oracle): " + "; ".join(best) + ".")
     quarter = [r for r in ok if r["dram_budget"] == 0.25 and r["predictor"] == "oracle" and r["cache"] == "lru"]
     if quarter:
         share = sum(r["ffn_share_loaded_per_token"] for r in quarter) / len(quarter)
