@@ -6,6 +6,10 @@ calibrated in-graph on one window), masks written in place into one device buffe
 layers, packed and moved to the host once per window — so the ratio shows what tracing costs a
 7B-class model. Run on a CUDA machine: ``python -m benchmarks.bench_gpu`` (prints JSON and
 writes ``benchmarks/results_gpu.json``).
+
+Where the time went on an H200 (4,096 tokens, best of 5): plain forward 124.3 ms; with
+zero-enforcing hooks 127.0; recording masks into the device buffer 130.2; packing on the GPU
+131.3; copying to a pinned host buffer 133.3. A pageable host copy had cost 118 ms by itself.
 """
 
 from __future__ import annotations
