@@ -1,15 +1,16 @@
 """The neuron cache: which FFN neurons are resident, with capacity enforced per layer or globally.
 
-State is one packed row per layer plus per-layer occupancy counts; the replacement policy decides
-victims. The cache never chooses on its own — it asks the policy for exactly as many victims as
-it needs, among the resident neurons that are not protected (the set the FFN is using now).
+State is one neuron set per layer (:mod:`simulator.neuronset`) plus occupancy counts; the
+replacement policy decides victims. The cache never chooses on its own — it asks the policy for
+exactly as many victims as it needs, among the resident neurons that are not protected (the set
+the FFN is using now).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from simulator import bitset
+from simulator import neuronset
 from simulator.replacement import CacheGeometry, ReplacementPolicy
 
 
@@ -18,9 +19,10 @@ class NeuronCache:
         self.geometry = geometry
         self.policy = policy
         self.global_pool = geometry.partition == "global"
-        self.resident = np.zeros((geometry.n_layers, geometry.n_bytes), dtype=np.uint8)
-        self.size = np.zeros(geometry.n_layers, dtype=np.int64)
-        self.capacity = geometry.capacity
+        self.resident = [0] * geometry.n_layers
+        self.size = [0] * geometry.n_layers
+        self.total = 0
+        self.capacity = [int(c) for c in geometry.capacity]
         policy.setup(geometry)
 
     def preload(self, warm: bool) -> None:
@@ -30,78 +32,77 @@ class NeuronCache:
         if chosen is None and not warm:
             return
         g = self.geometry
-        chosen = np.zeros((g.n_layers, g.n_bytes), np.uint8) if chosen is None else chosen.copy()
+        chosen = [0] * g.n_layers if chosen is None else [neuronset.from_row(row) for row in chosen]
         if warm:
-            free = (self.capacity - np.bitwise_count(chosen).sum(axis=1) if not self.global_pool else
-                    np.full(g.n_layers, (self.capacity[0] - int(np.bitwise_count(chosen).sum())) // g.n_layers))
+            taken = sum(c.bit_count() for c in chosen)
+            free = ([cap - c.bit_count() for cap, c in zip(self.capacity, chosen)] if not self.global_pool else
+                    [(self.capacity[0] - taken) // g.n_layers] * g.n_layers)
             for l, d in enumerate(g.d_ff):
-                rest = bitset.full(d, g.n_bytes) & ~chosen[l]
-                chosen[l] |= bitset.first(rest, int(free[l]), g.width)
+                chosen[l] |= neuronset.first(neuronset.full(d) ^ (chosen[l] & neuronset.full(d)), free[l])
         for l in range(g.n_layers):
             self.resident[l] = chosen[l]
-            self.size[l] = bitset.count(chosen[l])
+            self.size[l] = chosen[l].bit_count()
             self.policy.on_fill(l, -1, chosen[l], False)
+        self.total = sum(self.size)
+
+    def resident_rows(self) -> np.ndarray:
+        """[L, n_bytes] packed copy of the resident sets (for inspection and tests)."""
+        return np.stack([neuronset.to_row(s, self.geometry.n_bytes) for s in self.resident])
 
     def free(self, layer: int) -> int:
         if self.global_pool:
-            return int(self.capacity[0] - self.size.sum())
-        return int(self.capacity[layer] - self.size[layer])
+            return self.capacity[0] - self.total
+        return self.capacity[layer] - self.size[layer]
 
-    def _remove(self, layer: int, packed: np.ndarray) -> None:
-        self.resident[layer] &= ~packed
-        self.size[layer] -= bitset.count(packed)
-        self.policy.on_evict(layer, packed)
+    def _remove(self, layer: int, neurons: int) -> None:
+        n = neurons.bit_count()
+        self.resident[layer] ^= neurons
+        self.size[layer] -= n
+        self.total -= n
+        self.policy.on_evict(layer, neurons)
 
-    def make_room(self, layer: int, step: int, n: int, protect: np.ndarray) -> dict[int, np.ndarray]:
+    def make_room(self, layer: int, step: int, n: int, protect: int) -> dict[int, int]:
         """Evict up to ``n`` neurons (never from ``protect``, which belongs to ``layer``).
 
-        Returns {layer: evicted packed set}; fewer than ``n`` are evicted only when too few
-        candidates exist (the caller then bypasses part of the fill).
+        Returns {layer: evicted set}; fewer than ``n`` are evicted only when too few candidates
+        exist (the caller then bypasses part of the fill).
         """
         if n <= 0:
             return {}
         if self.global_pool:
-            candidates = self.resident.copy()
+            candidates = list(self.resident)
             candidates[layer] &= ~protect
-            available = int(np.bitwise_count(candidates).sum())
+            available = self.total - (self.resident[layer] & protect).bit_count()
             chosen = self.policy.global_victims(step, min(n, available), candidates)
-            out = {}
-            for l in np.flatnonzero(chosen.any(axis=1)):
-                out[int(l)] = chosen[l]
-                self._remove(int(l), chosen[l])
-            return out
-        candidates = self.resident[layer] & ~protect
-        available = bitset.count(candidates)
-        if available == 0:
-            return {}
-        chosen = self.policy.victims(layer, step, min(n, available), candidates)
-        self._remove(layer, chosen)
-        return {layer: chosen}
+        else:
+            candidates = self.resident[layer] & ~protect
+            if not candidates:
+                return {}
+            chosen = {layer: self.policy.victims(layer, step, min(n, candidates.bit_count()), candidates)}
+        for l, victims in chosen.items():
+            self._remove(l, victims)
+        return chosen
 
-    def insert(self, layer: int, step: int, packed: np.ndarray, prefetch: bool,
-               protect: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """Insert ``packed`` (not yet resident), evicting as needed. Returns (inserted, evicted)."""
-        packed = self.policy.admit(layer, step, packed, prefetch)
-        n = bitset.count(packed)
+    def insert(self, layer: int, step: int, neurons: int, prefetch: bool, protect: int) -> tuple[int, dict[int, int]]:
+        """Insert ``neurons`` (not yet resident), evicting as needed. Returns (inserted, evicted)."""
+        neurons = self.policy.admit(layer, step, neurons, prefetch)
+        n = neurons.bit_count()
         if n == 0:
-            return packed, {}
-        evicted = self.make_room(layer, step, n - self.free(layer), protect | packed)
+            return 0, {}
+        evicted = self.make_room(layer, step, n - self.free(layer), protect | neurons)
         room = self.free(layer)
         if room < n:  # bypass what does not fit: protected (needed now) first, then lowest index
-            urgent = packed & protect
-            packed = urgent | bitset.first(packed & ~protect, room - bitset.count(urgent), self.geometry.width)
-            n = bitset.count(packed)
-        self.resident[layer] |= packed
+            urgent = neurons & protect
+            neurons = urgent | neuronset.first(neurons & ~protect, room - urgent.bit_count())
+            n = neurons.bit_count()
+        self.resident[layer] |= neurons
         self.size[layer] += n
-        self.policy.on_fill(layer, step, packed, prefetch)
-        return packed, evicted
+        self.total += n
+        self.policy.on_fill(layer, step, neurons, prefetch)
+        return neurons, evicted
 
-    def expire(self, layer: int, step: int) -> np.ndarray | None:
-        stale = self.policy.expire(layer, step)
-        if stale is None:
-            return None
-        stale = stale & self.resident[layer]
-        if not bitset.nonempty(stale):
-            return None
-        self._remove(layer, stale)
+    def expire(self, layer: int, step: int) -> int:
+        stale = self.policy.expire(layer, step) & self.resident[layer]
+        if stale:
+            self._remove(layer, stale)
         return stale

@@ -10,9 +10,9 @@ Timing model per (token, layer) — DESIGN §3, long form with formulas in ``doc
 4. the FFN computes over the needed neurons only; filling/evicting the DRAM cache costs
    memory-management time.
 
-Storage is one simpy ``PriorityResource``: one batch is served at a time, demand before prefetch
-(non-preemptive), and one simpy event pair per batch — never per neuron. All neuron sets are
-packed bit rows; counts are popcounts.
+Storage is a :class:`simulator.device.StorageQueue`: one batch served at a time, demand before
+prefetch (non-preemptive), one simpy timeout per batch — never per neuron. Neuron sets are Python
+integers (:mod:`simulator.neuronset`); counts are popcounts.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from simulator import bitset
+from simulator import neuronset
 from simulator.cache import NeuronCache
+from simulator.device import DEMAND, PREFETCH, Batch, StorageQueue
 from simulator.predictors import CausalView, Predictor
 from simulator.scenario import ModelFootprint, Scenario
 from simulator.storage import BackingStore, request_sizes
@@ -84,14 +85,17 @@ class ReplayEngine:
         self.io_log = io_log
         self.T, self.L, self.nb = masks.shape
         self.view = CausalView(masks, tokens, allow_future=predictor.sees_future)
-        self._all = [bitset.full(d, self.nb) for d in footprint.d_ff]
-        zeros = lambda: np.zeros((self.L, self.nb), dtype=np.uint8)  # noqa: E731
-        self.inflight = zeros()         # neurons being fetched by a prefetch
-        self.pf_unused = zeros()        # prefetched, not used yet
-        self.displaced = zeros()        # evicted to make room for a prefetch
-        self.protect = zeros()          # the set an FFN is using right now
-        self.pending: list[list[tuple[simpy.Process, np.ndarray]]] = [[] for _ in range(self.L)]
-        self.c = {name: np.zeros(self.L, dtype=np.int64) for name in LAYER_COUNTERS}
+        self._full = neuronset.full(self.nb * 8)
+        self._all = [neuronset.full(d) for d in footprint.d_ff]
+        self._n_all = list(footprint.d_ff)
+        self._rows: dict[int, tuple[list[int], list[int]]] = {}   # token -> needed sets and sizes, last few tokens
+        self.inflight = [0] * self.L        # neurons being fetched by a prefetch
+        self.n_inflight = 0
+        self.pf_unused = [0] * self.L       # prefetched, not used yet
+        self.displaced = [0] * self.L       # evicted to make room for a prefetch
+        self.protect = [0] * self.L         # the set an FFN is using right now
+        self.pending: list[list[Batch]] = [[] for _ in range(self.L)]   # prefetch batches in flight
+        self.c = {name: [0] * self.L for name in LAYER_COUNTERS}
         self.step = 0
         self.dram_bytes = 0.0
         self.flops = 0.0
@@ -109,52 +113,69 @@ class ReplayEngine:
                           2 * footprint.head_bytes / footprint.bytes_per_weight / self.flop_rate)
         self.t_predict = predictor.flops / self.flop_rate if predictor.flops else 0.0
         self.neuron_flops = 2 * footprint.matrices * footprint.d_model
+        self.request_shape = (footprint.row_bytes, footprint.matrices, scenario.layout, scenario.coalesce,
+                              scenario.max_request)
+
+    def _needed(self, token: int) -> tuple[list[int], list[int]]:
+        """The trace's needed sets of ``token`` and their sizes, per layer (converted once per token)."""
+        rows = self._rows.get(token)
+        if rows is None:
+            if len(self._rows) > 4:
+                self._rows.pop(min(self._rows))
+            packed, nb = np.ascontiguousarray(self.masks[token, :]), self.nb
+            data = packed.tobytes()
+            rows = self._rows[token] = ([int.from_bytes(data[i * nb:(i + 1) * nb], "little") for i in range(self.L)],
+                                        np.bitwise_count(packed).sum(axis=1).tolist())
+        return rows
 
     # -- storage ------------------------------------------------------------------------------
-    def _request(self, layer: int, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sizes, counts = request_sizes(packed, self.fp.d_ff[layer], self.fp.row_bytes, self.fp.matrices,
-                                      self.sc.layout, self.sc.coalesce, self.sc.max_request)
-        self.c["requests"][layer] += int(counts.sum())
-        self.c["request_bytes"][layer] += int(round(float((sizes * counts).sum())))
-        return sizes, counts
+    def _read(self, layer: int, neurons: int, priority: int, on_done=None) -> Batch:
+        requests = request_sizes(neurons, *self.request_shape)
+        self.c["requests"][layer] += sum(requests.values())
+        self.c["request_bytes"][layer] += int(round(sum(s * n for s, n in requests.items())))
+        return self.device.submit(requests, priority, layer, neurons, on_done)
 
-    def _read(self, env: simpy.Environment, sizes: np.ndarray, counts: np.ndarray, priority: int,
-              layer: int = -1, neurons: np.ndarray | None = None):
-        issued = env.now
-        with self.device.request(priority=priority) as req:
-            yield req
-            busy = self.store.batch_time(sizes, counts)
-            self.io_busy += busy
-            start = env.now
-            yield env.timeout(busy)
-        if self.io_log is not None:  # the exact read schedule, for replay against real storage
-            self.io_log.append(IoBatch(self.step // self.L, layer, "demand" if priority == 0 else "prefetch",
-                                       None if neurons is None else neurons.copy(), sizes, counts,
-                                       issued, start, env.now))
+    def _log(self, batch: Batch) -> None:
+        """The exact read schedule, for replay against real storage."""
+        sizes = np.array(list(batch.requests), dtype=float)
+        counts = np.array(list(batch.requests.values()), dtype=np.int64)
+        neurons = None if batch.layer < 0 else neuronset.to_row(batch.neurons, self.nb)
+        self.io_log.append(IoBatch(self.step // self.L, batch.layer,
+                                   "demand" if batch.priority == DEMAND else "prefetch", neurons, sizes, counts,
+                                   batch.issued, batch.start, batch.end))
 
-    def _prefetch(self, env: simpy.Environment, layer: int, packed: np.ndarray, sizes, counts):
-        yield from self._read(env, sizes, counts, 1, layer, packed)
-        self.inflight[layer] &= ~packed
-        self.pending[layer] = [(p, s) for p, s in self.pending[layer] if p is not env.active_process]
-        inserted, evicted = self.cache.insert(layer, self.step, packed, True, self.protect[layer])
-        n_inserted = bitset.count(inserted)
+    def _arrived(self, batch: Batch) -> None:
+        """A prefetch batch is in: insert it (evicting as needed) and charge its cache management."""
+        layer, fetched = batch.layer, batch.neurons
+        self.inflight[layer] ^= fetched
+        n_fetched = fetched.bit_count()
+        self.n_inflight -= n_fetched
+        self.pending[layer].remove(batch)
+        inserted, evicted = self.cache.insert(layer, self.step, fetched, True, self.protect[layer])
+        n_inserted = n_fetched if inserted is fetched else inserted.bit_count()
         self.c["inserted"][layer] += n_inserted
-        self.c["prefetch_bypassed"][layer] += bitset.count(packed) - n_inserted
+        self.c["prefetch_bypassed"][layer] += n_fetched - n_inserted
         self.pf_unused[layer] |= inserted
-        self._account_evictions(evicted, by_prefetch=True)
-        self._mm_debt += self._mm_time(bitset.count(inserted) + sum(bitset.count(v) for v in evicted.values()))
+        n_evicted = self._account_evictions(evicted, by_prefetch=True)
+        self._mm_debt += self._mm_time(n_inserted + n_evicted)
 
     # -- accounting ---------------------------------------------------------------------------
-    def _account_evictions(self, evicted: dict[int, np.ndarray], by_prefetch: bool) -> None:
+    def _account_evictions(self, evicted: dict[int, int], by_prefetch: bool) -> int:
+        """Count evictions and the unused prefetches among them; returns how many were evicted."""
+        total = 0
         for l, victims in evicted.items():
-            n = bitset.count(victims)
+            n = victims.bit_count()
+            total += n
             self.c["evictions"][l] += n
-            useless = bitset.count(victims & self.pf_unused[l])
-            self.c["prefetch_useless"][l] += useless
-            self.c["pollution_neurons"][l] += useless
-            self.pf_unused[l] &= ~victims
+            unused = victims & self.pf_unused[l]
+            if unused:
+                useless = unused.bit_count()
+                self.c["prefetch_useless"][l] += useless
+                self.c["pollution_neurons"][l] += useless
+                self.pf_unused[l] ^= unused
             if by_prefetch:
                 self.displaced[l] |= victims
+        return total
 
     def _mm_time(self, neurons: int) -> float:
         if self.sc.ffn_in != "flash" or neurons == 0:
@@ -164,36 +185,41 @@ class ReplayEngine:
         return 2 * moved / self.profile.dram.bandwidth + neurons * self.sc.insert_overhead
 
     # -- prefetch issue -----------------------------------------------------------------------
-    def _issue(self, env: simpy.Environment, token: int, layer: int) -> None:
+    def _issue(self, token: int, layer: int) -> None:
         self.view.frontier = self.step
         pred = self.predictor.predict(self.view, token, layer)
         if pred is None:
             return
-        truth = self.masks[token, layer]
-        self.c["pred_tp"][layer] += bitset.count(pred & truth)
-        self.c["pred_fp"][layer] += bitset.count(pred & ~truth)
-        self.c["pred_fn"][layer] += bitset.count(truth & ~pred)
-        fetch = pred & ~self.cache.resident[layer] & ~self.inflight[layer]
-        self.c["prefetch_requested"][layer] += bitset.count(pred)
-        n = bitset.count(fetch)
+        pred = neuronset.from_row(pred)
+        sets, sizes = self._needed(token)
+        c = self.c
+        n_pred, tp = pred.bit_count(), (pred & sets[layer]).bit_count()
+        c["pred_tp"][layer] += tp
+        c["pred_fp"][layer] += n_pred - tp
+        c["pred_fn"][layer] += sizes[layer] - tp
+        c["prefetch_requested"][layer] += n_pred
+        fetch = pred & (self._full ^ (self.cache.resident[layer] | self.inflight[layer]))
+        n = fetch.bit_count()
         if self.sc.prefetch_cap and n:
             # Bytes-in-flight cap: issue what fits now, drop the rest of this prediction.
-            room = int(self.sc.prefetch_cap // self.fp.neuron_bytes) - int(np.bitwise_count(self.inflight).sum())
+            room = max(int(self.sc.prefetch_cap // self.fp.neuron_bytes) - self.n_inflight, 0)
             if room < n:
-                fetch = bitset.first(fetch, max(room, 0), self.nb * 8)
-                self.c["prefetch_dropped"][layer] += n - max(room, 0)
-                n = max(room, 0)
+                fetch = neuronset.first(fetch, room)
+                c["prefetch_dropped"][layer] += n - room
+                n = room
         if n == 0:
             return
-        self.c["prefetch_issued"][layer] += n
-        self.c["prefetch_neurons"][layer] += n
+        c["prefetch_issued"][layer] += n
+        c["prefetch_neurons"][layer] += n
         self.inflight[layer] |= fetch
-        sizes, counts = self._request(layer, fetch)
-        proc = env.process(self._prefetch(env, layer, fetch, sizes, counts))
-        self.pending[layer].append((proc, fetch))
+        self.n_inflight += n
+        self.pending[layer].append(self._read(layer, fetch, PREFETCH, self._arrived))
 
     def _targets(self, token: int, layer: int) -> list[tuple[int, int]]:
         """(token, layer) pairs whose prefetch is issued at the start of this layer step."""
+        g = token * self.L + layer + self.sc.lookahead
+        if 0 < g - self.sc.lookahead and g < self.T * self.L and self.sc.schedule == "layer":
+            return [divmod(g, self.L)]    # the common case
         if self.sc.schedule == "none":
             return []
         if self.sc.schedule == "token":
@@ -210,58 +236,64 @@ class ReplayEngine:
 
     # -- the decode loop ----------------------------------------------------------------------
     def _decode(self, env: simpy.Environment):
-        fp, L = self.fp, self.L
+        fp, L, c, cache = self.fp, self.L, self.c, self.cache
+        dense = self.predictor.dense
         for t in range(self.T):
             if t == self.sc.warmup:
                 self._snapshot = self._totals()
             start = env.now
             compute = stall = mm = 0.0
+            needed, n_needed = self._needed(t)
+            if dense:
+                needed, n_needed = self._all, self._n_all
             for l in range(L):
-                self.step = t * L + l
+                self.step = step = t * L + l
                 targets = self._targets(t, l)
                 if targets and self.t_predict:
                     yield env.timeout(self.t_predict * len(targets))
                     compute += self.t_predict * len(targets)
                 for tt, ll in targets:
-                    self._issue(env, tt, ll)
+                    self._issue(tt, ll)
                 # Non-FFN work of this layer.
-                s, c = yield from self._dense_weights(env, fp.layer_nonffn_bytes, self.t_nonffn)
-                stall, compute = stall + s, compute + c
-                # FFN: wait for what it needs.
-                need = self._all[l] if self.predictor.dense else self.masks[t, l]
+                s, w = yield from self._dense_weights(env, fp.layer_nonffn_bytes, self.t_nonffn)
+                stall, compute = stall + s, compute + w
+                # FFN: wait for what it needs. Resident and in-flight sets are disjoint.
+                need, n_need = needed[l], n_needed[l]
                 self.protect[l] = need
-                resident = self.cache.resident[l]
-                hit = need & resident
+                hit = need & cache.resident[l]
                 late = need & self.inflight[l]
-                miss = need & ~resident & ~self.inflight[l]
-                n_need, n_hit, n_late, n_miss = (bitset.count(x) for x in (need, hit, late, miss))
-                self.c["accesses"][l] += n_need
-                self.c["hits"][l] += n_hit
-                self.c["late"][l] += n_late
-                self.c["misses"][l] += n_miss
-                self.c["pollution_misses"][l] += bitset.count(miss & self.displaced[l])
-                self.displaced[l] &= ~need
+                miss = need ^ hit ^ late
+                n_hit = hit.bit_count()
+                n_late = late.bit_count() if late else 0
+                n_miss = n_need - n_hit - n_late
+                c["accesses"][l] += n_need
+                c["hits"][l] += n_hit
+                c["late"][l] += n_late
+                c["misses"][l] += n_miss
+                if self.displaced[l]:
+                    c["pollution_misses"][l] += (miss & self.displaced[l]).bit_count()
+                    self.displaced[l] &= self._full ^ need
                 t0 = env.now
-                waits = [p for p, s in self.pending[l] if n_late and bitset.nonempty(s & late)]
+                waits = [b for b in self.pending[l] if b.neurons & late] if late else []
                 if n_miss:
-                    self.c["demand_neurons"][l] += n_miss
-                    waits.append(env.process(self._read(env, *self._request(l, miss), 0, l, miss)))
-                if waits:
-                    yield simpy.AllOf(env, waits)
+                    c["demand_neurons"][l] += n_miss
+                    waits.append(self._read(l, miss, DEMAND))
+                for batch in waits:
+                    yield self.device.completion(batch)
                 stall += env.now - t0
                 if n_miss:
-                    inserted, evicted = self.cache.insert(l, self.step, miss, False, need)
-                    self.c["inserted"][l] += bitset.count(inserted)
-                    self._account_evictions(evicted, by_prefetch=False)
-                    self._mm_debt += self._mm_time(n_miss + sum(bitset.count(v) for v in evicted.values()))
+                    inserted, evicted = cache.insert(l, step, miss, False, need)
+                    c["inserted"][l] += inserted.bit_count()
+                    self._mm_debt += self._mm_time(n_miss + self._account_evictions(evicted, by_prefetch=False))
                 used_prefetch = need & self.pf_unused[l]
-                self.c["prefetch_useful"][l] += bitset.count(used_prefetch)
-                self.pf_unused[l] &= ~need
-                self.cache.policy.on_access(l, self.step, need)
-                stale = self.cache.expire(l, self.step)
-                if stale is not None:
-                    n_stale = bitset.count(stale)
-                    self.c["expired"][l] += n_stale
+                if used_prefetch:
+                    c["prefetch_useful"][l] += used_prefetch.bit_count()
+                    self.pf_unused[l] ^= used_prefetch
+                cache.policy.on_access(l, step, need)
+                stale = cache.expire(l, step)
+                if stale:
+                    n_stale = stale.bit_count()
+                    c["expired"][l] += n_stale
                     self._account_evictions({l: stale}, by_prefetch=False)
                     self._mm_debt += self._mm_time(n_stale)
                 # FFN compute over the needed neurons only.
@@ -275,8 +307,8 @@ class ReplayEngine:
                 compute += t_ffn
                 mm += charge
                 self.protect[l] = 0
-            s, c = yield from self._dense_weights(env, fp.head_bytes, self.t_head)   # the LM head
-            stall, compute = stall + s, compute + c
+            s, w = yield from self._dense_weights(env, fp.head_bytes, self.t_head)   # the LM head
+            stall, compute = stall + s, compute + w
             self.token_time[t] = env.now - start
             self.token_compute[t], self.token_stall[t], self.token_mm[t] = compute, stall, mm
 
@@ -286,47 +318,47 @@ class ReplayEngine:
         stall = 0.0
         if self.sc.nonffn_in == "flash":
             t0 = env.now
-            yield from self._read(env, *self._stream_requests(nbytes), priority=0)
+            yield self.device.completion(self.device.submit(self._stream_requests(nbytes), DEMAND))
             stall = env.now - t0
         yield env.timeout(seconds)
         self.dram_bytes += nbytes
         self.flops += 2 * nbytes / self.fp.bytes_per_weight
         return stall, seconds
 
-    def _stream_requests(self, total: float) -> tuple[np.ndarray, np.ndarray]:
+    def _stream_requests(self, total: float) -> dict[float, int]:
         """Large sequential requests for non-FFN weights streamed from flash."""
         n_full, rest = divmod(total, self.sc.max_request)
-        sizes = np.array([self.sc.max_request] + ([rest] if rest else []), dtype=float)
-        counts = np.array([int(n_full)] + ([1] if rest else []), dtype=np.int64)
-        keep = counts > 0
         self.nonffn_storage_bytes += total
-        return sizes[keep], counts[keep]
+        requests = {float(self.sc.max_request): int(n_full)} if n_full else {}
+        if rest:
+            requests[float(rest)] = requests.get(float(rest), 0) + 1
+        return requests
 
     def _totals(self) -> dict:
-        return {"c": {k: v.copy() for k, v in self.c.items()}, "dram": self.dram_bytes, "flops": self.flops,
-                "io": self.io_busy, "nonffn": self.nonffn_storage_bytes}
+        return {"c": {k: list(v) for k, v in self.c.items()}, "dram": self.dram_bytes, "flops": self.flops,
+                "io": self.device.busy, "nonffn": self.nonffn_storage_bytes}
 
     def run(self) -> ReplayStats:
         env = simpy.Environment()
-        self.device = simpy.PriorityResource(env, capacity=1)
+        self.device = StorageQueue(env, self.store, self._log if self.io_log is not None else None)
         self.token_time = np.zeros(self.T)
         self.token_compute = np.zeros(self.T)
         self.token_stall = np.zeros(self.T)
         self.token_mm = np.zeros(self.T)
         self._mm_debt = 0.0
-        self.io_busy = 0.0
         self.cache.preload(self.sc.warm)
         env.process(self._decode(env))
         env.run()
-        self.c["prefetch_unused_at_end"] += np.bitwise_count(self.pf_unused).sum(axis=1, dtype=np.int64)
+        for l, unused in enumerate(self.pf_unused):
+            self.c["prefetch_unused_at_end"][l] += unused.bit_count()
         # Metrics cover the tokens after the warm-up only.
         s, w = self._snapshot, self.sc.warmup
-        c = {k: v - s["c"][k] for k, v in self.c.items()}
+        c = {k: np.array(v, dtype=np.int64) - np.array(s["c"][k], dtype=np.int64) for k, v in self.c.items()}
         nonffn = self.nonffn_storage_bytes - s["nonffn"]
         storage = float((c["demand_neurons"] + c["prefetch_neurons"]).sum()) * self.fp.neuron_bytes
         return ReplayStats(
             n_tokens=self.T - w, n_layers=self.L, token_time=self.token_time[w:],
             token_compute=self.token_compute[w:], token_stall=self.token_stall[w:], token_mm=self.token_mm[w:],
             layer=c, dram_bytes=self.dram_bytes - s["dram"], storage_bytes=storage + nonffn,
-            nonffn_storage_bytes=nonffn, flops=self.flops - s["flops"], io_busy=self.io_busy - s["io"],
+            nonffn_storage_bytes=nonffn, flops=self.flops - s["flops"], io_busy=self.device.busy - s["io"],
         )

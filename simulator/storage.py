@@ -21,12 +21,12 @@ through a queue of depth Q.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
-from simulator import bitset
+from simulator import bitset, neuronset
 from simulator.errors import InputError
 
 
@@ -38,6 +38,8 @@ class BackingStore:
     queue_depth: int
     energy_per_byte: float
     bandwidth_at: Callable[[np.ndarray], np.ndarray]
+    # seconds of one request of each size seen so far: the curve is evaluated once per size
+    _request_seconds: dict[float, float] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def flash(cls, storage) -> "BackingStore":
@@ -50,13 +52,18 @@ class BackingStore:
         return cls("dram", dram.latency, bw, 64, dram.energy_per_byte,
                    lambda s: np.full(np.shape(s), bw, dtype=float))
 
-    def batch_time(self, sizes: np.ndarray, counts: np.ndarray) -> float:
-        """Seconds to serve ``counts[i]`` requests of ``sizes[i]`` bytes each."""
-        if sizes.size == 0:
+    def batch_time(self, requests: dict[float, int]) -> float:
+        """Seconds to serve ``requests`` ({size in bytes: how many}) as one batch."""
+        if not requests:
             return 0.0
-        t_throughput = float((counts * sizes / self.bandwidth_at(sizes)).sum())
-        waves = math.ceil(int(counts.sum()) / self.queue_depth)
-        t_latency = waves * self.latency + float(sizes.max()) / self.peak_bandwidth
+        t_throughput, n = 0.0, 0
+        for size, count in requests.items():
+            t = self._request_seconds.get(size)
+            if t is None:
+                t = self._request_seconds[size] = size / float(self.bandwidth_at(np.array([size]))[0])
+            t_throughput += count * t
+            n += count
+        t_latency = math.ceil(n / self.queue_depth) * self.latency + max(requests) / self.peak_bandwidth
         return max(t_throughput, t_latency)
 
 
@@ -69,22 +76,25 @@ def _request_shape(row_bytes: float, matrices: int, layout: str, coalesce: bool,
     return unit, copies, per_request
 
 
-def request_sizes(packed: np.ndarray, d_ff: int, row_bytes: float, matrices: int, layout: str,
-                  coalesce: bool, max_request: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct request sizes (bytes) and how many of each, to read the neurons in ``packed``."""
+def request_sizes(neurons: int, row_bytes: float, matrices: int, layout: str, coalesce: bool,
+                  max_request: int) -> dict[float, int]:
+    """{request size in bytes: how many} to read the neuron set ``neurons`` (:mod:`simulator.neuronset`)."""
     unit, copies, per_request = _request_shape(row_bytes, matrices, layout, coalesce, max_request)
-    n = bitset.count(packed)
+    n = neurons.bit_count()
     if n == 0:
-        return np.empty(0), np.empty(0, dtype=np.int64)
+        return {}
     if not coalesce:
-        return np.array([unit]), np.array([n * copies])
-    lengths = bitset.runs(packed, d_ff)
-    full = int((lengths // per_request).sum())
-    rest = np.bincount(lengths % per_request)     # run lengths are small integers: count, don't sort
-    rest_sizes = np.flatnonzero(rest[1:]) + 1
-    sizes = np.concatenate([[per_request] if full else [], rest_sizes]) * unit
-    counts = np.concatenate([[full] if full else [], rest[rest_sizes]]).astype(np.int64) * copies
-    return sizes.astype(float), counts
+        return {unit: n * copies}
+    out: dict[float, int] = {}
+    full = 0
+    for length, runs in neuronset.run_lengths(neurons).items():
+        whole, rest = divmod(length, per_request)
+        full += whole * runs
+        if rest:
+            out[rest * unit] = out.get(rest * unit, 0) + runs * copies
+    if full:
+        out[per_request * unit] = out.get(per_request * unit, 0) + full * copies
+    return out
 
 
 def request_extents(packed: np.ndarray, layer: int, d_ff: Sequence[int], row_bytes: float, matrices: int,

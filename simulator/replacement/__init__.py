@@ -12,16 +12,18 @@ implements any of these hooks; the engine calls them and never changes to add a 
 ``on_evict(layer, evicted)``             neurons that left the cache (evicted or expired)
 ``expire(layer, step)``                  neurons to drop voluntarily now (e.g. a token window)
 ``admit(layer, step, filled, prefetch)`` the subset of a fill worth inserting (bypass the rest)
-``preload()``                            [L, n_bytes] neurons resident before decoding starts
+``preload()``                            [L, n_bytes] packed rows of neurons resident before decoding
 
-Every neuron set is a packed uint8 row (:mod:`simulator.bitset`); ``step`` is the global layer
-step ``token * n_layers + layer``, so it increases monotonically through the replay. Policies
-keep their own state (numpy arrays); they must not modify the cache.
+A neuron set of one layer is a Python int, bit i = neuron i (:mod:`simulator.neuronset`);
+``global_victims`` gets one per layer and returns {layer: set}. ``step`` is the global layer step
+``token * n_layers + layer``, so it increases monotonically through the replay. Policies keep
+their own state; they must not modify the cache.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -56,28 +58,28 @@ class ReplacementPolicy:
     def setup(self, geometry: CacheGeometry) -> None:
         self.geometry = geometry
 
-    def on_fill(self, layer: int, step: int, filled: np.ndarray, prefetch: bool) -> None:
+    def on_fill(self, layer: int, step: int, filled: int, prefetch: bool) -> None:
         pass
 
-    def on_access(self, layer: int, step: int, used: np.ndarray) -> None:
+    def on_access(self, layer: int, step: int, used: int) -> None:
         pass
 
-    def on_evict(self, layer: int, evicted: np.ndarray) -> None:
+    def on_evict(self, layer: int, evicted: int) -> None:
         pass
 
-    def expire(self, layer: int, step: int) -> np.ndarray | None:
-        return None
+    def expire(self, layer: int, step: int) -> int:
+        return 0
 
-    def admit(self, layer: int, step: int, filled: np.ndarray, prefetch: bool) -> np.ndarray:
+    def admit(self, layer: int, step: int, filled: int, prefetch: bool) -> int:
         return filled
 
     def preload(self) -> np.ndarray | None:
         return None
 
-    def victims(self, layer: int, step: int, n: int, candidates: np.ndarray) -> np.ndarray:
+    def victims(self, layer: int, step: int, n: int, candidates: int) -> int:
         raise NotImplementedError
 
-    def global_victims(self, step: int, n: int, candidates: np.ndarray) -> np.ndarray:
+    def global_victims(self, step: int, n: int, candidates: Sequence[int]) -> dict[int, int]:
         raise NotImplementedError(f"replacement policy {self.name!r} supports only the per-layer partition")
 
 

@@ -1,4 +1,4 @@
-"""Policies that rank neurons by one integer key and evict the smallest: LRU, FIFO, LFU.
+"""Policies that rank resident neurons and evict the lowest: LRU, FIFO (by recency class) and LFU.
 
 Ties break towards the lowest neuron index (then lowest layer), so results are exact and
 reproducible and small cases can be computed by hand.
@@ -6,103 +6,149 @@ reproducible and small cases can be computed by hand.
 
 from __future__ import annotations
 
-import heapq
+import bisect
+from typing import Sequence
 
 import numpy as np
 
-from simulator import bitset
+from simulator import neuronset
 from simulator.replacement import REPLACEMENT, CacheGeometry, ReplacementPolicy
 
 _NEVER = np.iinfo(np.int64).max
 
 
-class KeyedReplacement(ReplacementPolicy):
-    """Base: ``self.key[layer, neuron]``; the candidates with the smallest keys are evicted.
+class RecencyClasses(ReplacementPolicy):
+    """Base of LRU and FIFO: resident neurons grouped by the step of their last stamp.
 
-    Evicted neurons get the key ``_NEVER``. Policies whose keys are the step of a fill or use
-    (``stamped``: LRU, FIFO and their relatives) also keep an index from each key to the layers
-    holding it, so a global eviction visits only the oldest few (key, layer) classes instead of
-    every neuron of every layer.
+    A class is the set of one layer's neurons stamped (filled, or used for LRU) at one step; each
+    neuron is in exactly one class. Restamping moves neurons into a new class by one integer
+    AND-NOT per live class of that layer; a victim search walks classes from the oldest
+    (step, then layer) and takes whole classes, cutting only the last one by neuron index — a few
+    integer operations per class, whatever the number of neurons.
     """
 
-    stamped = False
+    def setup(self, geometry: CacheGeometry) -> None:
+        super().setup(geometry)
+        self._full = neuronset.full(geometry.width)
+        self._of_layer: list[list[list]] = [[] for _ in range(geometry.n_layers)]   # [step, layer, set], oldest first
+        self._order: list[list] = []   # every class by (step, layer); emptied ones linger until the head passes
+        self._head = 0
+
+    def _stamp(self, layer: int, neurons: int, step: int) -> None:
+        if not neurons:
+            return
+        classes = self._unstamp(layer, neurons)
+        if classes and classes[-1][0] == step:
+            classes[-1][2] |= neurons
+            return
+        cls = [step, layer, neurons]
+        classes.append(cls)
+        order = self._order
+        if not order or (order[-1][0], order[-1][1]) <= (step, layer):
+            order.append(cls)          # steps only grow: almost always the newest
+        else:                          # same step, lower layer (a per-token prefetch arriving)
+            bisect.insort(order, cls, lo=self._head, key=lambda c: (c[0], c[1]))
+
+    def _unstamp(self, layer: int, neurons: int) -> list[list]:
+        keep = self._full ^ neurons
+        classes = self._of_layer[layer]
+        emptied = False
+        for cls in classes:
+            cls[2] &= keep
+            emptied = emptied or not cls[2]
+        if emptied:
+            classes[:] = [cls for cls in classes if cls[2]]
+        return classes
+
+    def on_evict(self, layer, evicted):
+        self._unstamp(layer, evicted)
+
+    def victims(self, layer, step, n, candidates):
+        out = 0
+        for cls in self._of_layer[layer]:
+            take = cls[2] & candidates
+            size = take.bit_count()
+            if size >= n:
+                return out | neuronset.first(take, n)
+            out |= take
+            n -= size
+        return out
+
+    def global_victims(self, step: int, n: int, candidates: Sequence[int]) -> dict[int, int]:
+        order, head = self._order, self._head
+        while head < len(order) and not order[head][2]:
+            head += 1
+        if head > 4096 and 2 * head > len(order):
+            del order[:head]
+            head = 0
+        self._head = head
+        out: dict[int, int] = {}
+        for i in range(head, len(order)):
+            _, layer, members = order[i]
+            take = members & candidates[layer]
+            if not take:
+                continue
+            size = take.bit_count()
+            if size >= n:
+                out[layer] = out.get(layer, 0) | neuronset.first(take, n)
+                break
+            out[layer] = out.get(layer, 0) | take
+            n -= size
+        return out
+
+
+@REPLACEMENT.register("lru")
+class LeastRecentlyUsed(RecencyClasses):
+    """Least recently used: evict the neurons whose last use (or fill) is oldest."""
+
+    def on_fill(self, layer, step, filled, prefetch):
+        self._stamp(layer, filled, step)
+
+    def on_access(self, layer, step, used):
+        self._stamp(layer, used, step)
+
+
+@REPLACEMENT.register("fifo")
+class FirstInFirstOut(RecencyClasses):
+    """First in, first out: evict the neurons inserted earliest; use does not refresh them."""
+
+    def on_fill(self, layer, step, filled, prefetch):
+        self._stamp(layer, filled, step)
+
+
+class KeyedReplacement(ReplacementPolicy):
+    """Base of policies with an arbitrary per-neuron integer key (``self.key[layer, neuron]``):
+    the candidates with the smallest keys are evicted. Evicted neurons get the key ``_NEVER``."""
 
     def setup(self, geometry: CacheGeometry) -> None:
         super().setup(geometry)
         self.key = np.full((geometry.n_layers, geometry.width), _NEVER, dtype=np.int64)
-        w = geometry.width
-        self._flat_index = np.arange(geometry.n_layers * w, dtype=np.int64)
+        self._flat_index = np.arange(geometry.n_layers * geometry.width, dtype=np.int64)
         # Composite keys stay unique: key * span + index, span > number of neurons.
-        self._span = np.int64(geometry.n_layers * w)
-        self._indexed = self.stamped and geometry.partition == "global"
-        self._layers_of: dict[int, set[int]] = {}
-        self._keys: list[int] = []   # heap of the keys in _layers_of
+        self._span = np.int64(geometry.n_layers * geometry.width)
 
-    def _bits(self, packed: np.ndarray) -> np.ndarray:
-        return np.unpackbits(packed, bitorder="little").view(bool)
-
-    def _stamp(self, layer: int, bits: np.ndarray, value: int) -> None:
-        self.key[layer][bits] = value   # row view first: 2x faster than key[layer, bits]
-        if self._indexed:
-            layers = self._layers_of.get(value)
-            if layers is None:
-                layers = self._layers_of[value] = set()
-                heapq.heappush(self._keys, value)
-            layers.add(layer)
+    def _bits(self, neurons: int) -> np.ndarray:
+        return neuronset.to_bool(neurons, self.geometry.width)
 
     def on_evict(self, layer, evicted):
         self.key[layer][self._bits(evicted)] = _NEVER
 
-    def victims(self, layer: int, step: int, n: int, candidates: np.ndarray) -> np.ndarray:
+    def victims(self, layer: int, step: int, n: int, candidates: int) -> int:
         keys = np.where(self._bits(candidates), self.key[layer], _NEVER)
-        return bitset.from_bool(_smallest_by_class(keys, n), self.geometry.n_bytes)
+        return neuronset.from_bool(_smallest_by_class(keys, n))
 
-    def global_victims(self, step: int, n: int, candidates: np.ndarray) -> np.ndarray:
-        if not self._indexed:
-            bits = self._bits(candidates.reshape(-1)).reshape(candidates.shape[0], -1)
-            comp = np.where(bits, self.key * self._span + self._flat_index.reshape(bits.shape), _NEVER)
-            chosen = _smallest(comp.reshape(-1), n).reshape(bits.shape)
-            return np.packbits(chosen, axis=1, bitorder="little")
-        return self._oldest_classes(n, candidates)
-
-    def _oldest_classes(self, n: int, candidates: np.ndarray) -> np.ndarray:
-        """Walk (key, layer) classes from the oldest key, lowest layer first, lowest index first."""
-        chosen = np.zeros(candidates.shape[:1] + (self.geometry.width,), dtype=bool)
-        rows: dict[int, np.ndarray] = {}
-        popped = []
-        while n > 0 and self._keys:
-            k = heapq.heappop(self._keys)
-            popped.append(k)
-            for layer in sorted(self._layers_of[k]):
-                same = self.key[layer] == k
-                if not same.any():           # every neuron of this class was re-keyed or evicted
-                    self._layers_of[k].discard(layer)
-                    continue
-                if layer not in rows:
-                    rows[layer] = self._bits(candidates[layer]) & ~chosen[layer]
-                cls = same & rows[layer]
-                size = int(np.count_nonzero(cls))
-                if size > n:
-                    cls[np.flatnonzero(cls)[n:]] = False
-                    size = n
-                chosen[layer] |= cls
-                rows[layer] &= ~cls
-                n -= size
-                if n == 0:
-                    break
-        for k in popped:
-            if self._layers_of[k]:
-                heapq.heappush(self._keys, k)
-            else:
-                del self._layers_of[k]
-        return np.packbits(chosen, axis=1, bitorder="little")
+    def global_victims(self, step: int, n: int, candidates: Sequence[int]) -> dict[int, int]:
+        bits = np.stack([self._bits(c) for c in candidates])
+        comp = np.where(bits, self.key * self._span + self._flat_index.reshape(bits.shape), _NEVER)
+        chosen = _smallest(comp.reshape(-1), n).reshape(bits.shape)
+        return {int(l): neuronset.from_bool(chosen[l]) for l in np.flatnonzero(chosen.any(axis=1))}
 
 
 def _smallest_by_class(keys: np.ndarray, n: int) -> np.ndarray:
     """Boolean mask of the ``n`` smallest keys, ties to the lowest index.
 
-    Walks the key classes from the smallest: step-valued keys (LRU, FIFO) have few distinct
-    values among the oldest residents, so this is a handful of vector passes, not a sort.
+    Walks the key classes from the smallest: few distinct values among the lowest keys make this
+    a handful of vector passes, not a sort.
     """
     out = np.zeros(keys.shape, dtype=bool)
     keys = keys.copy()
@@ -131,29 +177,6 @@ def _smallest(comp: np.ndarray, n: int) -> np.ndarray:
         return out
     out[np.argpartition(comp, n - 1)[:n]] = True
     return out
-
-
-@REPLACEMENT.register("lru")
-class LeastRecentlyUsed(KeyedReplacement):
-    """Least recently used: evict the neurons whose last use (or fill) is oldest."""
-
-    stamped = True
-
-    def on_fill(self, layer, step, filled, prefetch):
-        self._stamp(layer, self._bits(filled), step)
-
-    def on_access(self, layer, step, used):
-        self._stamp(layer, self._bits(used), step)
-
-
-@REPLACEMENT.register("fifo")
-class FirstInFirstOut(KeyedReplacement):
-    """First in, first out: evict the neurons inserted earliest; use does not refresh them."""
-
-    stamped = True
-
-    def on_fill(self, layer, step, filled, prefetch):
-        self._stamp(layer, self._bits(filled), step)
 
 
 @REPLACEMENT.register("lfu")

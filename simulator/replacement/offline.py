@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator import bitset
+from simulator import bitset, neuronset
 from simulator.replacement import REPLACEMENT, CacheGeometry
 from simulator.replacement.keyed import KeyedReplacement, LeastRecentlyUsed, _NEVER
 
@@ -40,33 +40,35 @@ class StaticPin(LeastRecentlyUsed):
             for l in range(geometry.n_layers):
                 n = int(max(geometry.capacity[l] - need[l], 0) * self.share)
                 pinned[l, np.lexsort((np.arange(freq.shape[1]), -freq[l]))[:n]] = True
-        self.pinned = np.packbits(pinned, axis=1, bitorder="little")
-        self._pinned_bits = pinned
+        self.packed_pinned = np.packbits(pinned, axis=1, bitorder="little")
+        self.pinned = [neuronset.from_bool(row) for row in pinned]
+        self._cold = [self._full ^ p for p in self.pinned]
 
     def preload(self) -> np.ndarray:
-        return self.pinned
+        return self.packed_pinned
 
-    def _stamp(self, layer, bits, value):
+    def _stamp(self, layer, neurons, step):
         # Pinned neurons stay out of the LRU order: they leave only when nothing cold can.
-        super()._stamp(layer, bits & ~self._pinned_bits[layer], value)
+        super()._stamp(layer, neurons & self._cold[layer], step)
 
     def victims(self, layer, step, n, candidates):
-        cold = candidates & ~self.pinned[layer]
-        n_cold = bitset.count(cold)
+        cold = candidates & self._cold[layer]
+        n_cold = cold.bit_count()
         if n_cold >= n:
             return super().victims(layer, step, n, cold)
-        return cold | bitset.first(candidates & self.pinned[layer], n - n_cold, self.geometry.width)
+        return cold | neuronset.first(candidates & self.pinned[layer], n - n_cold)
 
     def global_victims(self, step, n, candidates):
-        cold = candidates & ~self.pinned
-        n_cold = int(np.bitwise_count(cold).sum())
+        cold = [c & k for c, k in zip(candidates, self._cold)]
+        n_cold = sum(c.bit_count() for c in cold)
         if n_cold >= n:
             return super().global_victims(step, n, cold)
-        out, need = cold.copy(), n - n_cold
-        for layer in range(cold.shape[0]):   # pinned neurons go lowest layer, lowest index first
-            take = bitset.first(candidates[layer] & self.pinned[layer], need, self.geometry.width)
-            out[layer] |= take
-            need -= bitset.count(take)
+        out, need = {l: c for l, c in enumerate(cold) if c}, n - n_cold
+        for layer, c in enumerate(candidates):   # pinned neurons go lowest layer, lowest index first
+            take = neuronset.first(c & self.pinned[layer], need)
+            if take:
+                out[layer] = out.get(layer, 0) | take
+                need -= take.bit_count()
             if need == 0:
                 break
         return out
@@ -123,8 +125,8 @@ class Belady(KeyedReplacement):
             start, width = stop, width * 4
         return out
 
-    def _rekey(self, layer: int, step: int, packed: np.ndarray) -> None:
-        bits = self._bits(packed)
+    def _rekey(self, layer: int, step: int, neurons: int) -> None:
+        bits = self._bits(neurons)
         token, current = divmod(max(step, 0), self.L)
         # Before this layer has run in the current token, the current token's use still counts.
         after = token - 1 if current < layer or step < 0 else token

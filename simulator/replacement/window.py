@@ -7,9 +7,6 @@ If the window's union outgrows the capacity, the least recently used go first.
 
 from __future__ import annotations
 
-import numpy as np
-
-from simulator import bitset
 from simulator.replacement import REPLACEMENT
 from simulator.replacement.keyed import LeastRecentlyUsed
 
@@ -25,18 +22,30 @@ class TokenWindow(LeastRecentlyUsed):
 
     def setup(self, geometry):
         super().setup(geometry)
-        self.used_at = np.full((geometry.n_layers, geometry.width), -1, dtype=np.int64)
+        # touched[layer][token]: neurons used, or filled, while decoding that token
+        self.touched: list[dict[int, int]] = [{} for _ in range(geometry.n_layers)]
+
+    def _touch(self, layer: int, step: int, neurons: int) -> None:
+        # A prefetched neuron gets one window of grace from the token it was fetched for.
+        token = step // self.geometry.n_layers
+        by_token = self.touched[layer]
+        by_token[token] = by_token.get(token, 0) | neurons
 
     def on_fill(self, layer, step, filled, prefetch):
         super().on_fill(layer, step, filled, prefetch)
-        # A prefetched neuron gets one window of grace from the token it was fetched for.
-        self.used_at[layer, self._bits(filled)] = step // self.geometry.n_layers
+        self._touch(layer, step, filled)
 
     def on_access(self, layer, step, used):
         super().on_access(layer, step, used)
-        self.used_at[layer, self._bits(used)] = step // self.geometry.n_layers
+        self._touch(layer, step, used)
 
     def expire(self, layer, step):
         token = step // self.geometry.n_layers
-        stale = self.used_at[layer] <= token - self.k
-        return bitset.from_bool(stale, self.geometry.n_bytes)
+        by_token = self.touched[layer]
+        kept = 0
+        for t in list(by_token):
+            if t <= token - self.k:
+                del by_token[t]
+            else:
+                kept |= by_token[t]
+        return self._full ^ kept

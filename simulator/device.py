@@ -1,0 +1,94 @@
+"""The backing store as a simpy server: one batch at a time, demand before prefetch.
+
+Batches of one priority class are served first come, first served; a queued demand batch goes
+before every queued prefetch, but never interrupts the batch being served (non-preemptive). A
+prefetch that finds the device idle starts at the end of the current instant, so that a demand
+read issued at the same simulated time goes first.
+Each batch costs one simpy timeout — never one event per neuron or per request. A process that
+must wait for a batch yields :meth:`StorageQueue.completion`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+import simpy
+
+from simulator.storage import BackingStore
+
+DEMAND, PREFETCH = 0, 1
+
+
+class Batch:
+    """One storage batch: its requests ({size in bytes: count}) and, for FFN reads, the layer and
+    neuron set it brings in."""
+
+    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done")
+
+    def __init__(self, requests: dict[float, int], priority: int, layer: int, neurons: int,
+                 on_done: Callable[["Batch"], None] | None, issued: float):
+        self.requests, self.priority, self.layer, self.neurons = requests, priority, layer, neurons
+        self.on_done, self.issued = on_done, issued
+        self.start = self.end = -1.0
+        self._done: simpy.Event | None = None
+
+
+class StorageQueue:
+    def __init__(self, env: simpy.Environment, store: BackingStore,
+                 on_finish: Callable[[Batch], None] | None = None):
+        self.env = env
+        self.store = store
+        self.on_finish = on_finish          # sees every batch when it completes (the I/O log)
+        self._waiting = (deque(), deque())  # by priority
+        self._serving: Batch | None = None
+        self._kick_pending = False
+        self.busy = 0.0                     # s spent serving batches
+
+    def submit(self, requests: dict[float, int], priority: int, layer: int = -1, neurons: int = 0,
+               on_done: Callable[[Batch], None] | None = None) -> Batch:
+        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now)
+        if self._serving is None and priority == DEMAND:
+            self._start(batch)
+        else:
+            self._waiting[priority].append(batch)
+            if self._serving is None and not self._kick_pending:
+                self._kick_pending = True
+                self.env.timeout(0).callbacks.append(self._kick)
+        return batch
+
+    def _kick(self, _event: simpy.Event) -> None:
+        self._kick_pending = False
+        if self._serving is None:
+            self._start_next()
+
+    def _start_next(self) -> None:
+        waiting = self._waiting[0] or self._waiting[1]
+        if waiting:
+            self._start(waiting.popleft())
+
+    def completion(self, batch: Batch) -> simpy.Event:
+        """An event that fires when ``batch`` is done (already fired if it is)."""
+        if batch._done is None:
+            batch._done = self.env.event()
+            if batch.end >= 0:
+                batch._done.succeed()
+        return batch._done
+
+    def _start(self, batch: Batch) -> None:
+        self._serving = batch
+        batch.start = self.env.now
+        seconds = self.store.batch_time(batch.requests)
+        self.busy += seconds
+        self.env.timeout(seconds).callbacks.append(self._finish)
+
+    def _finish(self, _event: simpy.Event) -> None:
+        batch, self._serving = self._serving, None
+        batch.end = self.env.now
+        self._start_next()
+        if batch.on_done is not None:
+            batch.on_done(batch)
+        if self.on_finish is not None:
+            self.on_finish(batch)
+        if batch._done is not None:
+            batch._done.succeed()

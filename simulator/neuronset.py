@@ -1,0 +1,97 @@
+"""Neuron sets of one layer as Python integers: bit i set = neuron i is a member.
+
+The replay's set algebra (hits, misses, fills, evictions) and the replacement policies work on
+these. On sets of a few thousand neurons CPython's big-integer ``&``, ``|`` and ``bit_count`` cost
+0.1–0.7 µs, against 0.4–2 µs for the same numpy call on a packed uint8 row, whose fixed per-call
+overhead dominates at this size (``BENCHMARKS.md``). Traces and predictors keep packed uint8 rows
+(:mod:`simulator.bitset`, same bit order); :func:`from_row` and :func:`to_row` convert once per
+row at that boundary.
+
+Complement with ``full ^ s`` (one pass) rather than ``~s`` (a negative integer, three passes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def from_row(row: np.ndarray) -> int:
+    """The set in a packed uint8 row (``bitorder="little"``: neuron i is byte i // 8, bit i % 8)."""
+    return int.from_bytes(row.tobytes(), "little")
+
+
+def to_row(s: int, n_bytes: int) -> np.ndarray:
+    return np.frombuffer(s.to_bytes(n_bytes, "little"), dtype=np.uint8).copy()
+
+
+def to_bool(s: int, width: int) -> np.ndarray:
+    """One bool per neuron 0 .. width-1 (``width`` a multiple of 8)."""
+    return np.unpackbits(np.frombuffer(s.to_bytes(width // 8, "little"), dtype=np.uint8),
+                         bitorder="little").view(bool)
+
+
+def from_bool(bits: np.ndarray) -> int:
+    return int.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little")
+
+
+def full(width: int) -> int:
+    """Neurons 0 .. width-1."""
+    return (1 << width) - 1
+
+
+def first(s: int, n: int) -> int:
+    """The ``n`` lowest-index members of ``s``: popcounts of 64-bit words find the word holding the
+    n-th member, then bytes and bits of that word on small integers."""
+    if n <= 0:
+        return 0
+    words = np.frombuffer(s.to_bytes(((s.bit_length() + 63) // 64) * 8, "little"), dtype=np.uint64)
+    before = np.bitwise_count(words).cumsum()
+    w = int(before.searchsorted(n))
+    if w == len(words):
+        return s
+    rest = n - (int(before[w - 1]) if w else 0)
+    word = int(words[w])
+    x, shift = word, 0
+    while rest > (c := (x & 255).bit_count()):     # skip whole bytes
+        rest -= c
+        x >>= 8
+        shift += 8
+    x &= 255
+    low = 0
+    for _ in range(rest):                          # then single bits
+        low |= x & -x
+        x &= x - 1
+    return (s & ((1 << (64 * w)) - 1)) | (((word & ((1 << shift) - 1)) | (low << shift)) << (64 * w))
+
+
+def indices(s: int, width: int) -> np.ndarray:
+    return np.flatnonzero(to_bool(s, width))
+
+
+def run_lengths(s: int) -> dict[int, int]:
+    """{length: how many runs} of consecutive members, for request coalescing.
+
+    ``ge_k`` has bit i set when neurons i .. i+k-1 are all members, so the runs of length >= k
+    are the run starts left in ``ge_k``: one shift, two ANDs and a popcount per length. Sets with
+    long runs (reordered storage) fall back to locating each run.
+    """
+    starts = s ^ (s & (s << 1))
+    ge_k, k, at_least = s, 1, {}
+    while True:
+        n = (ge_k & starts).bit_count()
+        if n == 0:
+            break
+        at_least[k] = n
+        if k == 16:
+            return _run_lengths_located(s)
+        ge_k &= s >> k
+        k += 1
+    return {k: n - at_least.get(k + 1, 0) for k, n in at_least.items() if n - at_least.get(k + 1, 0)}
+
+
+def _run_lengths_located(s: int) -> dict[int, int]:
+    idx = indices(s, ((s.bit_length() + 7) // 8) * 8)
+    breaks = np.flatnonzero(np.diff(idx) != 1)
+    lengths = np.diff(np.concatenate(([-1], breaks, [idx.size - 1])))
+    values, counts = np.unique(lengths, return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist()))
