@@ -81,7 +81,8 @@ class NeuronCache:
     def insert(self, layer: int, step: int, packed: np.ndarray, prefetch: bool,
                protect: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Insert ``packed`` (not yet resident), evicting as needed. Returns (inserted, evicted)."""
-        packed = self.policy.admit(layer, step, packed, prefetch)
+        # Neurons the FFN needs right now are not offered for bypass: it computes from DRAM.
+        packed = self.policy.admit(layer, step, packed & ~protect, prefetch) | (packed & protect)
         n = bitset.count(packed)
         if n == 0:
             return packed, {}

@@ -33,7 +33,16 @@ LAYER_COUNTERS = (
     "prefetch_useless", "prefetch_unused_at_end", "evictions", "pollution_neurons", "pollution_misses",
     "demand_neurons", "prefetch_neurons", "requests", "request_bytes", "pred_tp", "pred_fp", "pred_fn",
     "inserted", "expired", "prefetch_bypassed", "prefetch_dropped",
+    "gate_hits", "second_phase_neurons", "prefetch_gate_dropped",   # two-phase loading only
 )
+
+
+def ffn_read_bytes(c: dict[str, np.ndarray | int], neuron_bytes: float, prefetch_neuron_bytes: float):
+    """FFN bytes read from storage, row-level: whole neurons on demand, what one prefetch reads per
+    neuron (the whole neuron, or its gate row under two-phase loading) and the up/down rows read
+    after a gate prefetch."""
+    return (c["demand_neurons"] * neuron_bytes + c["prefetch_neurons"] * prefetch_neuron_bytes
+            + c["second_phase_neurons"] * (neuron_bytes - prefetch_neuron_bytes))
 
 
 @dataclass
@@ -52,6 +61,7 @@ class ReplayStats:
     nonffn_storage_bytes: float = 0.0
     flops: float = 0.0
     io_busy: float = 0.0        # s the storage device spent serving batches
+    prefetch_neuron_bytes: float = 0.0   # bytes one prefetch reads per neuron (0: the whole neuron)
 
 
 @dataclass
@@ -90,6 +100,9 @@ class ReplayEngine:
         self.pf_unused = zeros()        # prefetched, not used yet
         self.displaced = zeros()        # evicted to make room for a prefetch
         self.protect = zeros()          # the set an FFN is using right now
+        self.gate_rows = zeros()        # two-phase: gate rows prefetched and staged, not yet evaluated
+        self.prefetch_rows = 1 if scenario.two_phase else None   # rows per neuron a prefetch reads (None: all)
+        self.prefetch_neuron_bytes = footprint.row_bytes if scenario.two_phase else footprint.neuron_bytes
         self.pending: list[list[tuple[simpy.Process, np.ndarray]]] = [[] for _ in range(self.L)]
         self.c = {name: np.zeros(self.L, dtype=np.int64) for name in LAYER_COUNTERS}
         self.step = 0
@@ -111,9 +124,14 @@ class ReplayEngine:
         self.neuron_flops = 2 * footprint.matrices * footprint.d_model
 
     # -- storage ------------------------------------------------------------------------------
-    def _request(self, layer: int, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sizes, counts = request_sizes(packed, self.fp.d_ff[layer], self.fp.row_bytes, self.fp.matrices,
-                                      self.sc.layout, self.sc.coalesce, self.sc.max_request)
+    def _request(self, layer: int, packed: np.ndarray, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Requests for ``rows`` of each neuron's rows (None: all). Bundled, a partial read of one
+        neuron is not adjacent to the next neuron's (the rest of its record lies between), so
+        partial reads never coalesce there."""
+        whole = rows is None
+        sizes, counts = request_sizes(packed, self.fp.d_ff[layer], self.fp.row_bytes,
+                                      self.fp.matrices if whole else rows, self.sc.layout,
+                                      self.sc.coalesce and (whole or self.sc.layout != "bundled"), self.sc.max_request)
         self.c["requests"][layer] += int(counts.sum())
         self.c["request_bytes"][layer] += int(round(float((sizes * counts).sum())))
         return sizes, counts
@@ -136,6 +154,9 @@ class ReplayEngine:
         yield from self._read(env, sizes, counts, 1, layer, packed)
         self.inflight[layer] &= ~packed
         self.pending[layer] = [(p, s) for p, s in self.pending[layer] if p is not env.active_process]
+        if self.sc.two_phase:  # gate rows wait in a staging buffer for the layer's input; not cached
+            self.gate_rows[layer] |= packed
+            return
         inserted, evicted = self.cache.insert(layer, self.step, packed, True, self.protect[layer])
         n_inserted = bitset.count(inserted)
         self.c["inserted"][layer] += n_inserted
@@ -173,12 +194,12 @@ class ReplayEngine:
         self.c["pred_tp"][layer] += bitset.count(pred & truth)
         self.c["pred_fp"][layer] += bitset.count(pred & ~truth)
         self.c["pred_fn"][layer] += bitset.count(truth & ~pred)
-        fetch = pred & ~self.cache.resident[layer] & ~self.inflight[layer]
+        fetch = pred & ~self.cache.resident[layer] & ~self.inflight[layer] & ~self.gate_rows[layer]
         self.c["prefetch_requested"][layer] += bitset.count(pred)
         n = bitset.count(fetch)
         if self.sc.prefetch_cap and n:
             # Bytes-in-flight cap: issue what fits now, drop the rest of this prediction.
-            room = int(self.sc.prefetch_cap // self.fp.neuron_bytes) - int(np.bitwise_count(self.inflight).sum())
+            room = int(self.sc.prefetch_cap // self.prefetch_neuron_bytes) - int(np.bitwise_count(self.inflight).sum())
             if room < n:
                 fetch = bitset.first(fetch, max(room, 0), self.nb * 8)
                 self.c["prefetch_dropped"][layer] += n - max(room, 0)
@@ -188,7 +209,7 @@ class ReplayEngine:
         self.c["prefetch_issued"][layer] += n
         self.c["prefetch_neurons"][layer] += n
         self.inflight[layer] |= fetch
-        sizes, counts = self._request(layer, fetch)
+        sizes, counts = self._request(layer, fetch, self.prefetch_rows)
         proc = env.process(self._prefetch(env, layer, fetch, sizes, counts))
         self.pending[layer].append((proc, fetch))
 
@@ -207,6 +228,60 @@ class ReplayEngine:
         if g < self.T * self.L:
             targets.append(divmod(g, self.L))
         return targets
+
+    # -- two-phase loading (PowerInfer-2) -------------------------------------------------------
+    def _two_phase_reads(self, env: simpy.Environment, layer: int, need: np.ndarray, miss: np.ndarray,
+                         late: np.ndarray, late_procs: list) -> list:
+        """Demand reads of one FFN under two-phase loading; returns the processes the FFN waits for.
+
+        The gate of a staged neuron can be evaluated only now that the layer's input exists, so the
+        up/down rows of the needed ones are read on the critical path: together with the whole
+        rows of the missed neurons in one batch, or, for neurons whose gate prefetch is still in
+        flight, in a dependent batch after it lands.
+        """
+        ready = need & self.gate_rows[layer]
+        up_down = self.fp.matrices - 1
+        self.c["demand_neurons"][layer] += bitset.count(miss)
+        self.c["gate_hits"][layer] += bitset.count(ready)
+        parts = [self._request(layer, miss)] if bitset.nonempty(miss) else []
+        if bitset.nonempty(ready):
+            parts.append(self._request(layer, ready, up_down))
+        waits = []
+        if parts:
+            sizes, counts = (np.concatenate(x) for x in zip(*parts))
+            waits.append(env.process(self._read(env, sizes, counts, 0, layer, miss | ready)))
+        if late_procs:
+            waits.append(env.process(self._up_down_after(env, late_procs, layer, late, up_down)))
+        return waits
+
+    def _up_down_after(self, env: simpy.Environment, gate_reads: list, layer: int, late: np.ndarray, rows: int):
+        yield simpy.AllOf(env, gate_reads)
+        yield from self._read(env, *self._request(layer, late, rows), 0, layer, late)
+
+    def _evaluate_gates(self, env: simpy.Environment, layer: int, need: np.ndarray):
+        """Every staged gate row of the layer is evaluated on this token's input: active neurons
+        (their up/down rows just read) enter the cache whole, the rest are dropped. Returns the
+        compute seconds of evaluating the dropped rows (the kept ones are part of the FFN)."""
+        staged = self.gate_rows[layer]
+        kept, dropped = staged & need, staged & ~need
+        n_kept, n_dropped = bitset.count(kept), bitset.count(dropped)
+        self.gate_rows[layer] = 0
+        self.c["second_phase_neurons"][layer] += n_kept
+        self.c["prefetch_useful"][layer] += n_kept
+        self.c["prefetch_gate_dropped"][layer] += n_dropped
+        if n_kept:  # a demand fill: the neurons are needed now, so never bypassed
+            inserted, evicted = self.cache.insert(layer, self.step, kept, False, need)
+            self.c["inserted"][layer] += bitset.count(inserted)
+            self._account_evictions(evicted, by_prefetch=False)
+            self._mm_debt += self._mm_time(n_kept + sum(bitset.count(v) for v in evicted.values()))
+        if not n_dropped:
+            return 0.0
+        gate_bytes, gate_flops = n_dropped * self.fp.row_bytes, 2 * n_dropped * self.fp.d_model
+        seconds = max(gate_bytes / self.cache_read_bw, gate_flops / self.flop_rate)
+        self.dram_bytes += gate_bytes
+        self.flops += gate_flops
+        yield env.timeout(seconds)
+        return seconds
 
     # -- the decode loop ----------------------------------------------------------------------
     def _decode(self, env: simpy.Environment):
@@ -233,7 +308,7 @@ class ReplayEngine:
                 resident = self.cache.resident[l]
                 hit = need & resident
                 late = need & self.inflight[l]
-                miss = need & ~resident & ~self.inflight[l]
+                miss = need & ~resident & ~self.inflight[l] & ~self.gate_rows[l]
                 n_need, n_hit, n_late, n_miss = (bitset.count(x) for x in (need, hit, late, miss))
                 self.c["accesses"][l] += n_need
                 self.c["hits"][l] += n_hit
@@ -243,7 +318,9 @@ class ReplayEngine:
                 self.displaced[l] &= ~need
                 t0 = env.now
                 waits = [p for p, s in self.pending[l] if n_late and bitset.nonempty(s & late)]
-                if n_miss:
+                if self.sc.two_phase:
+                    waits = self._two_phase_reads(env, l, need, miss, late, waits)
+                if n_miss and not self.sc.two_phase:
                     self.c["demand_neurons"][l] += n_miss
                     waits.append(env.process(self._read(env, *self._request(l, miss), 0, l, miss)))
                 if waits:
@@ -254,6 +331,8 @@ class ReplayEngine:
                     self.c["inserted"][l] += bitset.count(inserted)
                     self._account_evictions(evicted, by_prefetch=False)
                     self._mm_debt += self._mm_time(n_miss + sum(bitset.count(v) for v in evicted.values()))
+                if self.sc.two_phase:
+                    compute += (yield from self._evaluate_gates(env, l, need))
                 used_prefetch = need & self.pf_unused[l]
                 self.c["prefetch_useful"][l] += bitset.count(used_prefetch)
                 self.pf_unused[l] &= ~need
@@ -319,14 +398,16 @@ class ReplayEngine:
         env.process(self._decode(env))
         env.run()
         self.c["prefetch_unused_at_end"] += np.bitwise_count(self.pf_unused).sum(axis=1, dtype=np.int64)
+        self.c["prefetch_unused_at_end"] += np.bitwise_count(self.gate_rows).sum(axis=1, dtype=np.int64)
         # Metrics cover the tokens after the warm-up only.
         s, w = self._snapshot, self.sc.warmup
         c = {k: v - s["c"][k] for k, v in self.c.items()}
         nonffn = self.nonffn_storage_bytes - s["nonffn"]
-        storage = float((c["demand_neurons"] + c["prefetch_neurons"]).sum()) * self.fp.neuron_bytes
+        storage = float(ffn_read_bytes(c, self.fp.neuron_bytes, self.prefetch_neuron_bytes).sum())
         return ReplayStats(
             n_tokens=self.T - w, n_layers=self.L, token_time=self.token_time[w:],
             token_compute=self.token_compute[w:], token_stall=self.token_stall[w:], token_mm=self.token_mm[w:],
             layer=c, dram_bytes=self.dram_bytes - s["dram"], storage_bytes=storage + nonffn,
             nonffn_storage_bytes=nonffn, flops=self.flops - s["flops"], io_busy=self.io_busy - s["io"],
+            prefetch_neuron_bytes=self.prefetch_neuron_bytes,
         )

@@ -14,6 +14,7 @@ from simulator import bitset
 from simulator.replacement import REPLACEMENT, CacheGeometry, ReplacementPolicy
 
 _NEVER = np.iinfo(np.int64).max
+_RECORD_MAX = 3   # bypass: a neuron's prefetch record saturates at +-3 (a 3-bit counter, as in SHiP)
 
 
 class KeyedReplacement(ReplacementPolicy):
@@ -26,10 +27,21 @@ class KeyedReplacement(ReplacementPolicy):
     """
 
     stamped = False
+    bypass = False   # subclasses with their own parameters (window, static-pin) never bypass
+
+    def __init__(self, bypass: bool = False):
+        if not isinstance(bypass, bool):
+            raise ValueError(f"bypass must be true or false, got {bypass!r}")
+        self.bypass = bypass
 
     def setup(self, geometry: CacheGeometry) -> None:
         super().setup(geometry)
         self.key = np.full((geometry.n_layers, geometry.width), _NEVER, dtype=np.int64)
+        if self.bypass:  # per neuron: filled by a prefetch and not used yet; prefetch track record
+            self.speculative = np.zeros(self.key.shape, dtype=bool)
+            self.record = np.zeros(self.key.shape, dtype=np.int8)
+            self.filled_at = np.zeros(self.key.shape, dtype=np.int64)
+            self._now = -1   # the latest step seen (on_evict has none)
         w = geometry.width
         self._flat_index = np.arange(geometry.n_layers * w, dtype=np.int64)
         # Composite keys stay unique: key * span + index, span > number of neurons.
@@ -51,7 +63,51 @@ class KeyedReplacement(ReplacementPolicy):
             layers.add(layer)
 
     def on_evict(self, layer, evicted):
+        if self.bypass:
+            self._track_evict(layer, evicted)
         self.key[layer][self._bits(evicted)] = _NEVER
+
+    # -- bypass by value (SHiP-style: each neuron's own prefetch track record) -----------------
+    def _track_fill(self, layer: int, filled: np.ndarray, prefetch: bool, step: int) -> None:
+        bits = self._bits(filled)
+        self.speculative[layer][bits] = prefetch
+        self.filled_at[layer][bits] = step
+        self._now = max(self._now, step)
+
+    def _track_use(self, layer: int, used: np.ndarray, step: int) -> None:
+        self._now = max(self._now, step)
+        confirmed = self._bits(used) & self.speculative[layer]
+        self.record[layer][confirmed] = np.minimum(self.record[layer][confirmed] + 1, _RECORD_MAX)
+        self.speculative[layer][confirmed] = False
+
+    def _track_evict(self, layer: int, evicted: np.ndarray) -> None:
+        # Unused for a whole token counts against the neuron; evicted sooner, the replacement policy
+        # (not the prediction) decided, since a prefetch is at most one token ahead of its use.
+        dead = self._bits(evicted) & self.speculative[layer] \
+            & (self.filled_at[layer] <= self._now - self.geometry.n_layers)
+        self.record[layer][dead] = np.maximum(self.record[layer][dead] - 1, -_RECORD_MAX)
+        self.speculative[layer][dead] = False
+
+    def admit(self, layer, step, filled, prefetch):
+        """With ``bypass``: a prefetched neuron whose earlier prefetches more often left the cache
+        unused than used (record < 0) is not inserted when it would displace a resident; it may
+        take only the free room the others leave (lowest index first). The record is a saturating
+        count (+-_RECORD_MAX) of this neuron's prefetches used (+1) or evicted unused after a whole
+        token (-1), so an exact predictor never triggers it. ``docs/policies.md`` says why."""
+        if not (self.bypass and prefetch):
+            return filled
+        keys = self.key if self.geometry.partition == "global" else self.key[layer]
+        capacity = self.geometry.capacity[0 if self.geometry.partition == "global" else layer]
+        room = max(int(capacity) - int(np.count_nonzero(keys != _NEVER)), 0)
+        bits = self._bits(filled)
+        doubtful = bits & (self.record[layer] < 0)
+        if int(np.count_nonzero(bits)) <= room or not doubtful.any():
+            return filled
+        spare = room - int(np.count_nonzero(bits & ~doubtful))   # room the trusted ones leave over
+        keep = bits & ~doubtful
+        if spare > 0:
+            keep[np.flatnonzero(doubtful)[:spare]] = True
+        return bitset.from_bool(keep, self.geometry.n_bytes)
 
     def victims(self, layer: int, step: int, n: int, candidates: np.ndarray) -> np.ndarray:
         keys = np.where(self._bits(candidates), self.key[layer], _NEVER)
@@ -140,9 +196,13 @@ class LeastRecentlyUsed(KeyedReplacement):
     stamped = True
 
     def on_fill(self, layer, step, filled, prefetch):
+        if self.bypass:
+            self._track_fill(layer, filled, prefetch, step)
         self._stamp(layer, self._bits(filled), step)
 
     def on_access(self, layer, step, used):
+        if self.bypass:
+            self._track_use(layer, used, step)
         self._stamp(layer, self._bits(used), step)
 
 
@@ -153,7 +213,13 @@ class FirstInFirstOut(KeyedReplacement):
     stamped = True
 
     def on_fill(self, layer, step, filled, prefetch):
+        if self.bypass:
+            self._track_fill(layer, filled, prefetch, step)
         self._stamp(layer, self._bits(filled), step)
+
+    def on_access(self, layer, step, used):
+        if self.bypass:   # use does not refresh FIFO's order; it only confirms a prefetch
+            self._track_use(layer, used, step)
 
 
 @REPLACEMENT.register("lfu")
@@ -169,12 +235,16 @@ class LeastFrequentlyUsed(KeyedReplacement):
         self.key[layer, bits] = (self.uses[layer, bits] << 32) | self.last[layer, bits]
 
     def on_fill(self, layer, step, filled, prefetch):
+        if self.bypass:
+            self._track_fill(layer, filled, prefetch, step)
         bits = self._bits(filled)
         self.uses[layer, bits] = 0
         self.last[layer, bits] = step
         self._rekey(layer, bits)
 
     def on_access(self, layer, step, used):
+        if self.bypass:
+            self._track_use(layer, used, step)
         bits = self._bits(used)
         self.uses[layer, bits] += 1
         self.last[layer, bits] = step
