@@ -85,7 +85,8 @@ class NeuronCache:
 
     def insert(self, layer: int, step: int, neurons: int, prefetch: bool, protect: int) -> tuple[int, dict[int, int]]:
         """Insert ``neurons`` (not yet resident), evicting as needed. Returns (inserted, evicted)."""
-        neurons = self.policy.admit(layer, step, neurons, prefetch)
+        # Neurons the FFN needs right now are not offered for bypass: it computes from DRAM.
+        neurons = self.policy.admit(layer, step, neurons & ~protect, prefetch) | (neurons & protect)
         n = neurons.bit_count()
         if n == 0:
             return 0, {}

@@ -34,7 +34,16 @@ LAYER_COUNTERS = (
     "prefetch_useless", "prefetch_unused_at_end", "evictions", "pollution_neurons", "pollution_misses",
     "demand_neurons", "prefetch_neurons", "requests", "request_bytes", "pred_tp", "pred_fp", "pred_fn",
     "inserted", "expired", "prefetch_bypassed", "prefetch_dropped",
+    "gate_hits", "second_phase_neurons", "prefetch_gate_dropped",   # two-phase loading only
 )
+
+
+def ffn_read_bytes(c: dict[str, np.ndarray | int], neuron_bytes: float, prefetch_neuron_bytes: float):
+    """FFN bytes read from storage, row-level: whole neurons on demand, what one prefetch reads per
+    neuron (the whole neuron, or its gate row under two-phase loading) and the up/down rows read
+    after a gate prefetch."""
+    return (c["demand_neurons"] * neuron_bytes + c["prefetch_neurons"] * prefetch_neuron_bytes
+            + c["second_phase_neurons"] * (neuron_bytes - prefetch_neuron_bytes))
 
 
 @dataclass
@@ -53,6 +62,7 @@ class ReplayStats:
     nonffn_storage_bytes: float = 0.0
     flops: float = 0.0
     io_busy: float = 0.0        # s the storage device spent serving batches
+    prefetch_neuron_bytes: float = 0.0   # bytes one prefetch reads per neuron (0: the whole neuron)
 
 
 @dataclass
@@ -94,6 +104,9 @@ class ReplayEngine:
         self.pf_unused = [0] * self.L       # prefetched, not used yet
         self.displaced = [0] * self.L       # evicted to make room for a prefetch
         self.protect = [0] * self.L         # the set an FFN is using right now
+        self.gate_rows = [0] * self.L       # two-phase: gate rows prefetched and staged, not yet evaluated
+        self.prefetch_rows = 1 if scenario.two_phase else None   # rows per neuron a prefetch reads (None: all)
+        self.prefetch_neuron_bytes = footprint.row_bytes if scenario.two_phase else footprint.neuron_bytes
         self.pending: list[list[Batch]] = [[] for _ in range(self.L)]   # prefetch batches in flight
         self.c = {name: [0] * self.L for name in LAYER_COUNTERS}
         self.step = 0
@@ -129,11 +142,21 @@ class ReplayEngine:
         return rows
 
     # -- storage ------------------------------------------------------------------------------
-    def _read(self, layer: int, neurons: int, priority: int, on_done=None) -> Batch:
-        requests = request_sizes(neurons, *self.request_shape)
+    def _requests(self, layer: int, neurons: int, rows: int | None = None) -> dict[float, int]:
+        """Requests reading ``rows`` of each neuron's rows (None: all), counted. Bundled, a partial
+        read of one neuron is not adjacent to the next neuron's (the rest of its record lies
+        between), so partial reads never coalesce there."""
+        if rows is None:
+            requests = request_sizes(neurons, *self.request_shape)
+        else:
+            row_bytes, _, layout, coalesce, max_request = self.request_shape
+            requests = request_sizes(neurons, row_bytes, rows, layout, coalesce and layout != "bundled", max_request)
         self.c["requests"][layer] += sum(requests.values())
         self.c["request_bytes"][layer] += int(round(sum(s * n for s, n in requests.items())))
-        return self.device.submit(requests, priority, layer, neurons, on_done)
+        return requests
+
+    def _read(self, layer: int, neurons: int, priority: int, on_done=None, rows: int | None = None) -> Batch:
+        return self.device.submit(self._requests(layer, neurons, rows), priority, layer, neurons, on_done)
 
     def _log(self, batch: Batch) -> None:
         """The exact read schedule, for replay against real storage."""
@@ -151,6 +174,9 @@ class ReplayEngine:
         n_fetched = fetched.bit_count()
         self.n_inflight -= n_fetched
         self.pending[layer].remove(batch)
+        if self.sc.two_phase:  # gate rows wait in a staging buffer for the layer's input; not cached
+            self.gate_rows[layer] |= fetched
+            return
         inserted, evicted = self.cache.insert(layer, self.step, fetched, True, self.protect[layer])
         n_inserted = n_fetched if inserted is fetched else inserted.bit_count()
         self.c["inserted"][layer] += n_inserted
@@ -198,11 +224,11 @@ class ReplayEngine:
         c["pred_fp"][layer] += n_pred - tp
         c["pred_fn"][layer] += sizes[layer] - tp
         c["prefetch_requested"][layer] += n_pred
-        fetch = pred & (self._full ^ (self.cache.resident[layer] | self.inflight[layer]))
+        fetch = pred & (self._full ^ (self.cache.resident[layer] | self.inflight[layer] | self.gate_rows[layer]))
         n = fetch.bit_count()
         if self.sc.prefetch_cap and n:
             # Bytes-in-flight cap: issue what fits now, drop the rest of this prediction.
-            room = max(int(self.sc.prefetch_cap // self.fp.neuron_bytes) - self.n_inflight, 0)
+            room = max(int(self.sc.prefetch_cap // self.prefetch_neuron_bytes) - self.n_inflight, 0)
             if room < n:
                 fetch = neuronset.first(fetch, room)
                 c["prefetch_dropped"][layer] += n - room
@@ -213,7 +239,7 @@ class ReplayEngine:
         c["prefetch_neurons"][layer] += n
         self.inflight[layer] |= fetch
         self.n_inflight += n
-        self.pending[layer].append(self._read(layer, fetch, PREFETCH, self._arrived))
+        self.pending[layer].append(self._read(layer, fetch, PREFETCH, self._arrived, self.prefetch_rows))
 
     def _targets(self, token: int, layer: int) -> list[tuple[int, int]]:
         """(token, layer) pairs whose prefetch is issued at the start of this layer step."""
@@ -234,10 +260,64 @@ class ReplayEngine:
             targets.append(divmod(g, self.L))
         return targets
 
+    # -- two-phase loading (PowerInfer-2) -------------------------------------------------------
+    def _two_phase_reads(self, env: simpy.Environment, layer: int, ready: int, miss: int, late: int,
+                         late_gates: list[simpy.Event]) -> list[simpy.Event]:
+        """Demand reads of one FFN under two-phase loading; returns the events the FFN waits for.
+
+        The gate of a staged neuron can be evaluated only now that the layer's input exists, so the
+        up/down rows of the needed ones (``ready``) are read on the critical path: together with
+        the whole rows of the missed neurons in one batch, or, for neurons whose gate prefetch is
+        still in flight (``late``), in a dependent batch after it lands.
+        """
+        up_down = self.fp.matrices - 1
+        self.c["demand_neurons"][layer] += miss.bit_count()
+        self.c["gate_hits"][layer] += ready.bit_count()
+        waits = []
+        if miss or ready:
+            requests = self._requests(layer, miss) if miss else {}
+            if ready:
+                for size, n in self._requests(layer, ready, up_down).items():
+                    requests[size] = requests.get(size, 0) + n
+            waits.append(self.device.completion(self.device.submit(requests, DEMAND, layer, miss | ready)))
+        if late_gates:
+            waits.append(env.process(self._up_down_after(late_gates, layer, late, up_down)))
+        return waits
+
+    def _up_down_after(self, gate_reads: list[simpy.Event], layer: int, late: int, rows: int):
+        for gate_read in gate_reads:
+            yield gate_read
+        yield self.device.completion(self._read(layer, late, DEMAND, rows=rows))
+
+    def _evaluate_gates(self, env: simpy.Environment, layer: int, need: int):
+        """Every staged gate row of the layer is evaluated on this token's input: active neurons
+        (their up/down rows just read) enter the cache whole, the rest are dropped. Returns the
+        compute seconds of evaluating the dropped rows (the kept ones are part of the FFN)."""
+        staged = self.gate_rows[layer]
+        kept = staged & need
+        dropped = staged ^ kept
+        n_kept, n_dropped = kept.bit_count(), dropped.bit_count()
+        self.gate_rows[layer] = 0
+        self.c["second_phase_neurons"][layer] += n_kept
+        self.c["prefetch_useful"][layer] += n_kept
+        self.c["prefetch_gate_dropped"][layer] += n_dropped
+        if n_kept:  # a demand fill: the neurons are needed now, so never bypassed
+            inserted, evicted = self.cache.insert(layer, self.step, kept, False, need)
+            self.c["inserted"][layer] += inserted.bit_count()
+            self._mm_debt += self._mm_time(n_kept + self._account_evictions(evicted, by_prefetch=False))
+        if not n_dropped:
+            return 0.0
+        gate_bytes, gate_flops = n_dropped * self.fp.row_bytes, 2 * n_dropped * self.fp.d_model
+        seconds = max(gate_bytes / self.cache_read_bw, gate_flops / self.flop_rate)
+        self.dram_bytes += gate_bytes
+        self.flops += gate_flops
+        yield env.timeout(seconds)
+        return seconds
+
     # -- the decode loop ----------------------------------------------------------------------
     def _decode(self, env: simpy.Environment):
         fp, L, c, cache = self.fp, self.L, self.c, self.cache
-        dense = self.predictor.dense
+        dense, two_phase = self.predictor.dense, self.sc.two_phase
         for t in range(self.T):
             if t == self.sc.warmup:
                 self._snapshot = self._totals()
@@ -257,15 +337,16 @@ class ReplayEngine:
                 # Non-FFN work of this layer.
                 s, w = yield from self._dense_weights(env, fp.layer_nonffn_bytes, self.t_nonffn)
                 stall, compute = stall + s, compute + w
-                # FFN: wait for what it needs. Resident and in-flight sets are disjoint.
+                # FFN: wait for what it needs. Resident, in-flight and staged sets are disjoint.
                 need, n_need = needed[l], n_needed[l]
                 self.protect[l] = need
                 hit = need & cache.resident[l]
                 late = need & self.inflight[l]
-                miss = need ^ hit ^ late
+                ready = need & self.gate_rows[l]
+                miss = need ^ hit ^ late ^ ready
                 n_hit = hit.bit_count()
                 n_late = late.bit_count() if late else 0
-                n_miss = n_need - n_hit - n_late
+                n_miss = n_need - n_hit - n_late - (ready.bit_count() if ready else 0)
                 c["accesses"][l] += n_need
                 c["hits"][l] += n_hit
                 c["late"][l] += n_late
@@ -274,17 +355,21 @@ class ReplayEngine:
                     c["pollution_misses"][l] += (miss & self.displaced[l]).bit_count()
                     self.displaced[l] &= self._full ^ need
                 t0 = env.now
-                waits = [b for b in self.pending[l] if b.neurons & late] if late else []
-                if n_miss:
+                waits = [self.device.completion(b) for b in self.pending[l] if b.neurons & late] if late else []
+                if two_phase:
+                    waits = self._two_phase_reads(env, l, ready, miss, late, waits)
+                elif n_miss:
                     c["demand_neurons"][l] += n_miss
-                    waits.append(self._read(l, miss, DEMAND))
-                for batch in waits:
-                    yield self.device.completion(batch)
+                    waits.append(self.device.completion(self._read(l, miss, DEMAND)))
+                for event in waits:
+                    yield event
                 stall += env.now - t0
                 if n_miss:
                     inserted, evicted = cache.insert(l, step, miss, False, need)
                     c["inserted"][l] += inserted.bit_count()
                     self._mm_debt += self._mm_time(n_miss + self._account_evictions(evicted, by_prefetch=False))
+                if two_phase:
+                    compute += (yield from self._evaluate_gates(env, l, need))
                 used_prefetch = need & self.pf_unused[l]
                 if used_prefetch:
                     c["prefetch_useful"][l] += used_prefetch.bit_count()
@@ -349,16 +434,17 @@ class ReplayEngine:
         self.cache.preload(self.sc.warm)
         env.process(self._decode(env))
         env.run()
-        for l, unused in enumerate(self.pf_unused):
-            self.c["prefetch_unused_at_end"][l] += unused.bit_count()
+        for l, (unused, staged) in enumerate(zip(self.pf_unused, self.gate_rows)):
+            self.c["prefetch_unused_at_end"][l] += unused.bit_count() + staged.bit_count()
         # Metrics cover the tokens after the warm-up only.
         s, w = self._snapshot, self.sc.warmup
         c = {k: np.array(v, dtype=np.int64) - np.array(s["c"][k], dtype=np.int64) for k, v in self.c.items()}
         nonffn = self.nonffn_storage_bytes - s["nonffn"]
-        storage = float((c["demand_neurons"] + c["prefetch_neurons"]).sum()) * self.fp.neuron_bytes
+        storage = float(ffn_read_bytes(c, self.fp.neuron_bytes, self.prefetch_neuron_bytes).sum())
         return ReplayStats(
             n_tokens=self.T - w, n_layers=self.L, token_time=self.token_time[w:],
             token_compute=self.token_compute[w:], token_stall=self.token_stall[w:], token_mm=self.token_mm[w:],
             layer=c, dram_bytes=self.dram_bytes - s["dram"], storage_bytes=storage + nonffn,
             nonffn_storage_bytes=nonffn, flops=self.flops - s["flops"], io_busy=self.device.busy - s["io"],
+            prefetch_neuron_bytes=self.prefetch_neuron_bytes,
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from simulator.engine import ReplayStats
+from simulator.engine import ReplayStats, ffn_read_bytes
 from simulator.scenario import ModelFootprint
 
 
@@ -25,9 +25,11 @@ def summarize(stats: ReplayStats, fp: ModelFootprint, profile) -> dict[str, Any]
     T = stats.n_tokens
     nb = fp.neuron_bytes
     times = stats.token_time
-    useful = (tot["demand_neurons"] + tot["prefetch_useful"]) * nb
-    wasted = (tot["prefetch_useless"] + tot["prefetch_unused_at_end"] + tot["prefetch_bypassed"]) * nb
-    ffn_read = (tot["demand_neurons"] + tot["prefetch_neurons"]) * nb
+    pf = stats.prefetch_neuron_bytes or nb   # a prefetch reads a whole neuron, or its gate row (two-phase)
+    useful = tot["demand_neurons"] * nb + tot["prefetch_useful"] * pf + tot["second_phase_neurons"] * (nb - pf)
+    wasted = (tot["prefetch_useless"] + tot["prefetch_unused_at_end"] + tot["prefetch_bypassed"]
+              + tot["prefetch_gate_dropped"]) * pf
+    ffn_read = ffn_read_bytes(tot, nb, pf)
     energy = (stats.storage_bytes * profile.storage.energy_per_byte
               + stats.dram_bytes * profile.dram.energy_per_byte
               + stats.flops * profile.compute.energy_per_flop)
@@ -56,6 +58,7 @@ def summarize(stats: ReplayStats, fp: ModelFootprint, profile) -> dict[str, Any]
         "hits": tot["hits"],
         "late_hits": tot["late"],
         "demand_misses": tot["misses"],
+        "gate_hits": tot["gate_hits"],
         "hit_rate": _ratio(tot["hits"], tot["accesses"]),
         "prefetch_requested": tot["prefetch_requested"],
         "prefetch_issued": tot["prefetch_issued"],
@@ -65,6 +68,8 @@ def summarize(stats: ReplayStats, fp: ModelFootprint, profile) -> dict[str, Any]
         "prefetch_unused_at_end": tot["prefetch_unused_at_end"],
         "prefetch_bypassed": tot["prefetch_bypassed"],
         "prefetch_dropped": tot["prefetch_dropped"],
+        "prefetch_gate_dropped": tot["prefetch_gate_dropped"],
+        "second_phase_neurons": tot["second_phase_neurons"],
         "evictions": tot["evictions"],
         "expired": tot["expired"],
         "pollution_bytes": float(tot["pollution_neurons"] * nb),

@@ -47,6 +47,7 @@ class Scenario:
     max_tokens: int = 0              # replay only the first N tokens of the trace (0: all)
     prefetch_cap: float = 0.0        # bytes of prefetches in flight at most (0: no cap)
     reorder: str = "none"            # neuron order in storage: none, frequency, coactivation
+    two_phase: bool = False          # gated FFNs: prefetch gate rows only; up/down of active neurons on demand
 
     def __post_init__(self) -> None:
         def choice(field: str, allowed: tuple[str, ...]) -> None:
@@ -79,6 +80,8 @@ class Scenario:
             raise InputError(f"scenario field 'max_tokens': must be an integer >= 0 (0: all), got {self.max_tokens!r}")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise InputError(f"scenario field 'warmup': must be an integer >= 0 tokens, got {self.warmup!r}")
+        if not isinstance(self.two_phase, bool):
+            raise InputError(f"scenario field 'two_phase': must be true or false, got {self.two_phase!r}")
         if self.insert_overhead < 0:
             raise InputError(f"scenario field 'insert_overhead': must be >= 0 s, got {self.insert_overhead}")
 
@@ -106,6 +109,9 @@ class ModelFootprint:
     @classmethod
     def from_meta(cls, model: dict, scenario: Scenario) -> "ModelFootprint":
         bpw = scenario.bytes_per_weight
+        if scenario.two_phase and not model.get("glu"):
+            raise InputError(f"scenario field 'two_phase': needs a gated FFN (gate, up, down rows per neuron); "
+                             f"model {model.get('name')!r} has 2 matrices per neuron")
         n_layers = int(model["n_layers"])
         embedding = float(model.get("embedding_params", 0))
         head = float(model.get("lm_head_params", 0))

@@ -80,8 +80,37 @@ def _copy_probability(pi: np.ndarray, persistence: float, measured: bool = False
     return 0.0 if floor >= 1 else (persistence - floor) / (1 - floor)
 
 
+def fit_hot_skew(frequency: np.ndarray) -> float:
+    """The ``hot_skew`` whose Zipf base rates, at the same mean activity, have the same
+    activity-weighted rate E[pi^2] / E[pi] as the measured per-neuron ``frequency``.
+
+    That moment is the persistence floor (P(active at t | active at t-j) for large j), which is
+    what a window of past tokens can exploit beyond the one-step persistence. Bisection: the
+    moment grows monotonically with the exponent.
+    """
+    frequency = np.asarray(frequency, dtype=float)
+    active = float(frequency.mean())
+    if not 0 < active < 1:
+        return 0.0
+    target = float((frequency ** 2).sum() / frequency.sum())
+    rng = np.random.default_rng(0)   # the permutation does not change the moment
+
+    def floor(skew: float) -> float:
+        pi = _base_rates(rng, frequency.size, active, skew)
+        return float((pi ** 2).sum() / pi.sum())
+
+    low, high = 0.0, 8.0
+    if target <= floor(low):
+        return 0.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if floor(mid) < target else (low, mid)
+    return (low + high) / 2
+
+
 def measure(trace: Trace) -> dict[str, Any]:
-    """Per-layer activity, persistence and sorted neuron frequency of a (real) trace."""
+    """Per-layer activity, persistence, sorted neuron frequency and equivalent ``hot_skew``
+    (:func:`fit_hot_skew`) of a (real) trace."""
 
     T, L, _ = trace.masks.shape
     activity, persistence, profiles = [], [], []
@@ -92,7 +121,8 @@ def measure(trace: Trace) -> dict[str, Any]:
         persistence.append(float(both / max(np.bitwise_count(prev).sum(), 1)))
         activity.append(float(trace.active[:, l].mean() / d))
         profiles.append(np.sort(frequency(m)[:d] / T)[::-1])
-    return {"activity": activity, "persistence": persistence, "frequency": profiles}
+    return {"activity": activity, "persistence": persistence, "frequency": profiles,
+            "hot_skew": [fit_hot_skew(f) for f in profiles]}
 
 
 def _resample(profile: np.ndarray, d_ff: int) -> np.ndarray:

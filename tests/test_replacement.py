@@ -134,3 +134,43 @@ def test_global_lru_index_matches_full_sort(tmp_path, predictor):
         plain = _run(path, "test-plain-lru", budget=budget, predictor=predictor, partition="global")
         for key in ("hits", "demand_misses", "evictions", "time_per_token_s", "per_layer"):
             assert fast[key] == plain[key], key
+
+
+class AlwaysSeven(Predictor):
+    """Always predicts neuron 7, which is never needed (for the bypass test)."""
+
+    def predict(self, view, token, layer):
+        return np.array([0b10000000], dtype=np.uint8)
+
+
+if "test-always-seven" not in PREDICTORS.names():
+    PREDICTORS.register("test-always-seven")(AlwaysSeven)
+
+
+@pytest.mark.parametrize("cache, expected", [
+    ("lru", (1, 9, 2, 1, 1, 0)),
+    ("lru:bypass=true", (2, 8, 3, 1, 0, 2)),
+])
+def test_bypass_refuses_a_neuron_whose_prefetches_died_unused(tmp_path, cache, expected):
+    """Capacity 3, lookahead 0, prediction always {7} (never needed); needed t0 {0,1}, t1 {2,3},
+    t2 {0,1}, t3 {0,2}, t4 {1,3}. Every token has a miss, so a prefetch lands while the FFN waits
+    (its needed set protected). LRU keys are steps (1 layer: step = token); ties to the lowest index.
+    t0: 7 lands in free room, {0,1} fill: {0,1,7}, all keys 0.
+    t1: 7 resident (no prefetch); 2, 3 evict 0, 1 (keys 0): {2,3,7}.
+    t2: 7 resident; 0, 1 evict 7 (key 0) and 2 (key 1): 7 was prefetched at step 0 and left unused
+        for a whole token, so its prefetch record drops to -1. {0,1,3}.
+    t3: 7 is prefetched again into a full cache. Plain LRU evicts 3 (key 1) for it, then 2 evicts
+        1 (key 2): {0,2,7}. With bypass, 7's record is negative: bypassed; 2 evicts 3: {0,1,2}.
+    t4: plain: 7 resident, 1 and 3 miss and evict 0, 2 (keys 3): hits 1 in all, misses 9; 7 left
+        unused at the end. Bypass: 7 prefetched and bypassed again; 1 hits, 3 evicts 0: hits 2,
+        misses 8, 3 prefetches issued, 2 bypassed. Both: the t0 prefetch of 7 was useless.
+    (hits, misses, issued, useless, unused at end, bypassed)."""
+    path = _trace(tmp_path, [{0, 1}, {2, 3}, {0, 1}, {0, 2}, {1, 3}])
+    r = _run(path, cache, predictor="test-always-seven", lookahead=0)
+    assert (r["hits"], r["demand_misses"], r["prefetch_issued"], r["prefetch_useless"],
+            r["prefetch_unused_at_end"], r["prefetch_bypassed"]) == expected
+
+
+def test_bypass_is_refused_where_it_has_no_meaning(tmp_path):
+    with pytest.raises(InputError, match="unknown parameter 'bypass'"):
+        _run(_trace(tmp_path, SETS), "belady:bypass=true")

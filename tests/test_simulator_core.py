@@ -26,7 +26,7 @@ def random_trace(tmp_path):
 
 
 @pytest.mark.parametrize("predictor", ["oracle", "none", "dense"])
-@pytest.mark.parametrize("cache", ["lru", "fifo", "lfu", "window:k=3", "static-pin", "belady"])
+@pytest.mark.parametrize("cache", ["lru", "fifo", "lfu", "window:k=3", "static-pin", "belady", "lru:bypass=true"])
 def test_bytes_and_accesses_are_conserved(random_trace, predictor, cache):
     r = simulate(random_trace, "apple-m1-max", predictor, cache, settings=["dram_budget=0.5", "partition=global"],
                  baselines=False)

@@ -181,6 +181,9 @@ def plan_replay(trace: str | os.PathLike | Trace, profile: str | os.PathLike, pr
     scenario, profile_overrides = scenario_of(settings)
     if scenario.ffn_in != "flash":
         raise InputError("validate-io needs ffn_in=flash: with the FFN in DRAM there are no storage reads")
+    if scenario.two_phase:
+        raise InputError("validate-io: two_phase=true is not replayed (its partial-neuron reads have no "
+                         "weight-file extents yet); validate the one-phase schedule instead")
     hw: HardwareProfile = load_profile(os.fspath(profile), profile_overrides)
     io_log: list[IoBatch] = []
     simulate(trace, hw, predictor, cache, scenario=scenario, baselines=False, io_log=io_log, seed=seed)

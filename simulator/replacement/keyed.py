@@ -15,9 +15,74 @@ from simulator import neuronset
 from simulator.replacement import REPLACEMENT, CacheGeometry, ReplacementPolicy
 
 _NEVER = np.iinfo(np.int64).max
+_RECORD_MAX = 3   # bypass: a neuron's prefetch record saturates at +-3 (a 3-bit counter, as in SHiP)
 
 
-class RecencyClasses(ReplacementPolicy):
+class PrefetchRecord(ReplacementPolicy):
+    """Bypass by value (``bypass=true``), SHiP-style: each neuron's own prefetch track record.
+
+    The record is a saturating count (+-_RECORD_MAX) of the neuron's prefetches used (+1) or
+    evicted unused after a whole token (-1). A prefetched neuron with a negative record is not
+    inserted when it would displace a resident; it may take only the free room the others leave
+    (lowest index first). An exact predictor never triggers it; ``docs/policies.md`` says why the
+    simpler "compare with the victim's rank" rule is useless for LRU and FIFO.
+    """
+
+    bypass = False   # subclasses with their own parameters (window, static-pin) never bypass
+
+    def __init__(self, bypass: bool = False):
+        if not isinstance(bypass, bool):
+            raise ValueError(f"bypass must be true or false, got {bypass!r}")
+        self.bypass = bypass
+
+    def setup(self, geometry: CacheGeometry) -> None:
+        super().setup(geometry)
+        if self.bypass:  # per neuron: filled by a prefetch and not used yet; prefetch track record
+            shape = (geometry.n_layers, geometry.width)
+            self.speculative = np.zeros(shape, dtype=bool)
+            self.record = np.zeros(shape, dtype=np.int8)
+            self.filled_at = np.zeros(shape, dtype=np.int64)
+            self.occupancy = [0] * geometry.n_layers
+            self._now = -1   # the latest step seen (on_evict has none)
+
+    def _track_fill(self, layer: int, filled: int, prefetch: bool, step: int) -> None:
+        bits = neuronset.to_bool(filled, self.geometry.width)
+        self.speculative[layer][bits] = prefetch
+        self.filled_at[layer][bits] = step
+        self.occupancy[layer] += filled.bit_count()
+        self._now = max(self._now, step)
+
+    def _track_use(self, layer: int, used: int, step: int) -> None:
+        self._now = max(self._now, step)
+        confirmed = neuronset.to_bool(used, self.geometry.width) & self.speculative[layer]
+        self.record[layer][confirmed] = np.minimum(self.record[layer][confirmed] + 1, _RECORD_MAX)
+        self.speculative[layer][confirmed] = False
+
+    def _track_evict(self, layer: int, evicted: int) -> None:
+        # Unused for a whole token counts against the neuron; evicted sooner, the replacement policy
+        # (not the prediction) decided, since a prefetch is at most one token ahead of its use.
+        self.occupancy[layer] -= evicted.bit_count()
+        dead = neuronset.to_bool(evicted, self.geometry.width) & self.speculative[layer] \
+            & (self.filled_at[layer] <= self._now - self.geometry.n_layers)
+        self.record[layer][dead] = np.maximum(self.record[layer][dead] - 1, -_RECORD_MAX)
+        self.speculative[layer][dead] = False
+
+    def admit(self, layer, step, filled, prefetch):
+        if not (self.bypass and prefetch):
+            return filled
+        g = self.geometry
+        used = sum(self.occupancy) if g.partition == "global" else self.occupancy[layer]
+        room = max(int(g.capacity[0 if g.partition == "global" else layer]) - used, 0)
+        bits = neuronset.to_bool(filled, g.width)
+        doubtful = bits & (self.record[layer] < 0)
+        if filled.bit_count() <= room or not doubtful.any():
+            return filled
+        trusted = neuronset.from_bool(bits & ~doubtful)
+        spare = room - trusted.bit_count()   # room the trusted ones leave over
+        return trusted | neuronset.first(neuronset.from_bool(doubtful), spare)
+
+
+class RecencyClasses(PrefetchRecord):
     """Base of LRU and FIFO: resident neurons grouped by the step of their last stamp.
 
     A class is the set of one layer's neurons stamped (filled, or used for LRU) at one step; each
@@ -61,6 +126,8 @@ class RecencyClasses(ReplacementPolicy):
         return classes
 
     def on_evict(self, layer, evicted):
+        if self.bypass:
+            self._track_evict(layer, evicted)
         self._unstamp(layer, evicted)
 
     def victims(self, layer, step, n, candidates):
@@ -102,9 +169,13 @@ class LeastRecentlyUsed(RecencyClasses):
     """Least recently used: evict the neurons whose last use (or fill) is oldest."""
 
     def on_fill(self, layer, step, filled, prefetch):
+        if self.bypass:
+            self._track_fill(layer, filled, prefetch, step)
         self._stamp(layer, filled, step)
 
     def on_access(self, layer, step, used):
+        if self.bypass:
+            self._track_use(layer, used, step)
         self._stamp(layer, used, step)
 
 
@@ -113,10 +184,16 @@ class FirstInFirstOut(RecencyClasses):
     """First in, first out: evict the neurons inserted earliest; use does not refresh them."""
 
     def on_fill(self, layer, step, filled, prefetch):
+        if self.bypass:
+            self._track_fill(layer, filled, prefetch, step)
         self._stamp(layer, filled, step)
 
+    def on_access(self, layer, step, used):
+        if self.bypass:   # use does not refresh FIFO's order; it only confirms a prefetch
+            self._track_use(layer, used, step)
 
-class KeyedReplacement(ReplacementPolicy):
+
+class KeyedReplacement(PrefetchRecord):
     """Base of policies with an arbitrary per-neuron integer key (``self.key[layer, neuron]``):
     the candidates with the smallest keys are evicted. Evicted neurons get the key ``_NEVER``."""
 
@@ -131,6 +208,8 @@ class KeyedReplacement(ReplacementPolicy):
         return neuronset.to_bool(neurons, self.geometry.width)
 
     def on_evict(self, layer, evicted):
+        if self.bypass:
+            self._track_evict(layer, evicted)
         self.key[layer][self._bits(evicted)] = _NEVER
 
     def victims(self, layer: int, step: int, n: int, candidates: int) -> int:
@@ -192,12 +271,16 @@ class LeastFrequentlyUsed(KeyedReplacement):
         self.key[layer, bits] = (self.uses[layer, bits] << 32) | self.last[layer, bits]
 
     def on_fill(self, layer, step, filled, prefetch):
+        if self.bypass:
+            self._track_fill(layer, filled, prefetch, step)
         bits = self._bits(filled)
         self.uses[layer, bits] = 0
         self.last[layer, bits] = step
         self._rekey(layer, bits)
 
     def on_access(self, layer, step, used):
+        if self.bypass:
+            self._track_use(layer, used, step)
         bits = self._bits(used)
         self.uses[layer, bits] += 1
         self.last[layer, bits] = step

@@ -83,6 +83,11 @@ class Belady(KeyedReplacement):
     used or filled.
     """
 
+    def __init__(self):
+        # No bypass parameter: MIN is the bound on hits without bypass; a bypassing MIN would
+        # decide by the incoming neuron's next use, not by the online track record.
+        super().__init__()
+
     def setup(self, geometry: CacheGeometry) -> None:
         super().setup(geometry)
         self.masks = np.asarray(geometry.masks)    # the whole future: materialised even when streamed
