@@ -25,14 +25,30 @@ def median_time(fn, repeats: int) -> tuple[float, float, float]:
     return statistics.median(times), min(times), max(times)
 
 
-def throughput(trace_path: str, predictor: str, cache: str, budget: float, repeats: int = 3) -> dict:
+def throughput(trace_path: str, predictor: str, cache: str, budget: float, repeats: int = 3,
+               settings: tuple[str, ...] = (), tokens: int = 0) -> dict:
+    """Layer-steps per second of one replay (``tokens`` > 0 replays only the first ``tokens``)."""
     trace = read_trace(trace_path)
-    steps = trace.n_tokens * trace.n_layers
-    med, lo, hi = median_time(lambda: simulate(trace, "apple-m1-max", predictor, cache,
-                                                settings=[f"dram_budget={budget}"], baselines=False), repeats)
-    return {"predictor": predictor, "cache": cache, "budget": budget, "tokens": trace.n_tokens,
+    n_tokens = min(tokens, trace.n_tokens) if tokens else trace.n_tokens
+    steps = n_tokens * trace.n_layers
+    extra = [f"dram_budget={budget}", *settings] + ([f"max_tokens={n_tokens}"] if tokens else [])
+    med, lo, hi = median_time(lambda: simulate(trace, "apple-m1-max", predictor, cache, settings=extra,
+                                                baselines=False), repeats)
+    return {"predictor": predictor, "cache": cache, "settings": list(settings), "budget": budget, "tokens": n_tokens,
             "layers": trace.n_layers, "d_ff": trace.d_ff[0], "layer_steps_per_s": steps / med,
             "spread_steps_per_s": [steps / hi, steps / lo], "seconds": med}
+
+
+# (predictor, cache, scenario settings, tokens replayed: 0 = all). LFU and Bélády keep per-neuron
+# numpy keys and select victims over every resident neuron, so they run on a shorter prefix.
+POLICY_RUNS = (
+    ("oracle", "lru", (), 0), ("none", "lru", (), 0), ("previous-token", "lru", (), 0),
+    ("noisy-oracle:fn=0.05,fp=0.07", "lru", (), 0), ("oracle", "fifo", (), 0), ("oracle", "window:k=4", (), 0),
+    ("oracle", "static-pin", (), 0), ("oracle", "lru", ("partition=per-layer",), 0),
+    ("oracle", "lru", ("two_phase=true",), 0), ("noisy-oracle:fn=0.05,fp=0.07", "lru:bypass=true", (), 0),
+    ("oracle", "lfu", (), 16), ("oracle", "lfu", ("partition=per-layer",), 16),
+    ("oracle", "belady", (), 16), ("oracle", "belady", ("partition=per-layer",), 16),
+)
 
 
 def floor(trace_path: str, repeats: int = 3) -> dict:
@@ -70,8 +86,9 @@ def run(tokens: int = 256, tmp: str | None = None) -> dict:
     path = os.path.join(tmp, "llama7b.parquet")
     synthesize(path, shape="llama-2-7b", tokens=tokens, active=0.1, persistence=0.5, seed=0, progress=False)
     out = {"trace": "synthetic llama-2-7b (32 x 11008), 10 % active, persistence 0.5", "runs": []}
-    for predictor, cache in (("oracle", "lru"), ("none", "lru"), ("oracle", "window:k=4"), ("oracle", "fifo")):
-        out["runs"].append(throughput(path, predictor, cache, 0.25))
+    for predictor, cache, settings, prefix in POLICY_RUNS:
+        out["runs"].append(throughput(path, predictor, cache, 0.25, repeats=1 if prefix else 3, settings=settings,
+                                      tokens=prefix))
     out["floor"] = floor(path)
     main = out["runs"][0]["layer_steps_per_s"]
     out["simulator_over_floor"] = out["floor"]["layer_steps_per_s"] / main

@@ -106,15 +106,62 @@ def sweeps(tmp: str) -> dict:
             "dask_over_pool": times["dask-2"] / times["pool-2"]}
 
 
-def profile_summary(path: str) -> str:
+def primitive_costs() -> dict:
+    """What one layer step is made of, measured here: a set operation and a popcount on a
+    7B-layer-sized integer set (11008 bits), one packed-row numpy operation, one simpy timeout."""
+    import timeit
+
+    import simpy
+
+    rng = np.random.default_rng(0)
+    row_a, row_b = (np.packbits(rng.random(11008) < 0.1, bitorder="little") for _ in range(2))
+    a, b = (int.from_bytes(r.tobytes(), "little") for r in (row_a, row_b))
+    full = (1 << 11008) - 1
+
+    def per_call(fn, number=20000):
+        return min(timeit.repeat(fn, number=number, repeat=5)) / number
+
+    def timeouts(n=100000):
+        env = simpy.Environment()
+
+        def proc(env):
+            for _ in range(n):
+                yield env.timeout(1)
+        env.process(proc(env))
+        t0 = time.perf_counter()
+        env.run()
+        return (time.perf_counter() - t0) / n
+
+    return {"int_and_not_s": per_call(lambda: a & (full ^ b)), "int_popcount_s": per_call(lambda: a.bit_count()),
+            "numpy_row_and_s": per_call(lambda: row_a & row_b),
+            "numpy_row_popcount_s": per_call(lambda: np.bitwise_count(row_a).sum()),
+            "simpy_timeout_s": timeouts()}
+
+
+def gemma_throughput(tmp: str) -> dict:
+    """Oracle + LRU on a real Gemma 3 270M trace (50 % sparsity, 512 tokens of pydoc)."""
+    from tracing.trace import trace_model
+
+    path = os.path.join(tmp, "gemma-50.parquet")
+    trace_model(out=path, model="gemma-3-270m", text="pydoc", sparsity=0.5, tokens=512, ppl=False)
+    return bench_simulator.throughput(path, "oracle", "lru", 0.25)
+
+
+def profile_summary(path: str) -> dict:
+    """cProfile of oracle + LRU: the top functions, and popcounts and simpy events per layer step."""
     trace = read_trace(path)
     prof = cProfile.Profile()
     prof.enable()
     simulate(trace, "apple-m1-max", "oracle", "lru", settings=["dram_budget=0.25"], baselines=False)
     prof.disable()
     buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
-    return buf.getvalue()
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("tottime").print_stats(12)
+    calls = {name: n for (file, _, name), (_, n, *_rest) in stats.stats.items()
+             if "bit_count" in name or (file.endswith("simpy/core.py") and name == "step")}
+    steps = trace.n_tokens * trace.n_layers
+    return {"text": buf.getvalue(), "popcounts_per_step": sum(n for k, n in calls.items() if "bit_count" in k) / steps,
+            "events_per_step": calls.get("step", 0) / steps}
 
 
 def run(quick: bool = False) -> dict:
@@ -131,6 +178,7 @@ def run(quick: bool = False) -> dict:
     synthesize(path70, shape="llama-2-70b", tokens=8 if quick else 32, active=0.1, persistence=0.5, seed=0,
                progress=False)
     results["simulator_70b"] = bench_simulator.throughput(path70, "oracle", "lru", 0.25, repeats=1 if quick else 3)
+    results["primitives"] = primitive_costs()
     print("[bench] scaling", flush=True)
     results["scaling"] = scaling(tmp)
     print("[bench] trace size", flush=True)
@@ -143,6 +191,9 @@ def run(quick: bool = False) -> dict:
         results["tracing"] = bench_tracing.run()
     except ImportError as e:   # the trace extra is not installed
         results["tracing"] = {"skipped": f"trace extra not installed: {e}"}
+    if "cases" in results["tracing"]:
+        print("[bench] simulator throughput (real Gemma 3 270M trace)", flush=True)
+        results["simulator_gemma"] = gemma_throughput(tmp)
     results["profile"] = profile_summary(os.path.join(tmp, "llama7b.parquet"))
     RESULTS.write_text(json.dumps(results, indent=1, default=str))
     REPORT.write_text(render(results))
@@ -159,15 +210,48 @@ def render(r: dict) -> str:
         "Medians of repeats with [min, max]; ratios measured side by side in the same run. "
         "Regenerate with `make bench`.", "",
         "## 1. Simulator throughput (one core)", "",
-        f"Trace: {s7['trace']}, {s7['runs'][0]['tokens']} tokens, budget 25 %.", "",
-        "| predictor | cache | layer-steps/s | spread |", "|---|---|---|---|",
+        f"Trace: {s7['trace']}, {s7['runs'][0]['tokens']} tokens, budget 25 %, global partition unless "
+        "stated; `apple-m1-max` profile. Target: 30,000 layer-steps/s for oracle + LRU.", "",
+        "| predictor | cache | settings | tokens | layer-steps/s | spread |", "|---|---|---|---|---|---|",
     ]
     for run in s7["runs"]:
         lo, hi = run["spread_steps_per_s"]
-        lines.append(f"| {run['predictor']} | {run['cache']} | {run['layer_steps_per_s']:,.0f} | {lo:,.0f}–{hi:,.0f} |")
+        lines.append(f"| {run['predictor']} | {run['cache']} | {' '.join(run.get('settings', [])) or '–'} | "
+                     f"{run['tokens']} | {run['layer_steps_per_s']:,.0f} | {lo:,.0f}–{hi:,.0f} |")
     s70 = r["simulator_70b"]
     ref = s7["per_neuron_reference"]
-    lines += ["", f"70B shape (80 × 28672), oracle + LRU: {s70['layer_steps_per_s']:,.0f} layer-steps/s.", "",
+    lines += ["", f"70B shape (80 × 28672), oracle + LRU: {s70['layer_steps_per_s']:,.0f} layer-steps/s."]
+    if "simulator_gemma" in r:
+        g = r["simulator_gemma"]
+        lines += ["", f"Real Gemma 3 270M trace ({g['layers']} × {g['d_ff']}, 50 % sparsity, {g['tokens']} tokens), "
+                      f"oracle + LRU: {g['layer_steps_per_s']:,.0f} layer-steps/s."]
+    pr = r["primitives"]
+    per_step = 1e6 / s7["runs"][0]["layer_steps_per_s"]
+    lines += ["", "**What bounds it.** One oracle + LRU layer step takes "
+              f"{per_step:.0f} µs here. Its parts, measured in this run: an AND-NOT of two 11008-neuron integer "
+              f"sets {pr['int_and_not_s'] * 1e6:.2f} µs, a popcount {pr['int_popcount_s'] * 1e6:.2f} µs "
+              f"(numpy on the packed row: {pr['numpy_row_and_s'] * 1e6:.2f} µs and "
+              f"{pr['numpy_row_popcount_s'] * 1e6:.2f} µs), a simpy timeout {pr['simpy_timeout_s'] * 1e6:.2f} µs. "
+              f"A step does {r['profile']['popcounts_per_step']:.0f} popcounts (cProfile count) and a few dozen "
+              "integer set operations (hits, late, misses, prediction precision/recall, the fetch set, request "
+              "shaping by run lengths, the recency classes touched by a fill, a use and an eviction, the "
+              f"partial cut of the oldest class), {r['profile']['events_per_step']:.1f} simpy events (non-FFN "
+              "compute, FFN compute, one storage batch and its start), and some 150 lines of Python bookkeeping: "
+              "the interpreter, not numpy or simpy, is the floor. Reaching 30,000 would need the per-step "
+              "accounting batched over tokens outside the event loop, which the event-driven timing "
+              "(prefetch arrivals change the cache between steps) does not allow without changing results. "
+              "The same bookkeeping keeps the simulator some tens of times above the read-and-popcount floor "
+              "(section 2; target 20×). LFU and Bélády keep a per-neuron numpy key and a global victim "
+              "search selects over every neuron of every layer (`argpartition` over L × d_ff), hence their "
+              "low global-partition figures; per layer they select over one layer.",
+              "",
+              "History: the first engine (packed numpy rows, one simpy process and a `PriorityResource` "
+              "request per batch, LRU by per-neuron stamps with `argpartition`/class scans) ran 2,996 "
+              "layer-steps/s on this benchmark; its cProfile put the LRU victim search, stamping and "
+              "numpy-row popcounts on top. The present engine keeps neuron sets as Python integers, LRU/FIFO "
+              "as recency classes (a victim search takes whole classes and cuts one), and the storage "
+              "device as one timeout per batch; records are identical (150 policy × scenario combinations "
+              "compared).", "",
               f"Per-neuron-event simpy reference on the same {ref['tokens']} tokens: "
               f"{ref['reference_layer_steps_per_s']:,.1f} layer-steps/s vs {ref['product_layer_steps_per_s']:,.0f} "
               f"(**{ref['ratio']:.0f}×**).", "",
@@ -198,7 +282,7 @@ def render(r: dict) -> str:
         lines.append(f"| {name} | {t['bytes']:,} | {t['bits_per_neuron_token']:.3f} | "
                      f"{t['read_and_popcount_GB_per_s']:.2f} |")
     lines += ["", "## Profile (oracle + LRU, 7B shape, cProfile, top by own time)", "", "```",
-              r["profile"].strip(), "```", ""]
+              r["profile"]["text"].strip(), "```", ""]
     return "\n".join(lines)
 
 

@@ -1,26 +1,12 @@
 """Packed neuron sets: uint8 rows, neuron i = byte i // 8, bit i % 8 (``bitorder="little"``).
 
-The engine does its set algebra (hits, misses, fills) on packed rows with numpy bit operations
-and popcounts; only a policy that keeps per-neuron state unpacks, and then once per call.
+The format of traces and predictions, handled with numpy a row or a block of rows at a time. The
+replay itself works on :mod:`simulator.neuronset` integers (same bit order), converted once per row.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def count(packed: np.ndarray) -> int:
-    """Number of neurons in a packed set (one row).
-
-    Python's ``int.bit_count`` on the row's bytes is 3-4x faster than a numpy popcount + sum for
-    rows of a few hundred bytes, where numpy's per-call overhead dominates.
-    """
-    return int.from_bytes(packed.tobytes(), "little").bit_count()
-
-
-def nonempty(packed: np.ndarray) -> bool:
-    """Whether a packed set has any member (cheaper than ``ndarray.any`` on small rows)."""
-    return int.from_bytes(packed.tobytes(), "little") != 0
 
 
 def full(d_ff: int, n_bytes: int) -> np.ndarray:
@@ -43,13 +29,6 @@ def from_bool(bits: np.ndarray, n_bytes: int) -> np.ndarray:
 
 def indices(packed: np.ndarray, d_ff: int) -> np.ndarray:
     return np.flatnonzero(to_bool(packed, d_ff))
-
-
-def first(packed: np.ndarray, n: int, width: int) -> np.ndarray:
-    """The ``n`` lowest-index members of a packed set."""
-    bits = to_bool(packed, width)
-    bits[np.flatnonzero(bits)[max(n, 0):]] = False
-    return from_bool(bits, packed.size)
 
 
 def runs(packed: np.ndarray, d_ff: int) -> np.ndarray:

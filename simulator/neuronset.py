@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from simulator import bitset
+
 
 def from_row(row: np.ndarray) -> int:
     """The set in a packed uint8 row (``bitorder="little"``: neuron i is byte i // 8, bit i % 8)."""
@@ -90,8 +92,6 @@ def run_lengths(s: int) -> dict[int, int]:
 
 
 def _run_lengths_located(s: int) -> dict[int, int]:
-    idx = indices(s, ((s.bit_length() + 7) // 8) * 8)
-    breaks = np.flatnonzero(np.diff(idx) != 1)
-    lengths = np.diff(np.concatenate(([-1], breaks, [idx.size - 1])))
-    values, counts = np.unique(lengths, return_counts=True)
+    n_bytes = (s.bit_length() + 7) // 8
+    values, counts = np.unique(bitset.runs(to_row(s, n_bytes), n_bytes * 8), return_counts=True)
     return dict(zip(values.tolist(), counts.tolist()))
