@@ -99,10 +99,12 @@ class RecencyClasses(PrefetchRecord):
         self._order: list[list] = []   # every class by (step, layer); emptied ones linger until the head passes
         self._head = 0
 
-    def _stamp(self, layer: int, neurons: int, step: int) -> None:
+    def _stamp(self, layer: int, neurons: int, step: int, fresh: bool = False) -> None:
+        """Move ``neurons`` into the class of ``step``; ``fresh`` ones (just filled: the cache inserts
+        only neurons that are not resident) are in no class yet."""
         if not neurons:
             return
-        classes = self._unstamp(layer, neurons)
+        classes = self._of_layer[layer] if fresh else self._unstamp(layer, neurons)
         if classes and classes[-1][0] == step:
             classes[-1][2] |= neurons
             return
@@ -171,7 +173,7 @@ class LeastRecentlyUsed(RecencyClasses):
     def on_fill(self, layer, step, filled, prefetch):
         if self.bypass:
             self._track_fill(layer, filled, prefetch, step)
-        self._stamp(layer, filled, step)
+        self._stamp(layer, filled, step, fresh=True)
 
     def on_access(self, layer, step, used):
         if self.bypass:
@@ -186,7 +188,7 @@ class FirstInFirstOut(RecencyClasses):
     def on_fill(self, layer, step, filled, prefetch):
         if self.bypass:
             self._track_fill(layer, filled, prefetch, step)
-        self._stamp(layer, filled, step)
+        self._stamp(layer, filled, step, fresh=True)
 
     def on_access(self, layer, step, used):
         if self.bypass:   # use does not refresh FIFO's order; it only confirms a prefetch

@@ -47,9 +47,9 @@ class StaticPin(LeastRecentlyUsed):
     def preload(self) -> np.ndarray:
         return self.packed_pinned
 
-    def _stamp(self, layer, neurons, step):
+    def _stamp(self, layer, neurons, step, fresh=False):
         # Pinned neurons stay out of the LRU order: they leave only when nothing cold can.
-        super()._stamp(layer, neurons & self._cold[layer], step)
+        super()._stamp(layer, neurons & self._cold[layer], step, fresh)
 
     def victims(self, layer, step, n, candidates):
         cold = candidates & self._cold[layer]
