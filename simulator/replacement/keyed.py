@@ -96,8 +96,9 @@ class RecencyClasses(PrefetchRecord):
         super().setup(geometry)
         self._full = neuronset.full(geometry.width)
         self._of_layer: list[list[list]] = [[] for _ in range(geometry.n_layers)]   # [step, layer, set], oldest first
-        self._order: list[list] = []   # every class by (step, layer); emptied ones linger until the head passes
+        self._order: list[list] = []   # every class by (step, layer); emptied ones linger until compacted
         self._head = 0
+        self._compact_at = 4096
 
     def _stamp(self, layer: int, neurons: int, step: int, fresh: bool = False) -> None:
         """Move ``neurons`` into the class of ``step``; ``fresh`` ones (just filled: the cache inserts
@@ -115,6 +116,10 @@ class RecencyClasses(PrefetchRecord):
             order.append(cls)          # steps only grow: almost always the newest
         else:                          # same step, lower layer (a per-token prefetch arriving)
             bisect.insort(order, cls, lo=self._head, key=lambda c: (c[0], c[1]))
+        if len(order) > self._compact_at:   # drop emptied classes: memory stays bounded by the live ones
+            self._order = [c for c in order[self._head:] if c[2]]
+            self._head = 0
+            self._compact_at = 2 * len(self._order) + 4096
 
     def _unstamp(self, layer: int, neurons: int) -> list[list]:
         keep = self._full ^ neurons
@@ -147,9 +152,6 @@ class RecencyClasses(PrefetchRecord):
         order, head = self._order, self._head
         while head < len(order) and not order[head][2]:
             head += 1
-        if head > 4096 and 2 * head > len(order):
-            del order[:head]
-            head = 0
         self._head = head
         out: dict[int, int] = {}
         for i in range(head, len(order)):
