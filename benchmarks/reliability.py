@@ -359,7 +359,7 @@ def streamed_replay_peak_rss(trace: Path, partition: str = "per-layer", stream: 
     from simulator.tracefile import mask_bytes, read_meta
 
     meta, pf = read_meta(trace)
-    argv = sparsesim_command(["simulate", "--trace", trace, *(["--stream"] if stream else []), "--predictor", "none",
+    argv = sparsesim_command(["simulate", "--trace", trace, "--stream" if stream else "--no-stream", "--predictor", "none",
                               "--dram-budget", "1.0", "--set", f"partition={partition}", "--no-baselines",
                               "--json", "-"])
 
@@ -394,6 +394,7 @@ def streamed_replay_peak_rss(trace: Path, partition: str = "per-layer", stream: 
 
 RSS_SIZES = (512, 1024, 2048, 4096, 8192, 16384)      # llama-2-70b tokens: 147 MB .. 4.7 GB of masks
 GLOBAL_INDEX_SIZES = (512, 1024, 2048, 4096)
+IN_MEMORY_SIZE = 4096   # also replayed with the masks read whole (1.2 GB), for contrast
 DATA_LIMIT = 1 << 30    # RLIMIT_DATA of the replay of the largest trace: smaller than its masks
 
 
@@ -403,7 +404,9 @@ def memory_campaign(workdir: Path, sizes=RSS_SIZES) -> dict:
         trace = write_shaped_trace(workdir / f"70b-{tokens}.parquet", "llama-2-70b", tokens)
         try:
             rows.append(streamed_replay_peak_rss(trace))
-            if tokens == max(sizes):   # the largest, again under a hard cap below its size, and in memory
+            if tokens == IN_MEMORY_SIZE:   # for contrast: the same trace read whole
+                rows.append(streamed_replay_peak_rss(trace, stream=False))
+            if tokens == max(sizes):   # the largest, again under a hard cap below its size, and read whole
                 rows.append(streamed_replay_peak_rss(trace, data_limit=DATA_LIMIT))
                 rows.append(streamed_replay_peak_rss(trace, stream=False, data_limit=DATA_LIMIT))
             if tokens in GLOBAL_INDEX_SIZES:
