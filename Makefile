@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-reliability clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# The long reliability campaigns (about 20 minutes on 2 cores): 20 SIGKILLs per command and peak
+# RSS of streamed 70B-shaped replays up to 4.7 GB; results in benchmarks/results_reliability.json
+# and docs/reliability.md.
+bench-reliability: $(STAMP)
+	$(BIN)/python -m benchmarks.reliability
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info

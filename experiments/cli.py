@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"sparsesim: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("sparsesim: error: out of memory (a trace larger than memory replays with simulate --stream)",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sparsesim: interrupted; no partial output was left under a final name", file=sys.stderr)
         return 130

@@ -39,6 +39,7 @@ SPEC_KEYS = ("name", "description", "traces", "profiles", "grid", "zip", "sample
              "root", "confine")
 SAMPLE_KEYS = ("method", "n", "seed", "ranges")
 SAMPLE_METHODS = ("random", "latin-hypercube")
+MAX_POINTS = 1_000_000    # setting points a spec may expand to (grid x zip x sample): a typo, not a study
 POLICY_SETTINGS = {"predictor": PREDICTORS, "cache": REPLACEMENT}
 TRACE_SETTINGS = ("train_trace", "profile_trace")
 SETTINGS = (*POLICY_SETTINGS, "seed", *TRACE_SETTINGS, *SCENARIO_FIELDS, *SETTABLE_FIELDS)
@@ -183,8 +184,8 @@ def _root(check: _Checker, value: Any, confine: bool) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise check.fail("root", "expected a directory path (relative to the spec file)")
     spec_dir = check.path.resolve().parent
-    root = (spec_dir / value).resolve()
-    if not root.is_dir():
+    root = _resolve(check, spec_dir / value, "root")
+    if not _exists(check, root, "root", Path.is_dir):
         raise check.fail("root", f"no such directory: {root}")
     if confine and not root.is_relative_to(spec_dir):
         raise check.fail("root", f"{root} is outside the spec's directory {spec_dir} (confine: true)")
@@ -198,7 +199,7 @@ class _Locator:
         self.check, self.root, self.confine = check, root, confine
 
     def inside(self, path: Path, field: str) -> Path:
-        resolved = path.resolve()
+        resolved = _resolve(self.check, path, field)
         if self.confine and not resolved.is_relative_to(self.root):
             raise self.check.fail(field, f"{path} resolves outside root {self.root} (confine: true)")
         return resolved
@@ -207,7 +208,7 @@ class _Locator:
         if not isinstance(value, str) or not value.strip():
             raise self.check.fail(field, f"expected a file path, got {_kind(value)}")
         path = self.inside(self.root / value, field)
-        if not path.is_file():
+        if not _exists(self.check, path, field, Path.is_file):
             raise self.check.fail(field, f"no such file: {value} (relative to {self.root})")
         return path
 
@@ -217,13 +218,31 @@ class _Locator:
             return [self.file(value, field)]
         matches = sorted(glob.glob(value, root_dir=self.root, recursive=True))
         files = [self.inside(self.root / m, field) for m in matches]
-        files = [f for f in files if f.is_file()]
+        files = [f for f in files if _exists(self.check, f, field, Path.is_file)]
         if not files:
             raise self.check.fail(field, f"no trace matches {value!r} (relative to {self.root})")
         return files
 
     def label(self, path: Path) -> str:
         return _relative(path, self.root)
+
+
+def _resolve(check: _Checker, path: Path, field: str) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, ValueError, RuntimeError) as e:   # a NUL byte, a symlink loop, a name too long
+        raise check.fail(field, f"not a usable path ({_error(e)})") from None
+
+
+def _exists(check: _Checker, path: Path, field: str, test: Callable[[Path], bool]) -> bool:
+    try:
+        return test(path)
+    except (OSError, ValueError) as e:                  # e.g. a file name longer than the filesystem allows
+        raise check.fail(field, f"not a usable path ({_error(e)})") from None
+
+
+def _error(e: Exception) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -250,6 +269,9 @@ def _synthetic(check: _Checker, item: Mapping, field: str) -> TraceInput:
     check.keys(item, ("synth",), field)
     params = dict(check.mapping(item.get("synth"), f"{field}.synth"))
     check.keys(params, SYNTH_KEYS, f"{field}.synth")
+    for key, value in params.items():   # checked further when the trace is written (materialize)
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise check.fail(f"{field}.synth.{key}", f"expected a single number, name or flag, got {_kind(value)}")
     canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
     return TraceInput(label=f"synth-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}", synth=params)
 
@@ -261,7 +283,7 @@ def _profile(check: _Checker, value: Any, field: str, locate: _Locator) -> str:
         name = value
     else:
         candidate = locate.root / value
-        name = str(locate.inside(candidate, field)) if candidate.is_file() else value
+        name = str(locate.inside(candidate, field)) if _exists(check, candidate, field, Path.is_file) else value
     try:
         load_profile(name)
     except InputError as e:
@@ -332,6 +354,9 @@ def _points(check: _Checker, data: Mapping, locate: _Locator, profiles: tuple[st
         sections.append(_zip(check, data["zip"], claim, validate))
     if "sample" in data:
         sections.append(_sample(check, data["sample"], claim, validate))
+    if math.prod(len(part) for part in sections) > MAX_POINTS:
+        raise check.fail("", f"grid x zip x sample make {math.prod(len(p) for p in sections):,} setting points; "
+                             f"a spec may have at most {MAX_POINTS:,}")
     return tuple({**fixed, **{k: v for part in combo for k, v in part.items()}}
                  for combo in itertools.product(*sections))
 
@@ -345,6 +370,9 @@ def _grid(check: _Checker, grid: Any, claim: Callable, validate: _SettingValidat
         key = claim(key, "grid")
         axes.append([(key, validate.value(key, v, f"grid.{key}[{i}]"))
                      for i, v in enumerate(check.values(values, f"grid.{key}"))])
+    if math.prod(map(len, axes)) > MAX_POINTS:
+        raise check.fail("grid", f"{math.prod(map(len, axes)):,} combinations; a spec may have at most "
+                                 f"{MAX_POINTS:,} setting points")
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
@@ -381,8 +409,8 @@ def _sample(check: _Checker, sample: Any, claim: Callable, validate: _SettingVal
     if method not in SAMPLE_METHODS:
         raise check.fail("sample.method", f"expected one of {', '.join(SAMPLE_METHODS)}, got {method!r}")
     n, seed = sample.get("n"), sample.get("seed", 0)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise check.fail("sample.n", f"expected an integer >= 1, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_POINTS:
+        raise check.fail("sample.n", f"expected an integer from 1 to {MAX_POINTS:,}, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise check.fail("sample.seed", f"expected an integer >= 0, got {seed!r}")
     ranges = check.mapping(sample.get("ranges"), "sample.ranges")

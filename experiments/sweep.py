@@ -165,9 +165,11 @@ def _exclusive(results_dir: Path) -> Iterator[None]:
 
 
 def _remove_stale_temporaries(results_dir: Path) -> None:
-    """Hidden temporary files left by a sweep killed in the middle of a write (we hold the lock)."""
-    for tmp in runs_dir(results_dir).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    """Hidden temporary files left by a sweep killed in the middle of a write (we hold the lock):
+    run parts, synthetic traces, results.parquet and sweep.json."""
+    for folder in (runs_dir(results_dir), results_dir / "traces", results_dir):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def environment(executor: str) -> dict[str, Any]:

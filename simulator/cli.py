@@ -36,6 +36,9 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baselines", action="store_true", help="skip the dense and no-prefetch baseline runs")
     p.add_argument("--json", metavar="OUT", help="also write the full record as JSON ('-' for stdout only)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="read the masks row group by row group, keeping about 256 tokens in memory; --no-stream "
+                        "reads them whole (default: streamed only when the masks exceed 2 GiB; docs/reliability.md)")
     p.set_defaults(func=_simulate)
 
 
@@ -55,7 +58,7 @@ def _simulate(args: argparse.Namespace) -> int:
             settings.append(f"{field}={value}")
     record = simulate(args.trace, args.profile, args.predictor, args.cache, settings=settings,
                       train_trace=args.train_trace, profile_trace=args.profile_trace, seed=args.seed,
-                      baselines=not args.no_baselines)
+                      baselines=not args.no_baselines, stream=args.stream)
     text = json.dumps(record, indent=2, default=float)
     if args.json == "-":
         print(text)

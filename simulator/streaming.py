@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from simulator.errors import InputError
 from simulator.tracefile import (PRED_PREFIX, Trace, _mask_array, extra_columns, file_sha256, mask_bytes,
-                                 popcount_rows, read_meta)
+                                 popcount_rows, read_failure, read_meta)
 
 
 class StreamedMasks:
@@ -54,8 +54,7 @@ class StreamedMasks:
         try:
             table = self._pf.read_row_group(g, columns=[self._column] + (["active"] if self._verify else []))
         except Exception as e:
-            raise InputError(f"{self.path}: cannot read row group {g} ({type(e).__name__}); "
-                             f"file truncated or corrupt") from None
+            raise read_failure(self.path, f"row group {g}", e) from None
         masks = _mask_array(table.column(self._column), self._n_bytes).reshape(-1, self._n_layers, self._n_bytes)
         if self._verify and not np.array_equal(popcount_rows(masks),
                                                table.column("active").to_numpy().reshape(masks.shape[:2])):
@@ -99,7 +98,7 @@ def open_streamed(path: str | os.PathLike, history: int = 256, verify: bool = Tr
     try:
         small = pf.read(columns=["seq", "pos", "token", "layer", "active"])
     except Exception as e:
-        raise InputError(f"{p}: cannot read trace data ({type(e).__name__}); file truncated or corrupt") from None
+        raise read_failure(p, "trace data", e) from None
     t = small.num_rows // n_layers
     layer = small.column("layer").to_numpy()
     if not np.array_equal(layer.reshape(t, n_layers), np.broadcast_to(np.arange(n_layers), (t, n_layers))):

@@ -304,11 +304,19 @@ def read_trace(path: str | os.PathLike, *, verify: bool = True) -> Trace:
     try:
         table = pf.read()
     except Exception as e:
-        raise InputError(f"{p}: cannot read trace data ({type(e).__name__}); file truncated or corrupt") from None
+        raise read_failure(p, "trace data", e) from None
     arrays = _table_to_arrays(p, table, n_layers, n_bytes, extra)
     if verify and not np.array_equal(popcount_rows(arrays["masks"]), arrays["active"]):
         raise InputError(f"{p}: column 'active' disagrees with the popcount of 'mask' (corrupt file)")
     return Trace(path=p, meta=meta, sha256=file_sha256(p), **arrays)
+
+
+def read_failure(path: Path, what: str, error: Exception) -> InputError:
+    """The one line for a failed read: out of memory (say so, and how to avoid it), or damage."""
+    if isinstance(error, (MemoryError, pa.ArrowMemoryError)):
+        return InputError(f"{path}: not enough memory to read {what} ({type(error).__name__}); replay it "
+                          f"streamed, row group by row group (sparsesim simulate --stream)")
+    return InputError(f"{path}: cannot read {what} ({type(error).__name__}); file truncated or corrupt")
 
 
 def iter_trace_blocks(path: str | os.PathLike) -> Iterator[dict]:
@@ -322,7 +330,7 @@ def iter_trace_blocks(path: str | os.PathLike) -> Iterator[dict]:
         try:
             table = pf.read_row_group(i)
         except Exception as e:
-            raise InputError(f"{p}: cannot read row group {i} ({type(e).__name__}); file truncated or corrupt") from None
+            raise read_failure(p, f"row group {i}", e) from None
         if table.num_rows % n_layers:
             raise InputError(f"{p}: row group {i} has {table.num_rows} rows, not a multiple of {n_layers} layers")
         yield _table_to_arrays(p, table, n_layers, n_bytes, extra)

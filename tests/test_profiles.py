@@ -16,6 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fuzzing import mutate, yamlish
 from simulator.errors import InputError
 from simulator.profile import (
     SETTABLE_FIELDS, HardwareProfile, StorageSpec, list_profiles, load_profile, profile_from_dict,
@@ -376,14 +377,7 @@ def test_cli_bad_override_exits_2_with_one_line():
 KEYS = ["name", "description", "extends", "compute", "dram", "cache", "storage", "flops",
         "energy_per_flop", "capacity", "bandwidth", "latency", "energy_per_byte", "kind",
         "peak_bandwidth", "queue_depth", "read_curve", "points", "value", "source", "estimate"]
-SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-           | st.sampled_from(["8 KiB", "1.25 GB/s", "-1 GB/s", "50 us", "5 pJ/bit", "1e999 B", "nan",
-                              "oneplus-12", "apple-m1-max", "nvme", "3 GB", "32", "10 pJ/FLOP", -(2**2000)]))
-YAMLISH = st.recursive(
-    SCALARS,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6) | st.integers(), inner, max_size=5),
-    max_leaves=25)
+YAMLISH = yamlish(KEYS, extra=["10 pJ/FLOP", "oneplus-12", "nvme"])
 
 
 def build(data, origin: str = "fuzz.yaml") -> None:
@@ -399,24 +393,9 @@ def test_random_mappings_give_a_profile_or_an_input_error(data):
     build(data)
 
 
-def paths(node, prefix=()):
-    yield prefix
-    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, child in children:
-        yield from paths(child, (*prefix, key))
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(REQUIRED_PRESETS)), st.data())
 def test_mutated_presets_give_a_profile_or_an_input_error(name, draw):
-    data = preset_data(name)
-    target = draw.draw(st.sampled_from(list(paths(data))[1:]))
-    parent = data
-    for key in target[:-1]:
-        parent = parent[key]
-    if draw.draw(st.booleans()) and isinstance(parent, dict):
-        del parent[target[-1]]
-    else:
-        parent[target[-1]] = draw.draw(YAMLISH)
+    data = mutate(preset_data(name), draw, YAMLISH)
     build(data)
     build(yaml.safe_load(yaml.safe_dump(data, allow_unicode=True)))

@@ -195,7 +195,7 @@ def load_thresholds(path: str | Path, model: dict) -> Thresholds:
         doc = json.loads(p.read_text())
     except FileNotFoundError:
         raise InputError(f"--thresholds {p}: file not found") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise InputError(f"--thresholds {p}: not a readable JSON file ({type(e).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise InputError(f"--thresholds {p}: not a sparsesim thresholds file (field 'format' must be '{FORMAT}')")
@@ -231,9 +231,23 @@ def load_thresholds(path: str | Path, model: dict) -> Thresholds:
     else:
         thresholds = numbers("thresholds", math.inf)
     target = doc["target"]
-    if not isinstance(target, (int, float)) or not 0 <= target < 1:
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 <= target < 1:
         raise InputError(f"--thresholds {p}: 'target' is {target!r}, expected a number in [0, 1)")
+    optional = {key: doc.get(key) for key in ("calibration", "natural", "details")}
+    for key, kind, name in (("calibration", dict, "a mapping"), ("natural", list, "a list"),
+                            ("details", dict, "a mapping")):
+        if optional[key] is not None and not isinstance(optional[key], kind):
+            raise InputError(f"--thresholds {p}: '{key}' is {_short(optional[key])}, expected {name} or null")
+    calibration = optional["calibration"] or {}
+    start = calibration.get("start")
+    if start is not None and (isinstance(start, bool) or not isinstance(start, int) or start < 0):
+        raise InputError(f"--thresholds {p}: 'calibration.start' is {_short(start)}, expected a token offset >= 0")
     return Thresholds(method=method, site=site, target=float(target), layer_targets=layer_targets,
                       thresholds=thresholds, model=str(doc.get("model", "")), d_ff=list(doc["d_ff"]),
-                      calibration=dict(doc.get("calibration") or {}), natural=list(doc.get("natural") or []),
-                      details=dict(doc.get("details") or {}))
+                      calibration=dict(calibration), natural=list(optional["natural"] or []),
+                      details=dict(optional["details"] or {}))
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
