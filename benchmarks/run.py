@@ -271,6 +271,18 @@ def render(r: dict) -> str:
                          f"{c['ratio']:.3f} |")
     else:
         lines.append(str(tr))
+    gpu_path = ROOT / "benchmarks" / "results_gpu.json"
+    lines += ["", "## 4. Tracing on a GPU", ""]
+    if gpu_path.exists():   # written by `python -m benchmarks.bench_gpu` on a CUDA machine
+        g = json.loads(gpu_path.read_text())
+        lines += [f"{g['model']}, {g['tokens']:,} tokens, {g['device']}, torch {g['torch']} (best of "
+                  f"{len(g['all_times_s']['plain'])}): plain {g['plain_tok_per_s']:,.0f} tok/s, traced "
+                  f"{g['traced_tok_per_s']:,.0f} tok/s, traced / plain **{g['ratio']:.3f}** (target 1.10). "
+                  f"Masks stay on the device for the whole window ({g['packed_mask_bytes_per_window'] / 2**20:,.0f} "
+                  "MiB packed) and reach the host in one pinned copy; where the rest goes is in "
+                  "`benchmarks/bench_gpu.py`. Not rerun by `make bench` (no GPU here)."]
+    else:
+        lines.append("No GPU result recorded (`python -m benchmarks.bench_gpu` on a CUDA machine).")
     sw = r["sweeps"]
     lines += ["", "## 5. Sweeps (100 runs)", "",
               f"1 worker {sw['seconds']['pool-1']:.1f} s, 2 workers {sw['seconds']['pool-2']:.1f} s: parallel "
