@@ -100,14 +100,14 @@ class RecencyClasses(PrefetchRecord):
         self._head = 0
         self._compact_at = 4096
 
-    def _stamp(self, layer: int, neurons: int, step: int, fresh: bool = False) -> None:
-        """Move ``neurons`` into the class of ``step``; ``fresh`` ones (just filled: the cache inserts
-        only neurons that are not resident) are in no class yet."""
+    def _stamp(self, layer: int, neurons: int, step: int) -> None:
+        """Move ``neurons`` into the class of ``step``. Even a fill must unstamp: ``on_access`` also
+        stamps needed neurons that a full cache bypassed, which are in a class but not resident."""
         if not neurons:
             return
-        classes = self._of_layer[layer] if fresh else self._unstamp(layer, neurons)
-        if classes and classes[-1][0] == step:
-            classes[-1][2] |= neurons
+        classes = self._unstamp(layer, neurons)
+        if classes and classes[-1][0] == step and classes[-1][2]:
+            classes[-1][2] |= neurons      # an emptied class is never revived: the order may have dropped it
             return
         cls = [step, layer, neurons]
         classes.append(cls)
@@ -175,7 +175,7 @@ class LeastRecentlyUsed(RecencyClasses):
     def on_fill(self, layer, step, filled, prefetch):
         if self.bypass:
             self._track_fill(layer, filled, prefetch, step)
-        self._stamp(layer, filled, step, fresh=True)
+        self._stamp(layer, filled, step)
 
     def on_access(self, layer, step, used):
         if self.bypass:
@@ -190,7 +190,7 @@ class FirstInFirstOut(RecencyClasses):
     def on_fill(self, layer, step, filled, prefetch):
         if self.bypass:
             self._track_fill(layer, filled, prefetch, step)
-        self._stamp(layer, filled, step, fresh=True)
+        self._stamp(layer, filled, step)
 
     def on_access(self, layer, step, used):
         if self.bypass:   # use does not refresh FIFO's order; it only confirms a prefetch
@@ -204,9 +204,6 @@ class KeyedReplacement(PrefetchRecord):
     def setup(self, geometry: CacheGeometry) -> None:
         super().setup(geometry)
         self.key = np.full((geometry.n_layers, geometry.width), _NEVER, dtype=np.int64)
-        self._flat_index = np.arange(geometry.n_layers * geometry.width, dtype=np.int64)
-        # Composite keys stay unique: key * span + index, span > number of neurons.
-        self._span = np.int64(geometry.n_layers * geometry.width)
 
     def _bits(self, neurons: int) -> np.ndarray:
         return neuronset.to_bool(neurons, self.geometry.width)
@@ -221,10 +218,19 @@ class KeyedReplacement(PrefetchRecord):
         return neuronset.from_bool(_smallest_by_class(keys, n))
 
     def global_victims(self, step: int, n: int, candidates: Sequence[int]) -> dict[int, int]:
-        bits = np.stack([self._bits(c) for c in candidates])
-        comp = np.where(bits, self.key * self._span + self._flat_index.reshape(bits.shape), _NEVER)
-        chosen = _smallest(comp.reshape(-1), n).reshape(bits.shape)
-        return {int(l): neuronset.from_bool(chosen[l]) for l in np.flatnonzero(chosen.any(axis=1))}
+        """The ``n`` candidates with the smallest (key, layer, index), selected among the candidates
+        only (a partition, not a sort; ties at the cut go to the lowest layer and index)."""
+        width = self.geometry.width
+        flat = np.flatnonzero(np.concatenate([self._bits(c) for c in candidates]))   # layer * width + index
+        if n < flat.size:
+            keys = self.key.reshape(-1)[flat]
+            cut = np.partition(keys, n - 1)[n - 1]
+            below = flat[keys < cut]
+            flat = np.concatenate([below, flat[keys == cut][:n - below.size]])
+        chosen = np.zeros(len(candidates) * width, dtype=bool)
+        chosen[flat] = True
+        chosen = chosen.reshape(len(candidates), width)
+        return {int(l): neuronset.from_bool(chosen[l]) for l in np.unique(flat // width)}
 
 
 def _smallest_by_class(keys: np.ndarray, n: int) -> np.ndarray:
@@ -247,18 +253,6 @@ def _smallest_by_class(keys: np.ndarray, n: int) -> np.ndarray:
         out |= cls
         keys[cls] = _NEVER
         n -= size
-    return out
-
-
-def _smallest(comp: np.ndarray, n: int) -> np.ndarray:
-    """Boolean mask of the ``n`` smallest entries of ``comp`` (all distinct by construction)."""
-    out = np.zeros(comp.shape, dtype=bool)
-    if n <= 0:
-        return out
-    if n >= comp.size:
-        out[:] = comp != _NEVER
-        return out
-    out[np.argpartition(comp, n - 1)[:n]] = True
     return out
 
 

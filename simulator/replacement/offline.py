@@ -47,9 +47,9 @@ class StaticPin(LeastRecentlyUsed):
     def preload(self) -> np.ndarray:
         return self.packed_pinned
 
-    def _stamp(self, layer, neurons, step, fresh=False):
+    def _stamp(self, layer, neurons, step):
         # Pinned neurons stay out of the LRU order: they leave only when nothing cold can.
-        super()._stamp(layer, neurons & self._cold[layer], step, fresh)
+        super()._stamp(layer, neurons & self._cold[layer], step)
 
     def victims(self, layer, step, n, candidates):
         cold = candidates & self._cold[layer]
@@ -118,7 +118,7 @@ class Belady(KeyedReplacement):
     def _next_use(self, layer: int, after_token: int, bits: np.ndarray) -> np.ndarray:
         """Global step of each neuron's first use in a token > ``after_token`` (or never)."""
         idx = np.flatnonzero(bits)
-        out = np.full(idx.size, _NEVER // (self._span * 2), dtype=np.int64)
+        out = np.full(idx.size, _NEVER // 2, dtype=np.int64)   # never used again: the farthest
         start, width, todo = after_token + 1, 8, np.arange(idx.size)
         T = self.masks.shape[0]
         while todo.size and start < T:
