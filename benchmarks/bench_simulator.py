@@ -39,15 +39,14 @@ def throughput(trace_path: str, predictor: str, cache: str, budget: float, repea
             "spread_steps_per_s": [steps / hi, steps / lo], "seconds": med}
 
 
-# (predictor, cache, scenario settings, tokens replayed: 0 = all). LFU and Bélády keep per-neuron
-# numpy keys and select victims over every resident neuron, so they run on a shorter prefix.
+# (predictor, cache, scenario settings): every replacement policy and the main scenario options.
 POLICY_RUNS = (
-    ("oracle", "lru", (), 0), ("none", "lru", (), 0), ("previous-token", "lru", (), 0),
-    ("noisy-oracle:fn=0.05,fp=0.07", "lru", (), 0), ("oracle", "fifo", (), 0), ("oracle", "window:k=4", (), 0),
-    ("oracle", "static-pin", (), 0), ("oracle", "lru", ("partition=per-layer",), 0),
-    ("oracle", "lru", ("two_phase=true",), 0), ("noisy-oracle:fn=0.05,fp=0.07", "lru:bypass=true", (), 0),
-    ("oracle", "lfu", (), 16), ("oracle", "lfu", ("partition=per-layer",), 16),
-    ("oracle", "belady", (), 16), ("oracle", "belady", ("partition=per-layer",), 16),
+    ("oracle", "lru", ()), ("none", "lru", ()), ("previous-token", "lru", ()),
+    ("noisy-oracle:fn=0.05,fp=0.07", "lru", ()), ("oracle", "fifo", ()), ("oracle", "lfu", ()),
+    ("oracle", "window:k=4", ()), ("oracle", "static-pin", ()), ("oracle", "belady", ()),
+    ("oracle", "lru", ("partition=per-layer",)), ("oracle", "lfu", ("partition=per-layer",)),
+    ("oracle", "belady", ("partition=per-layer",)), ("oracle", "lru", ("two_phase=true",)),
+    ("noisy-oracle:fn=0.05,fp=0.07", "lru:bypass=true", ()),
 )
 
 
@@ -86,9 +85,8 @@ def run(tokens: int = 256, tmp: str | None = None) -> dict:
     path = os.path.join(tmp, "llama7b.parquet")
     synthesize(path, shape="llama-2-7b", tokens=tokens, active=0.1, persistence=0.5, seed=0, progress=False)
     out = {"trace": "synthetic llama-2-7b (32 x 11008), 10 % active, persistence 0.5", "runs": []}
-    for predictor, cache, settings, prefix in POLICY_RUNS:
-        out["runs"].append(throughput(path, predictor, cache, 0.25, repeats=1 if prefix else 3, settings=settings,
-                                      tokens=prefix))
+    for predictor, cache, settings in POLICY_RUNS:
+        out["runs"].append(throughput(path, predictor, cache, 0.25, settings=settings))
     out["floor"] = floor(path)
     main = out["runs"][0]["layer_steps_per_s"]
     out["simulator_over_floor"] = out["floor"]["layer_steps_per_s"] / main

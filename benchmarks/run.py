@@ -241,17 +241,18 @@ def render(r: dict) -> str:
               "accounting batched over tokens outside the event loop, which the event-driven timing "
               "(prefetch arrivals change the cache between steps) does not allow without changing results. "
               "The same bookkeeping keeps the simulator some tens of times above the read-and-popcount floor "
-              "(section 2; target 20×). LFU and Bélády keep a per-neuron numpy key and a global victim "
-              "search selects over every neuron of every layer (`argpartition` over L × d_ff), hence their "
-              "low global-partition figures; per layer they select over one layer.",
+              "(section 2; target 20×). LFU and Bélády keep a per-neuron numpy key (unpacked to one bool "
+              "per neuron at every hook) and select victims with a partition over the candidates of every "
+              "layer (global) or of one layer (per-layer).",
               "",
               "History: the first engine (packed numpy rows, one simpy process and a `PriorityResource` "
               "request per batch, LRU by per-neuron stamps with `argpartition`/class scans) ran 2,996 "
-              "layer-steps/s on this benchmark; its cProfile put the LRU victim search, stamping and "
-              "numpy-row popcounts on top. The present engine keeps neuron sets as Python integers, LRU/FIFO "
-              "as recency classes (a victim search takes whole classes and cuts one), and the storage "
-              "device as one timeout per batch; records are identical (150 policy × scenario combinations "
-              "compared).", "",
+              "layer-steps/s on this benchmark (LFU and Bélády about 240 global, 1,000–2,400 per layer); "
+              "its cProfile put the LRU victim search, stamping and numpy-row popcounts on top. The present "
+              "engine keeps neuron sets as Python integers, LRU/FIFO as recency classes (a victim search "
+              "takes whole classes and cuts one), LFU/Bélády victims as a partition over the candidates "
+              "only, and the storage device as one timeout per batch; records are identical (150 policy × "
+              "scenario combinations compared).", "",
               f"Per-neuron-event simpy reference on the same {ref['tokens']} tokens: "
               f"{ref['reference_layer_steps_per_s']:,.1f} layer-steps/s vs {ref['product_layer_steps_per_s']:,.0f} "
               f"(**{ref['ratio']:.0f}×**).", "",

@@ -213,47 +213,31 @@ class KeyedReplacement(PrefetchRecord):
             self._track_evict(layer, evicted)
         self.key[layer][self._bits(evicted)] = _NEVER
 
+    def _smallest(self, flat: np.ndarray, n: int) -> np.ndarray:
+        """The ``n`` of ``flat`` (ascending indices into ``key``) with the smallest keys; ties at the
+        cut go to the lowest index. A partition, not a sort."""
+        if n >= flat.size:
+            return flat
+        keys = self.key.reshape(-1)[flat]
+        cut = np.partition(keys, n - 1)[n - 1]
+        below = flat[keys < cut]
+        return np.concatenate([below, flat[keys == cut][:n - below.size]])
+
     def victims(self, layer: int, step: int, n: int, candidates: int) -> int:
-        keys = np.where(self._bits(candidates), self.key[layer], _NEVER)
-        return neuronset.from_bool(_smallest_by_class(keys, n))
+        width = self.geometry.width
+        chosen = self._smallest(layer * width + np.flatnonzero(self._bits(candidates)), n) - layer * width
+        bits = np.zeros(width, dtype=bool)
+        bits[chosen] = True
+        return neuronset.from_bool(bits)
 
     def global_victims(self, step: int, n: int, candidates: Sequence[int]) -> dict[int, int]:
-        """The ``n`` candidates with the smallest (key, layer, index), selected among the candidates
-        only (a partition, not a sort; ties at the cut go to the lowest layer and index)."""
+        """Over all layers, ties at the cut to the lowest layer, then the lowest index."""
         width = self.geometry.width
-        flat = np.flatnonzero(np.concatenate([self._bits(c) for c in candidates]))   # layer * width + index
-        if n < flat.size:
-            keys = self.key.reshape(-1)[flat]
-            cut = np.partition(keys, n - 1)[n - 1]
-            below = flat[keys < cut]
-            flat = np.concatenate([below, flat[keys == cut][:n - below.size]])
+        flat = self._smallest(np.flatnonzero(np.concatenate([self._bits(c) for c in candidates])), n)
         chosen = np.zeros(len(candidates) * width, dtype=bool)
         chosen[flat] = True
         chosen = chosen.reshape(len(candidates), width)
         return {int(l): neuronset.from_bool(chosen[l]) for l in np.unique(flat // width)}
-
-
-def _smallest_by_class(keys: np.ndarray, n: int) -> np.ndarray:
-    """Boolean mask of the ``n`` smallest keys, ties to the lowest index.
-
-    Walks the key classes from the smallest: few distinct values among the lowest keys make this
-    a handful of vector passes, not a sort.
-    """
-    out = np.zeros(keys.shape, dtype=bool)
-    keys = keys.copy()
-    while n > 0:
-        low = keys.min()
-        if low == _NEVER:
-            break
-        cls = keys == low
-        size = int(np.count_nonzero(cls))
-        if size > n:
-            cls[np.flatnonzero(cls)[n:]] = False
-            size = n
-        out |= cls
-        keys[cls] = _NEVER
-        n -= size
-    return out
 
 
 @REPLACEMENT.register("lfu")
