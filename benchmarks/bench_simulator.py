@@ -26,16 +26,14 @@ def median_time(fn, repeats: int) -> tuple[float, float, float]:
 
 
 def throughput(trace_path: str, predictor: str, cache: str, budget: float, repeats: int = 3,
-               settings: tuple[str, ...] = (), tokens: int = 0) -> dict:
-    """Layer-steps per second of one replay (``tokens`` > 0 replays only the first ``tokens``)."""
+               settings: tuple[str, ...] = ()) -> dict:
+    """Layer-steps per second of one replay (median of ``repeats``)."""
     trace = read_trace(trace_path)
-    n_tokens = min(tokens, trace.n_tokens) if tokens else trace.n_tokens
-    steps = n_tokens * trace.n_layers
-    extra = [f"dram_budget={budget}", *settings] + ([f"max_tokens={n_tokens}"] if tokens else [])
-    med, lo, hi = median_time(lambda: simulate(trace, "apple-m1-max", predictor, cache, settings=extra,
-                                                baselines=False), repeats)
-    return {"predictor": predictor, "cache": cache, "settings": list(settings), "budget": budget, "tokens": n_tokens,
-            "layers": trace.n_layers, "d_ff": trace.d_ff[0], "layer_steps_per_s": steps / med,
+    steps = trace.n_tokens * trace.n_layers
+    med, lo, hi = median_time(lambda: simulate(trace, "apple-m1-max", predictor, cache,
+                                                settings=[f"dram_budget={budget}", *settings], baselines=False), repeats)
+    return {"predictor": predictor, "cache": cache, "settings": list(settings), "budget": budget,
+            "tokens": trace.n_tokens, "layers": trace.n_layers, "d_ff": trace.d_ff[0], "layer_steps_per_s": steps / med,
             "spread_steps_per_s": [steps / hi, steps / lo], "seconds": med}
 
 

@@ -212,12 +212,12 @@ def render(r: dict) -> str:
         "## 1. Simulator throughput (one core)", "",
         f"Trace: {s7['trace']}, {s7['runs'][0]['tokens']} tokens, budget 25 %, global partition unless "
         "stated; `apple-m1-max` profile. Target: 30,000 layer-steps/s for oracle + LRU.", "",
-        "| predictor | cache | settings | tokens | layer-steps/s | spread |", "|---|---|---|---|---|---|",
+        "| predictor | cache | settings | layer-steps/s | spread |", "|---|---|---|---|---|",
     ]
     for run in s7["runs"]:
         lo, hi = run["spread_steps_per_s"]
         lines.append(f"| {run['predictor']} | {run['cache']} | {' '.join(run.get('settings', [])) or '–'} | "
-                     f"{run['tokens']} | {run['layer_steps_per_s']:,.0f} | {lo:,.0f}–{hi:,.0f} |")
+                     f"{run['layer_steps_per_s']:,.0f} | {lo:,.0f}–{hi:,.0f} |")
     s70 = r["simulator_70b"]
     ref = s7["per_neuron_reference"]
     lines += ["", f"70B shape (80 × 28672), oracle + LRU: {s70['layer_steps_per_s']:,.0f} layer-steps/s."]
