@@ -143,7 +143,7 @@ def gemma_throughput(tmp: str) -> dict:
     from tracing.trace import trace_model
 
     path = os.path.join(tmp, "gemma-50.parquet")
-    trace_model(out=path, model="gemma-3-270m", text="pydoc", sparsity=0.5, tokens=512, ppl=False)
+    trace_model(out=path, model="gemma-3-270m", text="pydoc", sparsity=0.5, tokens=512, window=512, ppl=False)
     return bench_simulator.throughput(path, "oracle", "lru", 0.25)
 
 
