@@ -8,7 +8,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 
 from benchmarks.per_neuron_reference import replay_per_neuron
 from simulator.simulate import simulate

@@ -8,8 +8,6 @@ the FFN is using now).
 
 from __future__ import annotations
 
-import numpy as np
-
 from simulator import neuronset
 from simulator.replacement import CacheGeometry, ReplacementPolicy
 
@@ -44,10 +42,6 @@ class NeuronCache:
             self.size[l] = chosen[l].bit_count()
             self.policy.on_fill(l, -1, chosen[l], False)
         self.total = sum(self.size)
-
-    def resident_rows(self) -> np.ndarray:
-        """[L, n_bytes] packed copy of the resident sets (for inspection and tests)."""
-        return np.stack([neuronset.to_row(s, self.geometry.n_bytes) for s in self.resident])
 
     def free(self, layer: int) -> int:
         if self.global_pool:

@@ -178,7 +178,7 @@ class ReplayEngine:
             self.gate_rows[layer] |= fetched
             return
         inserted, evicted = self.cache.insert(layer, self.step, fetched, True, self.protect[layer])
-        n_inserted = n_fetched if inserted is fetched else inserted.bit_count()
+        n_inserted = inserted.bit_count()
         self.c["inserted"][layer] += n_inserted
         self.c["prefetch_bypassed"][layer] += n_fetched - n_inserted
         self.pf_unused[layer] |= inserted
@@ -243,21 +243,15 @@ class ReplayEngine:
 
     def _targets(self, token: int, layer: int) -> list[tuple[int, int]]:
         """(token, layer) pairs whose prefetch is issued at the start of this layer step."""
-        g = token * self.L + layer + self.sc.lookahead
-        if 0 < g - self.sc.lookahead and g < self.T * self.L and self.sc.schedule == "layer":
-            return [divmod(g, self.L)]    # the common case
         if self.sc.schedule == "none":
             return []
         if self.sc.schedule == "token":
             return [(token, l) for l in range(self.L)] if layer == 0 else []
-        k = self.sc.lookahead
-        g = token * self.L + layer + k
-        first = token * self.L + layer == 0
-        targets = []
-        if first:  # the first steps have nobody k layers earlier to issue them
-            targets = [divmod(s, self.L) for s in range(0, min(k, self.T * self.L))]
-        if g < self.T * self.L:
-            targets.append(divmod(g, self.L))
+        step, k, end = token * self.L + layer, self.sc.lookahead, self.T * self.L
+        # The first step also issues the first k steps: nobody k layers earlier could.
+        targets = [divmod(s, self.L) for s in range(min(k, end))] if step == 0 else []
+        if step + k < end:
+            targets.append(divmod(step + k, self.L))
         return targets
 
     # -- two-phase loading (PowerInfer-2) -------------------------------------------------------
@@ -323,9 +317,7 @@ class ReplayEngine:
                 self._snapshot = self._totals()
             start = env.now
             compute = stall = mm = 0.0
-            needed, n_needed = self._needed(t)
-            if dense:
-                needed, n_needed = self._all, self._n_all
+            needed, n_needed = (self._all, self._n_all) if dense else self._needed(t)
             for l in range(L):
                 self.step = step = t * L + l
                 targets = self._targets(t, l)

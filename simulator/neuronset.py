@@ -66,10 +66,6 @@ def first(s: int, n: int) -> int:
     return (s & ((1 << (64 * w)) - 1)) | (((word & ((1 << shift) - 1)) | (low << shift)) << (64 * w))
 
 
-def indices(s: int, width: int) -> np.ndarray:
-    return np.flatnonzero(to_bool(s, width))
-
-
 def run_lengths(s: int) -> dict[int, int]:
     """{length: how many runs} of consecutive members, for request coalescing.
 

@@ -86,7 +86,8 @@ class RecencyClasses(PrefetchRecord):
     """Base of LRU and FIFO: resident neurons grouped by the step of their last stamp.
 
     A class is the set of one layer's neurons stamped (filled, or used for LRU) at one step; each
-    neuron is in exactly one class. Restamping moves neurons into a new class by one integer
+    neuron is in at most one class (a needed neuron that a full cache bypassed is stamped by its
+    use without being resident: victim searches take only candidates). Restamping moves neurons into a new class by one integer
     AND-NOT per live class of that layer; a victim search walks classes from the oldest
     (step, then layer) and takes whole classes, cutting only the last one by neuron index — a few
     integer operations per class, whatever the number of neurons.
@@ -106,8 +107,8 @@ class RecencyClasses(PrefetchRecord):
         if not neurons:
             return
         classes = self._unstamp(layer, neurons)
-        if classes and classes[-1][0] == step and classes[-1][2]:
-            classes[-1][2] |= neurons      # an emptied class is never revived: the order may have dropped it
+        if classes and classes[-1][0] == step:   # _unstamp leaves no emptied class behind
+            classes[-1][2] |= neurons
             return
         cls = [step, layer, neurons]
         classes.append(cls)
