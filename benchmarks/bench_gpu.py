@@ -45,8 +45,8 @@ def _timed(fn, device: str, repeats: int) -> list[float]:
 
 
 def run(tokens: int = 4096, window: int = 4096, repeats: int = 5) -> dict:
-    from tracing.ffn import find_ffns
-    from tracing.sparsify import CalibrateRule, SparseFFN, ThresholdRule
+    from sparsesim.tracing.ffn import find_ffns
+    from sparsesim.tracing.sparsify import CalibrateRule, SparseFFN, ThresholdRule
 
     device = "cuda"
     model = _model(device)

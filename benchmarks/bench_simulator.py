@@ -10,9 +10,9 @@ import time
 
 
 from benchmarks.per_neuron_reference import replay_per_neuron
-from simulator.simulate import simulate
-from simulator.synth import synthesize
-from simulator.tracefile import popcount_rows, read_trace
+from sparsesim.simulator.simulate import simulate
+from sparsesim.simulator.synth import synthesize
+from sparsesim.tracefile import popcount_rows, read_trace
 
 
 def median_time(fn, repeats: int) -> tuple[float, float, float]:
@@ -67,7 +67,7 @@ def reference_ratio(trace_path: str, tokens: int = 8) -> dict:
     replay_per_neuron(masks, d, capacity, neuron_seconds=3 * trace.model["d_model"] * 2 / 2e9)
     ref = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        from simulator.tracefile import TraceWriter
+        from sparsesim.tracefile import TraceWriter
         sub = os.path.join(tmp, "sub.parquet")
         with TraceWriter(sub, trace.meta) as w:
             w.write(trace.seq[:tokens], trace.pos[:tokens], trace.token[:tokens], masks)

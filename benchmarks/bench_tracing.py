@@ -29,12 +29,12 @@ CASES = (("gemma-3-270m", 2048, 2, 3), ("stories260K", 512, 32, 10))
 def _bench_model(name: str, window: int, n_windows: int, repeats: int) -> dict:
     import torch
 
-    from simulator.tracefile import TraceWriter, popcount_rows
-    from tracing.forward import hidden_states, windows
-    from tracing.models import load_model
-    from tracing.sparsify import SparseFFN
-    from tracing.text import load_text, split_tokens, tokenize
-    from tracing.thresholds import calibrate
+    from sparsesim.tracefile import TraceWriter, popcount_rows
+    from sparsesim.tracing.forward import hidden_states, windows
+    from sparsesim.tracing.models import load_model
+    from sparsesim.tracing.sparsify import SparseFFN
+    from sparsesim.tracing.text import load_text, split_tokens, tokenize
+    from sparsesim.tracing.thresholds import calibrate
 
     lm = load_model(name)
     source = load_text("pydoc")

@@ -43,7 +43,7 @@ MB = 1e6
 
 
 def sparsesim_command(argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "experiments.cli", *map(str, argv)]
+    return [sys.executable, "-m", "sparsesim.experiments.cli", *map(str, argv)]
 
 
 @dataclass
@@ -175,8 +175,8 @@ def _trace_meta_without_provenance(meta: dict) -> dict:
 
 def trace_target(model_dir: Path, tokens: int = 512) -> KillTarget:
     """``sparsesim trace`` of llama2.c stories260K (fast on a CPU) with --save-thresholds."""
-    from simulator.tracefile import read_trace
-    from tracing.thresholds import load_thresholds
+    from sparsesim.tracefile import read_trace
+    from sparsesim.tracing.thresholds import load_thresholds
 
     def check(path: Path) -> None:
         if path.suffix == ".parquet":
@@ -219,8 +219,8 @@ def sweep_target(spec: Path, workers: int = 2, ready_runs: int = 0) -> KillTarge
     """``sparsesim sweep`` (process pool); ``ready_runs``: the delay starts once that many runs are recorded."""
     import pyarrow.parquet as pq
 
-    from experiments.sweep import TIMING_COLUMNS, read_results, recorded_statuses
-    from simulator.tracefile import read_trace
+    from sparsesim.experiments.sweep import TIMING_COLUMNS, read_results, recorded_statuses
+    from sparsesim.tracefile import read_trace
 
     def check(path: Path) -> None:
         if path.parent.name == "runs":
@@ -263,8 +263,8 @@ def sweep_target(spec: Path, workers: int = 2, ready_runs: int = 0) -> KillTarge
 
 def calibrate_target(disk_dir: Path) -> KillTarget:
     """``sparsesim calibrate-host`` at its smallest settings (4 MiB scratch file, 1 s, 2 repeats)."""
-    from experiments.fidelity.direct_io import SCRATCH_PREFIX
-    from simulator.profile import load_profile
+    from sparsesim.experiments.fidelity.direct_io import SCRATCH_PREFIX
+    from sparsesim.simulator.profile import load_profile
 
     def check(path: Path) -> None:
         assert path.name == "host.yaml", "unexpected output"
@@ -322,12 +322,12 @@ def report_target(results_dir: Path) -> KillTarget:
 
 
 def write_shaped_trace(path: str | os.PathLike, shape: str, tokens: int, seed: int = 0, block: int = 64) -> Path:
-    """A trace of a published model shape (``simulator.synth.SHAPES``) whose masks are independent
+    """A trace of a published model shape (``sparsesim.simulator.synth.SHAPES``) whose masks are independent
     random bits of density 1/16, written in row groups of ``block`` tokens — fast to write
     (synthesize() draws a Markov chain per neuron, about 25 ms per 70B token here); the memory a
     replay needs does not depend on which bits are set."""
-    from simulator.synth import SHAPES, shape_model
-    from simulator.tracefile import TraceWriter, mask_bytes
+    from sparsesim.simulator.synth import SHAPES, shape_model
+    from sparsesim.tracefile import TraceWriter, mask_bytes
 
     model = shape_model(shape, *SHAPES[shape])
     rng = np.random.default_rng(seed)
@@ -356,7 +356,7 @@ def streamed_replay_peak_rss(trace: Path, partition: str = "per-layer", stream: 
     in a fresh process and return its own peak RSS. ``partition=global`` adds the LRU policy's
     global index (see docs/reliability.md); ``data_limit`` caps the child's data segment
     (RLIMIT_DATA, bytes): what "the memory the simulator is allowed" means in the benchmark."""
-    from simulator.tracefile import mask_bytes, read_meta
+    from sparsesim.tracefile import mask_bytes, read_meta
 
     meta, pf = read_meta(trace)
     argv = sparsesim_command(["simulate", "--trace", trace, "--stream" if stream else "--no-stream", "--predictor", "none",
@@ -418,7 +418,7 @@ def memory_campaign(workdir: Path, sizes=RSS_SIZES) -> dict:
 
 
 def run(kills: int = 20, sizes=RSS_SIZES, seed: int = 0) -> dict:
-    from experiments.sweep import run_sweep
+    from sparsesim.experiments.sweep import run_sweep
     import yaml
 
     results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),

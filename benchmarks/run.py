@@ -31,10 +31,10 @@ import numpy as np
 
 from benchmarks import bench_simulator
 from benchmarks.bench_simulator import median_time
-from simulator import __version__
-from simulator.simulate import simulate
-from simulator.synth import synthesize
-from simulator.tracefile import TraceWriter, popcount_rows, read_trace
+from sparsesim import __version__
+from sparsesim.simulator.simulate import simulate
+from sparsesim.simulator.synth import synthesize
+from sparsesim.tracefile import TraceWriter, popcount_rows, read_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results.json"
@@ -91,7 +91,7 @@ def sweeps(tmp: str) -> dict:
     Each run replays a Gemma-3-270M-shaped trace (18 x 2048, 144 tokens): the demo's per-run work.
     Much smaller runs would measure the pool's fixed costs (worker start, one result part written
     per run) rather than the sweep."""
-    from experiments.sweep import run_sweep
+    from sparsesim.experiments.sweep import run_sweep
 
     spec = Path(tmp) / "sweep.yaml"
     spec.write_text(json.dumps({
@@ -144,7 +144,7 @@ def primitive_costs() -> dict:
 
 def gemma_throughput(tmp: str) -> dict:
     """Oracle + LRU on a real Gemma 3 270M trace (50 % sparsity, 512 tokens of pydoc)."""
-    from tracing.trace import trace_model
+    from sparsesim.tracing.trace import trace_model
 
     path = os.path.join(tmp, "gemma-50.parquet")
     trace_model(out=path, model="gemma-3-270m", text="pydoc", sparsity=0.5, tokens=512, window=512, ppl=False)

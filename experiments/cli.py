@@ -13,14 +13,14 @@ import errno
 import importlib
 import sys
 
-from simulator.errors import InputError
+from sparsesim.errors import InputError
 
-COMMAND_MODULES = ("tracing.cli", "simulator.cli", "experiments.predictability", "experiments.commands",
-                   "experiments.fidelity")
+COMMAND_MODULES = ("sparsesim.tracing.cli", "sparsesim.simulator.cli", "sparsesim.experiments.predictability",
+                   "sparsesim.experiments.commands", "sparsesim.experiments.fidelity")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from simulator import __version__
+    from sparsesim import __version__
 
     parser = argparse.ArgumentParser(
         prog="sparsesim",
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sparsesim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    extension_points: dict[str, argparse._SubParsersAction] = {}
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -35,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name == name:  # a part not built yet
                 continue
             raise
-        module.register(sub)
+        extension_points.update(module.register(sub) or {})
+    if "profiles" in extension_points:   # measuring this host makes a profile too
+        from sparsesim.experiments.fidelity import register_calibrate
+        register_calibrate(extension_points["profiles"])
     return parser
 
 

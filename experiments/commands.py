@@ -2,7 +2,7 @@
 
 Registration only builds parsers; handlers import their module when they run, so ``sparsesim --help``
 stays fast and nothing here imports torch. Each handler is a thin wrapper over a plain function:
-:func:`experiments.sweep.run_sweep`, :func:`experiments.report.make_report` and :func:`reproduce`.
+:func:`sparsesim.experiments.sweep.run_sweep`, :func:`sparsesim.experiments.report.make_report` and :func:`reproduce`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from simulator.atomic import write_text
-from simulator.errors import InputError
+from sparsesim.atomic import write_text
+from sparsesim.errors import InputError
 
 # name -> module with make_trace(path) -> path and run(trace) -> [records]
-REPRODUCTIONS = {"llm-in-flash": "experiments.reproductions.llm_in_flash",
-                 "seed-paper": "experiments.reproductions.seed_paper"}
+REPRODUCTIONS = {"llm-in-flash": "sparsesim.experiments.reproductions.llm_in_flash",
+                 "seed-paper": "sparsesim.experiments.reproductions.seed_paper"}
 REPRODUCTION_COLUMNS = ("row", "published_ms", "simulated_ms", "error")
 
 
@@ -42,7 +42,7 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from experiments.demo import demo
+    from sparsesim.experiments.demo import demo
 
     demo(args.out_dir, model=args.model, tokens=args.tokens, workers=args.workers)
     return 0
@@ -90,7 +90,7 @@ def _register_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from experiments.sweep import run_sweep
+    from sparsesim.experiments.sweep import run_sweep
 
     s = run_sweep(args.spec, args.results_dir, workers=args.workers, scheduler=args.scheduler,
                   dask_local=args.dask_local, progress=args.progress)
@@ -104,7 +104,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from experiments.report import make_report
+    from sparsesim.experiments.report import make_report
 
     out = args.output or str(Path(args.results_dir) / "report.html")
     print(make_report(args.results_dir, out, ppl_csv=args.ppl))
@@ -122,7 +122,7 @@ def reproduce(name: str, out_dir: str | Path) -> list[dict[str, Any]]:
     """Run reproduction ``name``; writes its trace and ``<name>.csv`` into ``out_dir``; returns its rows."""
     if name not in REPRODUCTIONS:
         raise InputError(f"reproduce {name!r}: unknown; known: {', '.join(sorted(REPRODUCTIONS))}")
-    from experiments.report import csv_text
+    from sparsesim.experiments.report import csv_text
 
     module = importlib.import_module(REPRODUCTIONS[name])
     out_dir = Path(out_dir)

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from simulator.atomic import write_text
+from sparsesim.atomic import write_text
 
 PROFILES = ("oneplus-12", "raspberry-pi-5-nvme", "laptop-nvme")
 PREDICTORS = ("oracle", "none", "previous-token", "token-lookup", "static-hot")
@@ -44,13 +44,13 @@ WINDOW = 512   # tokens per forward window (Gemma's sliding-attention span); sta
 def demo(out_dir: str | os.PathLike = "demo", model: str = "gemma-3-270m", tokens: int = 512,
          ppl_tokens: int = 2048, workers: int | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns the paths written and the summary lines."""
-    from experiments.predictability import analyze
-    from experiments.report import make_report, read_results
-    from experiments.sweep import run_sweep
-    from tracing.models import load_model
-    from tracing.perplexity import ppl_curve
-    from tracing.text import load_text
-    from tracing.trace import trace_model
+    from sparsesim.experiments.predictability import analyze
+    from sparsesim.experiments.report import make_report, read_results
+    from sparsesim.experiments.sweep import run_sweep
+    from sparsesim.tracing.models import load_model
+    from sparsesim.tracing.perplexity import ppl_curve
+    from sparsesim.tracing.text import load_text
+    from sparsesim.tracing.trace import trace_model
 
     out = Path(out_dir)
     (out / "traces").mkdir(parents=True, exist_ok=True)

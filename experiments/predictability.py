@@ -9,7 +9,7 @@ Writes ``DIR/report.html`` (offline, plotly inlined once) and the CSV tables it 
   token id, a random-pair baseline, layer l vs l+1, and hot-neuron concentration;
 * ``perturbation.csv`` — per perturbed trace and layer: the match rate with the original.
 
-Predictions are replayed with the engine's causality rule (:mod:`simulator.predictors.evaluation`)
+Predictions are replayed with the engine's causality rule (:mod:`sparsesim.simulator.predictors.evaluation`)
 and counted as the engine counts ``pred_tp/pred_fp/pred_fn``. Every metric is defined in
 ``docs/predictors.md``.
 """
@@ -23,16 +23,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.html import Section, table_html, write_page
-from simulator import __version__
-from simulator.atomic import write_text
-from simulator.bitset import frequency
-from simulator.errors import InputError
-from simulator.predictors import PREDICTORS, PredictorContext
-from simulator.predictors.evaluation import confusion, replay
-from simulator.scenario import BYTES_PER_WEIGHT, ModelFootprint, Scenario
-from simulator.simulate import _companion, parse_policy
-from simulator.tracefile import Trace, read_trace
+from sparsesim.experiments.html import Section, table_html, write_page
+from sparsesim import __version__
+from sparsesim.atomic import write_text
+from sparsesim.simulator.bitset import frequency
+from sparsesim.errors import InputError
+from sparsesim.simulator.predictors import PREDICTORS, PredictorContext
+from sparsesim.simulator.predictors.evaluation import confusion, replay
+from sparsesim.simulator.scenario import BYTES_PER_WEIGHT, ModelFootprint, Scenario
+from sparsesim.simulator.simulate import _companion, parse_policy
+from sparsesim.tracefile import Trace, read_trace
 
 BASE_PREDICTORS = ("dense", "previous-token", "window:k=4", "token-lookup")
 TRAINED_PREDICTORS = ("static-hot", "layer-ahead", "first-layer", "pattern-codebook")
@@ -301,7 +301,7 @@ def analyze(trace: str | os.PathLike | Trace, out_dir: str | os.PathLike,
             perturbed: Sequence[str | os.PathLike | Trace] = (), precision: str = "fp16", lookahead: int = 1,
             seed: int = 0) -> dict[str, Any]:
     """Analyse ``trace``; write ``out_dir/report.html`` and the CSV tables; return tables, figures and paths."""
-    from experiments.report import csv_text   # imports plotly: kept out of CLI start-up
+    from sparsesim.experiments.report import csv_text   # imports plotly: kept out of CLI start-up
 
 
     if precision not in BYTES_PER_WEIGHT:

@@ -24,12 +24,12 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from simulator.atomic import check_writable, write_text
-from simulator.errors import InputError
-from simulator.tracefile import file_sha256
+from sparsesim.atomic import check_writable, write_text
+from sparsesim.errors import InputError
+from sparsesim.tracefile import file_sha256
 
-from experiments.html import Section, table_html, write_page
-from experiments.sweep import read_results
+from sparsesim.experiments.html import Section, table_html, write_page
+from sparsesim.experiments.sweep import read_results
 
 PPL_FILE = "curve.csv"                    # what `sparsesim ppl -o RESULTS_DIR/curve.csv` writes
 PPL_LEVEL_COLUMNS = ("target_sparsity", "level")

@@ -25,15 +25,15 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import yaml
 
-from simulator.errors import InputError
-from simulator.predictors import PREDICTORS
-from simulator.profile import SETTABLE_FIELDS, list_profiles, load_profile
-from simulator.replacement import REPLACEMENT
-from simulator.scenario import Scenario
-from simulator.simulate import SCENARIO_FIELDS, parse_policy, simulate, split_settings
-from simulator.synth import synthesize
-from simulator.tracefile import file_sha256
-from simulator.units import BYTES, UnitError, parse_quantity
+from sparsesim.errors import InputError
+from sparsesim.simulator.predictors import PREDICTORS
+from sparsesim.simulator.profile import SETTABLE_FIELDS, list_profiles, load_profile
+from sparsesim.simulator.replacement import REPLACEMENT
+from sparsesim.simulator.scenario import Scenario
+from sparsesim.simulator.simulate import SCENARIO_FIELDS, parse_policy, simulate, split_settings
+from sparsesim.simulator.synth import synthesize
+from sparsesim.tracefile import file_sha256
+from sparsesim.simulator.units import BYTES, UnitError, parse_quantity
 
 SPEC_KEYS = ("name", "description", "traces", "profiles", "grid", "zip", "sample", "fixed", "baselines",
              "root", "confine")

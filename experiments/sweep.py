@@ -42,12 +42,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from simulator import __version__
-from simulator.atomic import atomic_path, check_writable, write_text
-from simulator.errors import InputError
-from simulator.simulate import simulate
+from sparsesim import __version__
+from sparsesim.atomic import atomic_path, check_writable, write_text
+from sparsesim.errors import InputError
+from sparsesim.simulator.simulate import simulate
 
-from experiments.spec import RunConfig, expand, load_spec, materialize
+from sparsesim.experiments.spec import RunConfig, expand, load_spec, materialize
 
 STATUSES = ("ok", "invalid", "error")
 RETRIED = ("error",)

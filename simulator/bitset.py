@@ -1,7 +1,7 @@
 """Packed neuron sets: uint8 rows, neuron i = byte i // 8, bit i % 8 (``bitorder="little"``).
 
 The format of traces and predictions, handled with numpy a row or a block of rows at a time. The
-replay itself works on :mod:`simulator.neuronset` integers (same bit order), converted once per row.
+replay itself works on :mod:`sparsesim.simulator.neuronset` integers (same bit order), converted once per row.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The neuron cache: which FFN neurons are resident, with capacity enforced per layer or globally.
 
-State is one neuron set per layer (:mod:`simulator.neuronset`) plus occupancy counts; the
+State is one neuron set per layer (:mod:`sparsesim.simulator.neuronset`) plus occupancy counts; the
 replacement policy decides victims. The cache never chooses on its own — it asks the policy for
 exactly as many victims as it needs, among the resident neurons that are not protected (the set
 the FFN is using now).
@@ -8,8 +8,8 @@ the FFN is using now).
 
 from __future__ import annotations
 
-from simulator import neuronset
-from simulator.replacement import CacheGeometry, ReplacementPolicy
+from sparsesim.simulator import neuronset
+from sparsesim.simulator.replacement import CacheGeometry, ReplacementPolicy
 
 
 class NeuronCache:

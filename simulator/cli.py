@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersAction]:
+    """Adds the simulator's subcommands; returns the ``profiles`` actions so that the CLI's wiring
+    can add ``profiles calibrate-host`` from the fidelity study (the simulator never imports upward)."""
     _register_simulate(sub)
     _register_synth(sub)
     _register_policies(sub)
-    _register_profiles(sub)
+    return {"profiles": _register_profiles(sub)}
 
 
 def _register_simulate(sub: argparse._SubParsersAction) -> None:
@@ -45,9 +47,9 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
 def _simulate(args: argparse.Namespace) -> int:
     import json
 
-    from simulator.atomic import check_writable, write_text
-    from simulator.metrics import format_summary
-    from simulator.simulate import simulate
+    from sparsesim.atomic import check_writable, write_text
+    from sparsesim.simulator.metrics import format_summary
+    from sparsesim.simulator.simulate import simulate
 
     if args.json and args.json != "-":
         check_writable(args.json)
@@ -70,7 +72,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _register_synth(sub: argparse._SubParsersAction) -> None:
-    from simulator.synth import SHAPES
+    from sparsesim.simulator.synth import SHAPES
 
     p = sub.add_parser("synth", help="write a synthetic trace (model shapes we cannot run here)",
                        description="Synthetic activation traces, labelled 'synthetic' in their metadata "
@@ -91,8 +93,8 @@ def _register_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from simulator.atomic import check_writable
-    from simulator.synth import synthesize
+    from sparsesim.atomic import check_writable
+    from sparsesim.simulator.synth import synthesize
 
     check_writable(args.output)
     path = synthesize(args.output, shape=args.shape, layers=args.layers, d_model=args.d_model, d_ff=args.d_ff,
@@ -108,8 +110,8 @@ def _register_policies(sub: argparse._SubParsersAction) -> None:
 
 
 def _policies(args: argparse.Namespace) -> int:
-    from simulator.predictors import PREDICTORS
-    from simulator.replacement import REPLACEMENT
+    from sparsesim.simulator.predictors import PREDICTORS
+    from sparsesim.simulator.replacement import REPLACEMENT
 
     for title, registry in (("predictors", PREDICTORS), ("replacement policies (--cache)", REPLACEMENT)):
         print(f"{title}:")
@@ -119,7 +121,7 @@ def _policies(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_profiles(sub: argparse._SubParsersAction) -> None:
+def _register_profiles(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     parser = sub.add_parser(
         "profiles", help="list and inspect hardware profiles",
         description="Hardware profiles: the shipped presets, or your own YAML file "
@@ -137,20 +139,18 @@ def _register_profiles(sub: argparse._SubParsersAction) -> None:
                       help="change one value, e.g. --set 'dram.bandwidth=50 GB/s' (repeatable)")
     show.add_argument("--json", action="store_true", help="print JSON in base units instead")
     show.set_defaults(func=_profiles_show)
-    # Measuring this host makes a profile too; the command itself lives with the fidelity study.
-    from experiments.fidelity import register_calibrate
-    register_calibrate(actions)
+    return actions
 
 
 def _profiles_list(args: argparse.Namespace) -> int:
-    from simulator.profile_report import profiles_table
+    from sparsesim.simulator.profile_report import profiles_table
 
     print(profiles_table())
     return 0
 
 
 def _profiles_show(args: argparse.Namespace) -> int:
-    from simulator.profile_report import show_profile
+    from sparsesim.simulator.profile_report import show_profile
 
     print(show_profile(args.profile, args.overrides, args.json))
     return 0

@@ -15,7 +15,7 @@ from typing import Callable
 
 import simpy
 
-from simulator.storage import BackingStore
+from sparsesim.simulator.storage import BackingStore
 
 DEMAND, PREFETCH = 0, 1
 

@@ -10,9 +10,9 @@ Timing model per (token, layer) — DESIGN §3, long form with formulas in ``doc
 4. the FFN computes over the needed neurons only; filling/evicting the DRAM cache costs
    memory-management time.
 
-Storage is a :class:`simulator.device.StorageQueue`: one batch served at a time, demand before
+Storage is a :class:`sparsesim.simulator.device.StorageQueue`: one batch served at a time, demand before
 prefetch (non-preemptive), one simpy timeout per batch — never per neuron. Neuron sets are Python
-integers (:mod:`simulator.neuronset`); counts are popcounts.
+integers (:mod:`sparsesim.simulator.neuronset`); counts are popcounts.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from simulator import neuronset
-from simulator.cache import NeuronCache
-from simulator.device import DEMAND, PREFETCH, Batch, StorageQueue
-from simulator.predictors import CausalView, Predictor
-from simulator.scenario import ModelFootprint, Scenario
-from simulator.storage import BackingStore, request_sizes
+from sparsesim.simulator import neuronset
+from sparsesim.simulator.cache import NeuronCache
+from sparsesim.simulator.device import DEMAND, PREFETCH, Batch, StorageQueue
+from sparsesim.simulator.predictors import CausalView, Predictor
+from sparsesim.simulator.scenario import ModelFootprint, Scenario
+from sparsesim.simulator.storage import BackingStore, request_sizes
 
 LAYER_COUNTERS = (
     "accesses", "hits", "late", "misses", "prefetch_requested", "prefetch_issued", "prefetch_useful",
@@ -48,7 +48,7 @@ def ffn_read_bytes(c: dict[str, np.ndarray | int], neuron_bytes: float, prefetch
 
 @dataclass
 class ReplayStats:
-    """Raw counters of one replay; :mod:`simulator.metrics` turns them into the reported metrics."""
+    """Raw counters of one replay; :mod:`sparsesim.simulator.metrics` turns them into the reported metrics."""
 
     n_tokens: int
     n_layers: int

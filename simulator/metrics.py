@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from simulator.engine import ReplayStats, ffn_read_bytes
-from simulator.scenario import ModelFootprint
+from sparsesim.simulator.engine import ReplayStats, ffn_read_bytes
+from sparsesim.simulator.scenario import ModelFootprint
 
 
 def _ratio(a: float, b: float) -> float:

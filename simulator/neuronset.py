@@ -4,7 +4,7 @@ The replay's set algebra (hits, misses, fills, evictions) and the replacement po
 these. On sets of a few thousand neurons CPython's big-integer ``&``, ``|`` and ``bit_count`` cost
 0.1–0.7 µs, against 0.4–2 µs for the same numpy call on a packed uint8 row, whose fixed per-call
 overhead dominates at this size (``BENCHMARKS.md``). Traces and predictors keep packed uint8 rows
-(:mod:`simulator.bitset`, same bit order); :func:`from_row` and :func:`to_row` convert once per
+(:mod:`sparsesim.simulator.bitset`, same bit order); :func:`from_row` and :func:`to_row` convert once per
 row at that boundary.
 
 Complement with ``full ^ s`` (one pass) rather than ``~s`` (a negative integer, three passes).
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator import bitset
+from sparsesim.simulator import bitset
 
 
 def from_row(row: np.ndarray) -> int:

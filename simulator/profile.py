@@ -8,8 +8,8 @@ A profile is a YAML file (the presets live in the ``hw_profiles`` package; refer
       latency:   {value: 100 ns, estimate: "no measurement collected; typical LPDDR5 load-to-use"}
 
 Loading validates everything up front and reports the first problem as one
-:class:`~simulator.errors.InputError` line naming the file and the dotted field. Values are
-converted to base units (B, B/s, s, FLOP/s, J/B, J/FLOP) by :mod:`simulator.units`.
+:class:`~sparsesim.errors.InputError` line naming the file and the dotted field. Values are
+converted to base units (B, B/s, s, FLOP/s, J/B, J/FLOP) by :mod:`sparsesim.simulator.units`.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 import yaml
 
-from simulator.errors import InputError
-from simulator.units import (
+from sparsesim.errors import InputError
+from sparsesim.simulator.units import (
     BANDWIDTH, BYTES, COUNT, ENERGY_PER_BYTE, ENERGY_PER_FLOP, FLOPS, TIME, Dimension, UnitError,
     format_quantity, parse_quantity,
 )
 
-PRESET_PACKAGE = "hw_profiles"
+PRESET_PACKAGE = "sparsesim.hw_profiles"
 # yaml.safe_load's loader, in C when PyYAML was built with libyaml (about 10x faster; sweeps load
 # a profile per run).
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

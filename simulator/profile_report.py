@@ -6,7 +6,7 @@ import dataclasses
 import json
 from typing import Sequence
 
-from simulator.profile import HardwareProfile, format_field, list_profiles, load_profile
+from sparsesim.simulator.profile import HardwareProfile, format_field, list_profiles, load_profile
 
 _SECTIONS = ("compute", "dram", "cache", "storage")
 

@@ -15,7 +15,7 @@ import difflib
 import inspect
 from typing import Any, Callable, Generic, TypeVar
 
-from simulator.errors import InputError
+from sparsesim.errors import InputError
 
 T = TypeVar("T")
 

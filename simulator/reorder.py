@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.bitset import frequency
+from sparsesim.simulator.bitset import frequency
 
 REORDERINGS = ("none", "frequency", "coactivation")
 _COACTIVATION_TOKENS = 2048   # tokens of the profiling trace used for the co-activation counts

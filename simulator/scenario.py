@@ -18,9 +18,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from simulator.errors import InputError
-from simulator.reorder import REORDERINGS
-from simulator.units import BYTES, UnitError, parse_quantity
+from sparsesim.errors import InputError
+from sparsesim.simulator.reorder import REORDERINGS
+from sparsesim.simulator.units import BYTES, UnitError, parse_quantity
 
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 34 / 32, "int4": 18 / 32}
 LAYOUTS = ("per-matrix", "bundled")

@@ -15,20 +15,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from simulator import __version__
-from simulator.bitset import full
-from simulator.cache import NeuronCache
-from simulator.engine import ReplayEngine
-from simulator.errors import InputError
-from simulator.metrics import summarize
-from simulator.predictors import PREDICTORS, PredictorContext
-from simulator.profile import HardwareProfile, load_profile
-from simulator.reorder import apply_order, neuron_order
-from simulator.replacement import REPLACEMENT, CacheGeometry
-from simulator.scenario import ModelFootprint, Scenario
-from simulator.storage import BackingStore
-from simulator.streaming import open_streamed
-from simulator.tracefile import Trace, mask_bytes, read_meta, read_trace
+from sparsesim import __version__
+from sparsesim.simulator.bitset import full
+from sparsesim.simulator.cache import NeuronCache
+from sparsesim.simulator.engine import ReplayEngine
+from sparsesim.errors import InputError
+from sparsesim.simulator.metrics import summarize
+from sparsesim.simulator.predictors import PREDICTORS, PredictorContext
+from sparsesim.simulator.profile import HardwareProfile, load_profile
+from sparsesim.simulator.reorder import apply_order, neuron_order
+from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
+from sparsesim.simulator.scenario import ModelFootprint, Scenario
+from sparsesim.simulator.storage import BackingStore
+from sparsesim.simulator.streaming import open_streamed
+from sparsesim.tracefile import Trace, mask_bytes, read_meta, read_trace
 
 SCENARIO_FIELDS = {f.name: f.type for f in dataclasses.fields(Scenario)}
 

@@ -26,8 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from simulator import bitset, neuronset
-from simulator.errors import InputError
+from sparsesim.simulator import bitset, neuronset
+from sparsesim.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _request_shape(row_bytes: float, matrices: int, layout: str, coalesce: bool,
 
 def request_sizes(neurons: int, row_bytes: float, matrices: int, layout: str, coalesce: bool,
                   max_request: int) -> dict[float, int]:
-    """{request size in bytes: how many} to read the neuron set ``neurons`` (:mod:`simulator.neuronset`)."""
+    """{request size in bytes: how many} to read the neuron set ``neurons`` (:mod:`sparsesim.simulator.neuronset`)."""
     unit, copies, per_request = _request_shape(row_bytes, matrices, layout, coalesce, max_request)
     n = neurons.bit_count()
     if n == 0:

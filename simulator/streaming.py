@@ -1,6 +1,6 @@
 """Replaying traces larger than memory: masks read row group by row group.
 
-:func:`open_streamed` returns a :class:`~simulator.tracefile.Trace` whose ``masks`` (and stored
+:func:`open_streamed` returns a :class:`~sparsesim.tracefile.Trace` whose ``masks`` (and stored
 predictor columns) are :class:`StreamedMasks`: an array-like ``[T, L, n_bytes]`` that loads the
 row groups a replay touches and keeps only the most recent ones — about ``history`` tokens
 behind the newest token read, which bounds what a predictor may look back on. The small
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from simulator.errors import InputError
-from simulator.tracefile import (PRED_PREFIX, Trace, _mask_array, extra_columns, file_sha256, mask_bytes,
+from sparsesim.errors import InputError
+from sparsesim.tracefile import (PRED_PREFIX, Trace, _mask_array, extra_columns, file_sha256, mask_bytes,
                                  popcount_rows, read_failure, read_meta)
 
 

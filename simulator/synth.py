@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from simulator import __version__
-from simulator.bitset import frequency
-from simulator.errors import InputError
-from simulator.tracefile import Trace, TraceWriter, mask_bytes, read_trace
+from sparsesim import __version__
+from sparsesim.simulator.bitset import frequency
+from sparsesim.errors import InputError
+from sparsesim.tracefile import Trace, TraceWriter, mask_bytes, read_trace
 
 # name: (layers, d_model, d_ff, glu, vocab, attention params per layer, tied head, positions)
 SHAPES: dict[str, tuple[int, int, int, bool, int, int, bool, int]] = {

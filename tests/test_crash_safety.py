@@ -15,8 +15,8 @@ import yaml
 
 from benchmarks.reliability import (SWEEP_SPEC, audit, calibrate_target, kill_campaign, kill_once, report_target,
                                     run_to_completion, sweep_target, trace_target)
-from experiments.fidelity import direct_io
-from experiments.sweep import recorded_statuses
+from sparsesim.experiments.fidelity import direct_io
+from sparsesim.experiments.sweep import recorded_statuses
 
 
 def assert_recovered(summary: dict) -> None:

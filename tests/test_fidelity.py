@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.fidelity import direct_io
-from experiments.fidelity.calibrate import CONCURRENCIES, calibrate_host
-from experiments.fidelity.replay import first_tokens, validate_io, write_outputs
-from experiments.reproductions.validation import kendall_tau
-from simulator import bitset, neuronset
-from simulator.engine import IoBatch
-from simulator.errors import InputError
-from simulator.profile import load_profile
-from simulator.simulate import simulate
-from simulator.storage import request_extents, request_sizes
-from simulator.tracefile import read_trace
+from sparsesim.experiments.fidelity import direct_io
+from sparsesim.experiments.fidelity.calibrate import CONCURRENCIES, calibrate_host
+from sparsesim.experiments.fidelity.replay import first_tokens, validate_io, write_outputs
+from sparsesim.experiments.reproductions.validation import kendall_tau
+from sparsesim.simulator import bitset, neuronset
+from sparsesim.simulator.engine import IoBatch
+from sparsesim.errors import InputError
+from sparsesim.simulator.profile import load_profile
+from sparsesim.simulator.simulate import simulate
+from sparsesim.simulator.storage import request_extents, request_sizes
+from sparsesim.tracefile import read_trace
 from tracebuild import write_trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_validate_io_refuses_a_weight_file_that_does_not_fit(tmp_path, disk_dir,
 
 def _run_and_interrupt(args: list[str], sig: int, directory: Path) -> subprocess.CompletedProcess:
     """Start ``sparsesim ARGS``, wait until its scratch file is open, send ``sig``."""
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "sparsesim.experiments.cli", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     fd_dir = Path(f"/proc/{proc.pid}/fd")

@@ -20,10 +20,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments.cli import main
-from experiments.spec import SETTINGS, SPEC_KEYS, SweepSpec, load_spec
+from sparsesim.experiments.cli import main
+from sparsesim.experiments.spec import SETTINGS, SPEC_KEYS, SweepSpec, load_spec
 from fuzzing import damage_bytes, mutate, yamlish
-from simulator.errors import InputError
+from sparsesim.errors import InputError
 from tracebuild import write_trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,8 +156,8 @@ def test_mutated_specs_through_the_sweep_command(spec_dir, tmp_path_factory, cap
 def stories(shared_data, tmp_path_factory):
     """A real thresholds file from stories260K calibration, and the model metadata it must match."""
     pytest.importorskip("torch")
-    from simulator.tracefile import read_meta
-    from tracing.trace import trace_model
+    from sparsesim.tracefile import read_meta
+    from sparsesim.tracing.trace import trace_model
 
     folder = tmp_path_factory.mktemp("thresholds")
     model = str(shared_data / "llama2c-stories260K")
@@ -175,7 +175,7 @@ THRESHOLD_VALUES = yamlish(THRESHOLD_KEYS, extra=["sparsesim-thresholds", "perce
 
 
 def load_thresholds_or_explain(path: Path, info: dict):
-    from tracing.thresholds import Thresholds, load_thresholds
+    from sparsesim.tracing.thresholds import Thresholds, load_thresholds
 
     try:
         assert isinstance(load_thresholds(path, info), Thresholds)
@@ -228,7 +228,7 @@ def test_mutated_threshold_files_through_the_trace_command(stories, tmp_path_fac
         assert_one_line_naming(err, path)
         assert not out.exists()
     else:
-        from simulator.tracefile import read_trace
+        from sparsesim.tracefile import read_trace
 
         assert read_trace(out).n_tokens == 64
     assert [p.name for p in out.parent.iterdir() if p.name != "t.parquet"] == []   # no temporary left
@@ -237,7 +237,7 @@ def test_mutated_threshold_files_through_the_trace_command(stories, tmp_path_fac
 
 def test_the_real_threshold_file_round_trips(stories, tmp_path):
     """The unmutated file loads, so the fuzzers start from a valid document."""
-    from tracing.thresholds import load_thresholds
+    from sparsesim.tracing.thresholds import load_thresholds
 
     th = load_thresholds(stories["file"], stories["info"])
     assert th.method == "percentile" and len(th.thresholds) == stories["info"]["n_layers"]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from experiments.reproductions import llm_in_flash
+from sparsesim.experiments.reproductions import llm_in_flash
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_window_loads_the_published_share(rows):
     (0.737, 0.0, "derived from LLM in a Flash's own 10 % -> 2.4 % (OPT-6.7B, ReLU), neurons alike"),
     (0.322, 0.0, "Gemma 3 270M's persistence alone, neurons alike: 5.3 %"),
     (0.322, 0.62, "Gemma 3 270M at 90 % sparsity (WikiText-2, 1024 tokens, mean over 18 layers), persistence "
-                  "and hot-neuron skew both measured by simulator.synth.measure: 4.8 %"),
+                  "and hot-neuron skew both measured by sparsesim.simulator.synth.measure: 4.8 %"),
 ])
 def test_window_share_follows_persistence(tmp_path, persistence, hot_skew, source):
     """A sticky neuron with base rate pi and copy probability c is active at t and inactive at
@@ -36,8 +36,8 @@ def test_window_share_follows_persistence(tmp_path, persistence, hot_skew, sourc
     (pi = a = 10 %) P = 0.737 gives the paper's 2.4 %; Gemma's far less persistent thresholded
     GeGLU activity gives 5.3 %, and its measured skew (a few hot neurons active most of the time,
     which stay in the window) brings that to 4.8 % — the skew is real but is not the gap."""
-    from simulator.simulate import simulate
-    from simulator.synth import _base_rates, _copy_probability, synthesize
+    from sparsesim.simulator.simulate import simulate
+    from sparsesim.simulator.synth import _base_rates, _copy_probability, synthesize
 
     a, k = 0.1, 4
     pi = _base_rates(np.random.default_rng(0), 16384, a, hot_skew)
@@ -55,8 +55,8 @@ def test_measured_hot_skew_recovers_the_generator_exponent(tmp_path):
     """fit_hot_skew matches E[pi^2]/E[pi]; on a generated trace it must find the exponent used
     (1500 tokens. Near 0 the moment is flat in the exponent, so sampling noise in the frequencies
     alone reads as a skew of about 0.1 there; from 0.5 up it is resolved)."""
-    from simulator.synth import measure, synthesize
-    from simulator.tracefile import read_trace
+    from sparsesim.simulator.synth import measure, synthesize
+    from sparsesim.tracefile import read_trace
 
     for skew in (0.6, 1.0):
         path = synthesize(tmp_path / f"s{skew}.parquet", layers=2, d_model=64, d_ff=1024, tokens=1500, active=0.1,

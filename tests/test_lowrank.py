@@ -7,15 +7,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from experiments.predictability import analyze  # noqa: E402
-from simulator.errors import InputError  # noqa: E402
-from simulator.tracefile import TraceWriter  # noqa: E402
-from tracing.forward import hidden_states  # noqa: E402
-from tracing.lowrank import (HiddenCapture, accuracy, capture_ffn_inputs, lowrank_meta, predict_lowrank,  # noqa: E402
+from sparsesim.experiments.predictability import analyze  # noqa: E402
+from sparsesim.errors import InputError  # noqa: E402
+from sparsesim.tracefile import TraceWriter  # noqa: E402
+from sparsesim.tracing.forward import hidden_states  # noqa: E402
+from sparsesim.tracing.lowrank import (HiddenCapture, accuracy, capture_ffn_inputs, lowrank_meta, predict_lowrank,  # noqa: E402
                              train_heldout, train_lowrank)
-from tracing.models import load_model  # noqa: E402
-from tracing.sparsify import SparseFFN, TopKRule  # noqa: E402
-from tracing.text import load_text, tokenize  # noqa: E402
+from sparsesim.tracing.models import load_model  # noqa: E402
+from sparsesim.tracing.sparsify import SparseFFN, TopKRule  # noqa: E402
+from sparsesim.tracing.text import load_text, tokenize  # noqa: E402
 
 WINDOW, WINDOWS = 256, 6            # 1536 tokens: 1024 to train on, 512 held out
 RANK, EPOCHS = 16, 15

@@ -7,11 +7,11 @@ import csv
 import numpy as np
 import pytest
 
-from experiments import cli
-from experiments.predictability import analyze, hot_fraction, perturbation_rows, similarity_rows, split_predictors
-from simulator.errors import InputError
-from simulator.synth import synthesize
-from simulator.tracefile import read_trace
+from sparsesim.experiments import cli
+from sparsesim.experiments.predictability import analyze, hot_fraction, perturbation_rows, similarity_rows, split_predictors
+from sparsesim.errors import InputError
+from sparsesim.simulator.synth import synthesize
+from sparsesim.tracefile import read_trace
 from tracebuild import write_trace
 
 D = 8
@@ -134,7 +134,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, small):
 
 
 def test_cli_exits_2_with_one_line(tmp_path, small, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("experiments.predictability",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("sparsesim.experiments.predictability",))
     empty = write_trace(tmp_path / "empty.parquet", np.zeros((0, 2, D), dtype=bool), d_model=16)
     assert cli.main(["analyze", empty, "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
@@ -147,9 +147,9 @@ def test_perturbation_traces_of_stories260k(tmp_path, shared_data):
     """Real model: re-traced unchanged tokens match exactly; a causal model's masks before the first
     replaced position of a window are identical; the replaced share is as asked."""
     pytest.importorskip("torch")
-    from tracing.models import load_model
-    from tracing.perturb import trace_perturbed
-    from tracing.trace import trace_model
+    from sparsesim.tracing.models import load_model
+    from sparsesim.tracing.perturb import trace_perturbed
+    from sparsesim.tracing.trace import trace_model
 
     stories = load_model(str(shared_data / "llama2c-stories260K"))
     base = tmp_path / "base.parquet"

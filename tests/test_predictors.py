@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from simulator.errors import InputError
-from simulator.predictors import PREDICTORS, CausalityError, Predictor, PredictorContext
-from simulator.predictors.evaluation import confusion, replay
-from simulator.simulate import parse_policy, simulate
-from simulator.tracefile import TraceWriter, read_trace
+from sparsesim.errors import InputError
+from sparsesim.simulator.predictors import PREDICTORS, CausalityError, Predictor, PredictorContext
+from sparsesim.simulator.predictors.evaluation import confusion, replay
+from sparsesim.simulator.simulate import parse_policy, simulate
+from sparsesim.tracefile import TraceWriter, read_trace
 from tracebuild import write_trace
 
 D = 8   # neurons per layer in the hand-built traces (one byte per mask row)

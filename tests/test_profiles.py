@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzzing import mutate, yamlish
-from simulator.errors import InputError
-from simulator.profile import (
+from sparsesim.errors import InputError
+from sparsesim.simulator.profile import (
     SETTABLE_FIELDS, HardwareProfile, StorageSpec, list_profiles, load_profile, profile_from_dict,
 )
-from simulator.units import BANDWIDTH, BYTES, ENERGY_PER_BYTE, TIME, format_quantity, parse_quantity
+from sparsesim.simulator.units import BANDWIDTH, BYTES, ENERGY_PER_BYTE, TIME, format_quantity, parse_quantity
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_PRESETS = {
@@ -99,7 +99,7 @@ def test_oneplus_12_curve_is_the_powerinfer_2_measurement():
 
 
 def test_importing_the_profile_module_does_not_import_torch():
-    code = "import sys, simulator.profile, simulator.cli; assert 'torch' not in sys.modules"
+    code = "import sys, sparsesim.simulator.profile, sparsesim.simulator.cli; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -328,7 +328,7 @@ def test_bad_overrides(override, field, problem):
 
 
 def sparsesim(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiments.cli", "profiles", *args],
+    return subprocess.run([sys.executable, "-m", "sparsesim.experiments.cli", "profiles", *args],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
 

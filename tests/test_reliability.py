@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from experiments.cli import main
+from sparsesim.experiments.cli import main
 from tracebuild import write_trace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_pipeline_contacts_nothing_but_loopback(tmp_path, shared_data):
         ["report", tmp_path / "results", "-o", tmp_path / "report.html"],
     ]
     for argv in steps:
-        r = subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, argv)], env=env, cwd=REPO,
+        r = subprocess.run([sys.executable, "-m", "sparsesim.experiments.cli", *map(str, argv)], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (argv[0], r.stderr[-2000:])
     assert not log.exists(), log.read_text()
@@ -193,9 +193,9 @@ def test_pipeline_contacts_nothing_but_loopback(tmp_path, shared_data):
 def test_streamed_replay_holds_a_bounded_window(tmp_path):
     """A streamed replay keeps only the row groups near the current token, whatever the length,
     and gives the same record as the in-memory replay."""
-    from simulator.simulate import simulate
-    from simulator.streaming import open_streamed
-    from simulator.synth import synthesize
+    from sparsesim.simulator.simulate import simulate
+    from sparsesim.simulator.streaming import open_streamed
+    from sparsesim.simulator.synth import synthesize
 
     path = synthesize(tmp_path / "long.parquet", layers=2, d_model=32, d_ff=512, tokens=640, active=0.1,
                       persistence=0.5, seed=0, progress=False)   # 10 row groups of 64 tokens

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulator.errors import InputError
-from simulator.predictors import PREDICTORS, Predictor
-from simulator.replacement import REPLACEMENT
-from simulator.replacement.keyed import KeyedReplacement
-from simulator.simulate import simulate
+from sparsesim.errors import InputError
+from sparsesim.simulator.predictors import PREDICTORS, Predictor
+from sparsesim.simulator.replacement import REPLACEMENT
+from sparsesim.simulator.replacement.keyed import KeyedReplacement
+from sparsesim.simulator.simulate import simulate
 from tracebuild import write_trace
 
 SETS = [{0, 1}, {2}, {0, 3}, {1}, {2, 3}, {1}]

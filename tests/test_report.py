@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.report import make_report
-from experiments.sweep import read_results, run_sweep, runs_dir, write_run
-from simulator.errors import InputError
+from sparsesim.experiments.report import make_report
+from sparsesim.experiments.sweep import read_results, run_sweep, runs_dir, write_run
+from sparsesim.errors import InputError
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

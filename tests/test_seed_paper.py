@@ -8,7 +8,7 @@ pytest.importorskip("torch")
 
 
 def test_seed_paper_reproduction_on_stories(shared_data, tmp_path):
-    from experiments.reproductions import seed_paper
+    from sparsesim.experiments.reproductions import seed_paper
 
     trace = seed_paper.make_trace(str(tmp_path / "s.parquet"), model=str(shared_data / "llama2c-stories260K"),
                                   text=str(shared_data / "wikitext-2-raw" / "wiki.test.raw"), tokens=512, window=256)

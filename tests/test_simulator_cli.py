@@ -14,7 +14,7 @@ from tracebuild import write_trace
 
 
 def sparsesim(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "experiments.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sparsesim.experiments.cli", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=300)
 
 

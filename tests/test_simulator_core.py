@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from simulator.profile import load_profile
-from simulator.scenario import ModelFootprint, Scenario
-from simulator.simulate import simulate
+from sparsesim.simulator.profile import load_profile
+from sparsesim.simulator.scenario import ModelFootprint, Scenario
+from sparsesim.simulator.simulate import simulate
 from tracebuild import sliding, write_trace
 
 FAST_COMPUTE = ["compute.flops=1e18 FLOP/s", "dram.bandwidth=1e18 B/s"]

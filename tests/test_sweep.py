@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.spec import expand, load_spec
-from experiments.sweep import TIMING_COLUMNS, execute_run, read_results, recorded_statuses, run_sweep, write_run
-from simulator.errors import InputError
-from simulator.synth import synthesize
+from sparsesim.experiments.spec import expand, load_spec
+from sparsesim.experiments.sweep import TIMING_COLUMNS, execute_run, read_results, recorded_statuses, run_sweep, write_run
+from sparsesim.errors import InputError
+from sparsesim.simulator.synth import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"layers": 2, "d_model": 32, "d_ff": 128, "tokens": 12, "active": 0.1, "persistence": 0.6}
@@ -50,7 +50,7 @@ def spec_error(tmp_path: Path, body: dict) -> str:
 
 
 def cli(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, text=True,
+    return subprocess.Popen([sys.executable, "-m", "sparsesim.experiments.cli", *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
@@ -151,7 +151,7 @@ def test_failed_runs_are_recorded_and_only_errors_are_retried(tmp_path, traces, 
 
     ok_id = next(r["run_id"] for r in rows if r["status"] == "ok")
     ok_run = next(r for r in expand(load_spec(spec)) if r.run_id == ok_id)
-    monkeypatch.setattr("experiments.sweep.simulate", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("sparsesim.experiments.sweep.simulate", lambda *a, **k: 1 / 0)
     crashed = execute_run(ok_run)
     assert crashed["status"] == "error" and crashed["error"].startswith("ZeroDivisionError")
     write_run(results, crashed)

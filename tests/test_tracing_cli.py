@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def sparsesim(*args: str, shared_data: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPARSESIM_STORIES260K": str(shared_data / "llama2c-stories260K")}
-    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "sparsesim.experiments.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -51,7 +51,7 @@ def unknown_arch_dir(tmp_path_factory, shared_data):
     d = tmp_path_factory.mktemp("mamba")
     cfg = transformers.MambaConfig(num_hidden_layers=2, hidden_size=16, state_size=4, vocab_size=512)
     transformers.MambaForCausalLM(cfg).save_pretrained(d)
-    from tracing.llama2c import load_llama2c
+    from sparsesim.tracing.llama2c import load_llama2c
     load_llama2c(shared_data / "llama2c-stories260K")[1].save_pretrained(d)
     return d
 

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("torch")
 pd = pytest.importorskip("pandas")
 
-from tracing.trace import trace_model  # noqa: E402
+from sparsesim.tracing.trace import trace_model  # noqa: E402
 
 pytestmark = pytest.mark.gemma
 

@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from simulator.simulate import simulate  # noqa: E402
-from simulator.tracefile import read_trace  # noqa: E402
+from sparsesim.simulator.simulate import simulate  # noqa: E402
+from sparsesim.tracefile import read_trace  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ TRACE = ("--model", "stories260K", "--text", "pydoc", "--sparsity", "0.5", "--to
 
 def sparsesim(*args: str, shared_data: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPARSESIM_STORIES260K": str(shared_data / "llama2c-stories260K")}
-    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "sparsesim.experiments.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -65,8 +65,8 @@ def test_learned_rank_writes_a_stored_prediction_trained_off_the_evaluation_span
     assert train["start"] >= evaluation["start"] + evaluation["tokens"] == 512
     assert lr["heldout"]["tokens"] == [512] * (trace.n_layers - 1)
     # the masks are exactly those of a plain trace (the predictor only reads the hidden states)
-    from tracing.models import load_model
-    from tracing.trace import trace_model
+    from sparsesim.tracing.models import load_model
+    from sparsesim.tracing.trace import trace_model
 
     plain = tmp_path / "plain.parquet"
     trace_model(out=plain, model=load_model(str(shared_data / "llama2c-stories260K")), text="pydoc", sparsity=0.5,

@@ -10,10 +10,10 @@ transformers = pytest.importorskip("transformers")
 
 from torch import nn  # noqa: E402
 
-from simulator.errors import InputError  # noqa: E402
-from tracing import models  # noqa: E402
-from tracing.ffn import find_ffns, model_info  # noqa: E402
-from tracing.sparsify import SparseFFN, ThresholdRule  # noqa: E402
+from sparsesim.errors import InputError  # noqa: E402
+from sparsesim.tracing import models  # noqa: E402
+from sparsesim.tracing.ffn import find_ffns, model_info  # noqa: E402
+from sparsesim.tracing.sparsify import SparseFFN, ThresholdRule  # noqa: E402
 
 
 def tiny(kind: str) -> nn.Module:

@@ -12,16 +12,16 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from simulator.errors import InputError  # noqa: E402
-from simulator.tracefile import popcount_rows  # noqa: E402
-from tracing.ffn import find_ffns, model_info  # noqa: E402
-from tracing.forward import batch_inputs, hidden_states  # noqa: E402
-from tracing.models import LoadedModel, load_model  # noqa: E402
-from tracing.perplexity import evaluate  # noqa: E402
-from tracing.sparsify import SparseFFN, ThresholdRule, TopKRule  # noqa: E402
-from tracing.text import load_text, split_tokens, tokenize  # noqa: E402
-from tracing.checks import check_sparsity  # noqa: E402
-from tracing.thresholds import allocate, calibrate, load_thresholds  # noqa: E402
+from sparsesim.errors import InputError  # noqa: E402
+from sparsesim.tracefile import popcount_rows  # noqa: E402
+from sparsesim.tracing.ffn import find_ffns, model_info  # noqa: E402
+from sparsesim.tracing.forward import batch_inputs, hidden_states  # noqa: E402
+from sparsesim.tracing.models import LoadedModel, load_model  # noqa: E402
+from sparsesim.tracing.perplexity import evaluate  # noqa: E402
+from sparsesim.tracing.sparsify import SparseFFN, ThresholdRule, TopKRule  # noqa: E402
+from sparsesim.tracing.text import load_text, split_tokens, tokenize  # noqa: E402
+from sparsesim.tracing.checks import check_sparsity  # noqa: E402
+from sparsesim.tracing.thresholds import allocate, calibrate, load_thresholds  # noqa: E402
 
 WINDOW = 512
 

@@ -7,8 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from simulator.errors import InputError
-from tracing.text import load_text, split_tokens
+from sparsesim.errors import InputError
+from sparsesim.tracing.text import load_text, split_tokens
 
 
 def test_pydoc_is_deterministic_and_hashed():

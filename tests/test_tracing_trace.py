@@ -14,14 +14,14 @@ pd = pytest.importorskip("pandas")
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from simulator.errors import InputError  # noqa: E402
-from simulator.inspect_trace import format_summary, inspect_trace  # noqa: E402
-from simulator.tracefile import read_trace  # noqa: E402
-from tracing.forward import hidden_states, nll_sum, windows  # noqa: E402
-from tracing.models import load_model  # noqa: E402
-from tracing.perplexity import evaluate, ppl_curve  # noqa: E402
-from tracing.text import load_text, split_tokens, tokenize  # noqa: E402
-from tracing.trace import trace_model  # noqa: E402
+from sparsesim.errors import InputError  # noqa: E402
+from sparsesim.inspect_trace import format_summary, inspect_trace  # noqa: E402
+from sparsesim.tracefile import read_trace  # noqa: E402
+from sparsesim.tracing.forward import hidden_states, nll_sum, windows  # noqa: E402
+from sparsesim.tracing.models import load_model  # noqa: E402
+from sparsesim.tracing.perplexity import evaluate, ppl_curve  # noqa: E402
+from sparsesim.tracing.text import load_text, split_tokens, tokenize  # noqa: E402
+from sparsesim.tracing.trace import trace_model  # noqa: E402
 
 WINDOW = 512
 TOKENS = 2 * WINDOW + 100        # two full windows and a partial one

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulator.errors import InputError
-from simulator.predictors import PREDICTORS, Predictor
-from simulator.simulate import simulate
+from sparsesim.errors import InputError
+from sparsesim.simulator.predictors import PREDICTORS, Predictor
+from sparsesim.simulator.simulate import simulate
 from tracebuild import write_trace
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.tracefile import TraceWriter
+from sparsesim.tracefile import TraceWriter
 
 
 def write_trace(path, active: np.ndarray, d_model: int = 64, glu: bool = True, tokens=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from simulator.errors import InputError
+from sparsesim.errors import InputError
 
 METHODS = ("percentile", "global", "topk")
 SITES = ("intermediate", "gate")

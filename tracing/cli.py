@@ -7,9 +7,9 @@ import math
 import time
 from pathlib import Path
 
-from simulator.atomic import check_writable
-from simulator.errors import InputError
-from tracing.checks import METHODS, SITES, check_sparsity
+from sparsesim.atomic import check_writable
+from sparsesim.errors import InputError
+from sparsesim.tracing.checks import METHODS, SITES, check_sparsity
 
 DEFAULTS = dict(model="gemma-3-270m", text="pydoc", tokens=4096, calib_tokens=2048)
 
@@ -95,7 +95,7 @@ def _trace(args: argparse.Namespace) -> int:
     check_writable(args.out)
     if args.sparsity is not None:
         check_sparsity(args.sparsity)
-    from tracing.trace import LEARNED_EPOCHS, trace_model
+    from sparsesim.tracing.trace import LEARNED_EPOCHS, trace_model
 
     meta = trace_model(out=args.out, model=args.model, text=args.text, sparsity=args.sparsity, method=args.method,
                        site=args.site, tokens=args.tokens, window=args.window, calib_tokens=args.calib_tokens,
@@ -131,7 +131,7 @@ def _perturb(args: argparse.Namespace, start: float) -> int:
     if Path(args.out).resolve() == base.resolve():
         raise InputError(f"-o {args.out}: would overwrite the base trace; write the perturbed trace elsewhere")
     check_writable(args.out)
-    from tracing.perturb import trace_perturbed
+    from sparsesim.tracing.perturb import trace_perturbed
 
     seed = 0 if args.seed is None else args.seed
     meta = trace_perturbed(base, args.out, args.fraction, seed=seed, model=args.model)
@@ -148,7 +148,7 @@ def _mean(values: list[float]) -> float:
 
 
 def _ppl(args: argparse.Namespace) -> int:
-    from tracing.perplexity import parse_levels, ppl_curve
+    from sparsesim.tracing.perplexity import parse_levels, ppl_curve
 
     rows = ppl_curve(model=args.model, text=args.text, levels=parse_levels(args.levels),
                      window=args.window, methods=[m.strip() for m in args.method.split(",") if m.strip()],
@@ -162,7 +162,7 @@ def _ppl(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from simulator.inspect_trace import format_summary, inspect_trace, to_json
+    from sparsesim.inspect_trace import format_summary, inspect_trace, to_json
 
     info = inspect_trace(args.trace)
     print(to_json(info) if args.json else format_summary(info))

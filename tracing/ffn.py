@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from simulator.errors import InputError
+from sparsesim.errors import InputError
 
 ACT_NAMES = ("act_fn", "act", "activation_fn", "activation")
 

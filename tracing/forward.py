@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simulator.errors import InputError
-from tracing.models import LoadedModel
+from sparsesim.errors import InputError
+from sparsesim.tracing.models import LoadedModel
 
 HEAD_CHUNK = 256  # tokens per LM-head chunk: [256, 262144] fp32 logits = 268 MB
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from simulator.errors import InputError
-from tracing.ffn import FFN
+from sparsesim.errors import InputError
+from sparsesim.tracing.ffn import FFN
 
 
 @dataclass
@@ -161,7 +161,7 @@ class HiddenCapture:
     """Context manager: record every layer's FFN input during forward passes.
 
     Hooks the input of each FFN's first projection (gate/up/fc1: ``FFN.weights[0]``), which is
-    the FFN input for every supported structure. Use it inside :class:`tracing.sparsify.SparseFFN`
+    the FFN input for every supported structure. Use it inside :class:`sparsesim.tracing.sparsify.SparseFFN`
     to capture the hidden states of the sparse model in the same pass that records the masks.
     """
 

@@ -1,7 +1,7 @@
 """Loading causal LMs offline: the built-in names, local HF directories, GGUF files, llama2.c checkpoints.
 
 Every loader returns a :class:`LoadedModel` in fp32, eval mode, with its FFNs located by
-structure (:mod:`tracing.ffn`) and its metadata ready for a trace file.
+structure (:mod:`sparsesim.tracing.ffn`) and its metadata ready for a trace file.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel  #
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from simulator.errors import InputError  # noqa: E402
-from tracing.ffn import FFN, find_ffns, model_info  # noqa: E402
-from tracing.llama2c import load_llama2c  # noqa: E402
+from sparsesim.errors import InputError  # noqa: E402
+from sparsesim.tracing.ffn import FFN, find_ffns, model_info  # noqa: E402
+from sparsesim.tracing.llama2c import load_llama2c  # noqa: E402
 
 DEFAULT_MODEL = "gemma-3-270m"
 STORIES_NAME = "stories260K"
@@ -120,7 +120,7 @@ def _gemma_270m_cache() -> Path:
 
 def _gguf_cache(gguf: Path) -> Path:
     """A user's GGUF file, dequantized once; the cache key includes its content hash."""
-    from simulator.tracefile import file_sha256
+    from sparsesim.tracefile import file_sha256
 
     final = cache_root() / f"{gguf.stem}-{file_sha256(gguf)[:16]}-hf-fp32"
     if (final / "config.json").exists():

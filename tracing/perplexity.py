@@ -1,6 +1,6 @@
 """Perplexity of the dense and the sparse model, and the sparsity-vs-perplexity sweep.
 
-Protocol: :mod:`tracing.forward` (non-overlapping windows of a stated length, each scored from
+Protocol: :mod:`sparsesim.tracing.forward` (non-overlapping windows of a stated length, each scored from
 BOS; fp32 on CPU). The sweep calibrates each (method, level) on the calibration span and scores
 the evaluation span; level 0 is the dense model (zero-enforcing at threshold 0 changes nothing).
 """
@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from simulator.atomic import check_writable, write_text
-from simulator.errors import InputError
-from tracing.forward import check_head, hidden_states, nll_sum, windows
-from tracing.models import DEFAULT_MODEL, LoadedModel, load_model
-from tracing.sparsify import SparseFFN
-from tracing.text import load_text, split_tokens, tokenize
-from tracing.checks import METHODS, check_choice, check_sparsity
-from tracing.thresholds import Thresholds, calibrate
+from sparsesim.atomic import check_writable, write_text
+from sparsesim.errors import InputError
+from sparsesim.tracing.forward import check_head, hidden_states, nll_sum, windows
+from sparsesim.tracing.models import DEFAULT_MODEL, LoadedModel, load_model
+from sparsesim.tracing.sparsify import SparseFFN
+from sparsesim.tracing.text import load_text, split_tokens, tokenize
+from sparsesim.tracing.checks import METHODS, check_choice, check_sparsity
+from sparsesim.tracing.thresholds import Thresholds, calibrate
 
 DEFAULT_WINDOW = 2048
 DEFAULT_TOKENS = 4096

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simulator.errors import InputError
-from simulator.tracefile import TraceWriter, popcount_rows, read_trace
-from tracing.forward import hidden_states
-from tracing.models import LoadedModel, load_model
-from tracing.sparsify import SparseFFN
-from tracing.thresholds import Thresholds
+from sparsesim.errors import InputError
+from sparsesim.tracefile import TraceWriter, popcount_rows, read_trace
+from sparsesim.tracing.forward import hidden_states
+from sparsesim.tracing.models import LoadedModel, load_model
+from sparsesim.tracing.sparsify import SparseFFN
+from sparsesim.tracing.thresholds import Thresholds
 
 
 def perturb_ids(ids: np.ndarray, fraction: float, seed: int = 0,

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tracing.checks import SITES
-from tracing.ffn import FFN
+from sparsesim.tracing.checks import SITES
+from sparsesim.tracing.ffn import FFN
 
 
 def shrink_below(threshold: float) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.errors import InputError
+from sparsesim.errors import InputError
 
 PYDOC = "pydoc"
 

@@ -6,7 +6,7 @@ one batch of equal windows.
 * ``percentile`` (the seed paper): T_l = the target-quantile of |h| pooled over the calibration
   tokens, uniform target for every layer. Thresholds are set in-graph layer by layer in one
   forward pass, so layer l is calibrated on the activations it sees when layers < l are
-  already sparse (:class:`tracing.sparsify.CalibrateRule`).
+  already sparse (:class:`sparsesim.tracing.sparsify.CalibrateRule`).
 * ``global``: one overall target, per-layer levels chosen greedily (TEAL-style). Proxy: on up to
   :data:`PROXY_TOKENS` calibration tokens of the dense model, the relative FFN-output error of
   layer l at level s, ``||W_down (h - h⊙mask_s)||² / ||W_down h||²``, on a grid of step
@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simulator.atomic import write_text
-from simulator.errors import InputError
-from tracing.forward import batch_inputs, hidden_states, nll_sum
-from tracing.models import LoadedModel
-from tracing.checks import METHODS, SITES, check_choice, check_sparsity
-from tracing.sparsify import CalibrateRule, MaskRule, SparseFFN, ThresholdRule, TopKRule, hook_site
+from sparsesim.atomic import write_text
+from sparsesim.errors import InputError
+from sparsesim.tracing.forward import batch_inputs, hidden_states, nll_sum
+from sparsesim.tracing.models import LoadedModel
+from sparsesim.tracing.checks import METHODS, SITES, check_choice, check_sparsity
+from sparsesim.tracing.sparsify import CalibrateRule, MaskRule, SparseFFN, ThresholdRule, TopKRule, hook_site
 
 FORMAT = "sparsesim-thresholds"
 FORMAT_VERSION = 1

@@ -17,20 +17,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from simulator.atomic import check_writable
-from simulator.errors import InputError
-from simulator.tracefile import TraceWriter, popcount_rows
-from tracing.forward import batch_inputs, check_head, hidden_states, nll_sum, windows
-from tracing.lowrank import HiddenCapture, LowRankPredictor, accuracy, check_rank, lowrank_meta, predict_lowrank, \
+from sparsesim.atomic import check_writable
+from sparsesim.errors import InputError
+from sparsesim.tracefile import TraceWriter, popcount_rows
+from sparsesim.tracing.forward import batch_inputs, check_head, hidden_states, nll_sum, windows
+from sparsesim.tracing.lowrank import HiddenCapture, LowRankPredictor, accuracy, check_rank, lowrank_meta, predict_lowrank, \
     train_lowrank
-from tracing.models import DEFAULT_MODEL, LoadedModel, load_model
-from tracing.perplexity import DEFAULT_CALIB_TOKENS, DEFAULT_TOKENS, Perplexity, evaluate, resolve_window
-from tracing.checks import METHODS, SITES, check_choice, check_sparsity
-from tracing.sparsify import SparseFFN
-from tracing.text import load_text, split_tokens, tokenize
-from tracing.thresholds import Thresholds, calibrate, load_thresholds, topk_keep
+from sparsesim.tracing.models import DEFAULT_MODEL, LoadedModel, load_model
+from sparsesim.tracing.perplexity import DEFAULT_CALIB_TOKENS, DEFAULT_TOKENS, Perplexity, evaluate, resolve_window
+from sparsesim.tracing.checks import METHODS, SITES, check_choice, check_sparsity
+from sparsesim.tracing.sparsify import SparseFFN
+from sparsesim.tracing.text import load_text, split_tokens, tokenize
+from sparsesim.tracing.thresholds import Thresholds, calibrate, load_thresholds, topk_keep
 
-LEARNED_EPOCHS = 20   # --learned-epochs default (tracing.lowrank.train_lowrank's)
+LEARNED_EPOCHS = 20   # --learned-epochs default (sparsesim.tracing.lowrank.train_lowrank's)
 
 
 def tool_versions() -> dict:
@@ -39,7 +39,7 @@ def tool_versions() -> dict:
     import tokenizers
     import transformers
 
-    from simulator import __version__
+    from sparsesim import __version__
 
     return {"sparsesim": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "tokenizers": tokenizers.__version__, "numpy": numpy.__version__, "pyarrow": pyarrow.__version__,
@@ -201,7 +201,7 @@ def _predict(models: list[LowRankPredictor | None], hidden: list[torch.Tensor], 
 
 
 def _pooled(reports: list[dict]) -> dict:
-    """:func:`tracing.lowrank.accuracy` over all windows at once, from the per-window counters."""
+    """:func:`sparsesim.tracing.lowrank.accuracy` over all windows at once, from the per-window counters."""
     tokens, tp, fp, fn = (sum(r[k] for r in reports) for k in ("tokens", "tp", "fp", "fn"))
     return {"tokens": tokens, "tp": tp, "fp": fp, "fn": fn,
             "precision": tp / (tp + fp) if tp + fp else float("nan"),

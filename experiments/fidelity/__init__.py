@@ -5,15 +5,15 @@ Subcommands (registered by ``experiments/cli.py``; handlers import their module 
 * ``calibrate-host``: measure O_DIRECT reads and DRAM into a profile (:mod:`.calibrate`);
 * ``validate-io``: replay one configuration's simulated reads against a real weight file (:mod:`.replay`);
 * ``validate-study``: calibrate, then validate a set of configurations on a real and a synthetic
-  trace (:mod:`experiments.reproductions.validation`).
+  trace (:mod:`sparsesim.experiments.reproductions.validation`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from simulator.errors import InputError
-from simulator.units import BYTES, UnitError, parse_quantity
+from sparsesim.errors import InputError
+from sparsesim.simulator.units import BYTES, UnitError, parse_quantity
 
 DEFAULT_MAX_DISK = 4 << 30   # bytes: validate-io refuses a larger weight file unless --max-disk says otherwise
 
@@ -49,7 +49,7 @@ def register_calibrate(sub: argparse._SubParsersAction) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from experiments.fidelity.calibrate import calibrate_host
+    from sparsesim.experiments.fidelity.calibrate import calibrate_host
 
     profile = calibrate_host(args.dir, args.output, args.size, args.seconds, args.repeats, args.seed)
     s = profile.storage
@@ -84,7 +84,7 @@ def _register_validate(sub: argparse._SubParsersAction) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from experiments.fidelity.replay import check_outputs, validate_io, write_outputs
+    from sparsesim.experiments.fidelity.replay import check_outputs, validate_io, write_outputs
 
     check_outputs(args.out_dir)
     settings = [f"dram_budget={args.dram_budget}", f"precision={args.precision}", f"layout={args.layout}",
@@ -116,7 +116,7 @@ def _register_study(sub: argparse._SubParsersAction) -> None:
 
 
 def _study(args: argparse.Namespace) -> int:
-    from experiments.reproductions.validation import run, summary_line
+    from sparsesim.experiments.reproductions.validation import run, summary_line
 
     if args.repeats < 2:
         raise InputError("--repeats must be >= 2: the study reports the spread of the measurement")

@@ -32,13 +32,13 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from experiments.fidelity.direct_io import (
+from sparsesim.experiments.fidelity.direct_io import (
     PAGE, ParallelReader, check_directory, direct_alignment, filesystem_of, scratch_file,
 )
-from simulator.atomic import check_writable, write_text
-from simulator.errors import InputError
-from simulator.profile import HardwareProfile, profile_from_dict
-from simulator.units import BANDWIDTH, BYTES, FLOPS, TIME, format_quantity
+from sparsesim.atomic import check_writable, write_text
+from sparsesim.errors import InputError
+from sparsesim.simulator.profile import HardwareProfile, profile_from_dict
+from sparsesim.simulator.units import BANDWIDTH, BYTES, FLOPS, TIME, format_quantity
 
 REQUEST_SIZES = tuple(512 << i for i in range(12))      # 512 B .. 1 MiB
 CONCURRENCIES = (1, 2, 4, 8, 16, 32)

@@ -27,8 +27,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from simulator.errors import InputError
-from simulator.units import BYTES, format_quantity
+from sparsesim.errors import InputError
+from sparsesim.simulator.units import BYTES, format_quantity
 
 SCRATCH_PREFIX = ".sparsesim-scratch-"
 # Filesystems that live in memory: O_DIRECT may open there (tmpfs accepts it since Linux 6.6), but a

@@ -3,7 +3,7 @@
 1. Simulate the trace with the given profile, policies and scenario, collecting ``io_log``: every
    storage batch the simulated device served, in order, with its simulated service time.
 2. Materialize the FFN weights as a scratch file (random data, real blocks) in the layout the
-   scenario names: :func:`simulator.storage.request_extents` gives each batch's requests as byte
+   scenario names: :func:`sparsesim.simulator.storage.request_extents` gives each batch's requests as byte
    extents of that file — the same function family the simulator sizes them with, checked batch by
    batch against the simulated sizes.
 3. Read every batch with O_DIRECT, one batch at a time in simulated order, with as many reads
@@ -25,19 +25,19 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.fidelity import DEFAULT_MAX_DISK
-from experiments.fidelity.direct_io import (
+from sparsesim.experiments.fidelity import DEFAULT_MAX_DISK
+from sparsesim.experiments.fidelity.direct_io import (
     PAGE, ParallelReader, check_directory, check_free_space, direct_alignment, scratch_file,
 )
-from simulator.atomic import check_writable, write_text
-from simulator.engine import IoBatch
-from simulator.errors import InputError
-from simulator.profile import HardwareProfile, load_profile
-from simulator.scenario import ModelFootprint, Scenario
-from simulator.simulate import simulate, split_settings
-from simulator.storage import request_extents
-from simulator.tracefile import Trace, read_trace
-from simulator.units import BYTES, format_quantity
+from sparsesim.atomic import check_writable, write_text
+from sparsesim.simulator.engine import IoBatch
+from sparsesim.errors import InputError
+from sparsesim.simulator.profile import HardwareProfile, load_profile
+from sparsesim.simulator.scenario import ModelFootprint, Scenario
+from sparsesim.simulator.simulate import simulate, split_settings
+from sparsesim.simulator.storage import request_extents
+from sparsesim.tracefile import Trace, read_trace
+from sparsesim.simulator.units import BYTES, format_quantity
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ tokens (the window needs k tokens to fill).
 
 from __future__ import annotations
 
-from simulator.simulate import simulate
-from simulator.synth import synthesize
+from sparsesim.simulator.simulate import simulate
+from sparsesim.simulator.synth import synthesize
 
 PUBLISHED_MS = {"naive": 2196, "hybrid": 1090, "predictor": 738, "window": 164, "bundling": 87}
 

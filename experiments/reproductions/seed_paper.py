@@ -46,7 +46,7 @@ WIKITEXT = os.environ.get("SPARSESIM_WIKITEXT", str(Path(__file__).resolve().par
 
 def make_trace(path: str, model: str = "gemma-3-270m", text: str = WIKITEXT, tokens: int = 4096,
                window: int = 2048) -> str:
-    from tracing.trace import trace_model
+    from sparsesim.tracing.trace import trace_model
 
     trace_model(out=path, model=model, text=text, sparsity=0.5, tokens=tokens, window=window, ppl=False)
     return path
@@ -55,11 +55,11 @@ def make_trace(path: str, model: str = "gemma-3-270m", text: str = WIKITEXT, tok
 def run(trace: str, levels=LEVELS, methods=METHODS, fractions=FRACTIONS, ppl_tokens: int | None = 9225,
         window: int = 2048) -> list[dict]:
     """Perplexity curve rows (with the expected values where they exist); the analysis goes next to the trace."""
-    from experiments.predictability import analyze
-    from simulator.tracefile import read_meta
-    from tracing.models import load_model
-    from tracing.perplexity import ppl_curve
-    from tracing.perturb import trace_perturbed
+    from sparsesim.experiments.predictability import analyze
+    from sparsesim.tracefile import read_meta
+    from sparsesim.tracing.models import load_model
+    from sparsesim.tracing.perplexity import ppl_curve
+    from sparsesim.tracing.perturb import trace_perturbed
 
     meta, _ = read_meta(trace)
     out = Path(trace).parent

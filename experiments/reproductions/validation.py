@@ -1,12 +1,12 @@
 """Validation study: the storage model against real O_DIRECT reads on this host (docs/validation.md).
 
 One command: ``sparsesim validate-study -o DIR --dir DISK_DIR --gemma-trace T`` (or
-``python -m experiments.cli validate-study ...``). Steps:
+``python -m sparsesim.experiments.cli validate-study ...``). Steps:
 
 1. ``calibrate-host`` writes ``DIR/host.yaml`` (skipped with ``--profile``), with 5 repeats so each
    cell of the curve is sampled at 5 moments of the 2 minutes;
 2. every configuration below is simulated with that profile and its read schedule turned into
-   weight-file extents (:func:`experiments.fidelity.replay.plan_replay`);
+   weight-file extents (:func:`sparsesim.experiments.fidelity.replay.plan_replay`);
 3. per trace, one weight file is written and every configuration's schedule is read from it,
    ``repeats`` rounds with the configurations in a new random order each round, so that a slow
    spell of the shared disk or CPU spreads over all of them instead of biasing one;
@@ -35,14 +35,14 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.fidelity.calibrate import calibrate_host
-from experiments.fidelity.direct_io import check_directory, direct_alignment, scratch_file
-from experiments.fidelity.replay import IoValidation, ReplayPlan, by_batch_shape, plan_replay
-from simulator.atomic import write_text
-from simulator.errors import InputError
-from simulator.predictors import PREDICTORS
-from simulator.synth import synthesize
-from simulator.tracefile import read_trace
+from sparsesim.experiments.fidelity.calibrate import calibrate_host
+from sparsesim.experiments.fidelity.direct_io import check_directory, direct_alignment, scratch_file
+from sparsesim.experiments.fidelity.replay import IoValidation, ReplayPlan, by_batch_shape, plan_replay
+from sparsesim.atomic import write_text
+from sparsesim.errors import InputError
+from sparsesim.simulator.predictors import PREDICTORS
+from sparsesim.simulator.synth import synthesize
+from sparsesim.tracefile import read_trace
 
 
 @dataclass(frozen=True)

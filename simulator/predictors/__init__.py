@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.errors import InputError
-from simulator.registry import Registry
+from sparsesim.errors import InputError
+from sparsesim.simulator.registry import Registry
 
 PREDICTORS: Registry["Predictor"] = Registry("predictor")
 
@@ -86,7 +86,7 @@ class PredictorContext:
 
     @classmethod
     def of(cls, trace, train=None, seed: int = 0) -> "PredictorContext":
-        """The context for replaying ``trace`` (a :class:`simulator.tracefile.Trace`), with an optional
+        """The context for replaying ``trace`` (a :class:`sparsesim.tracefile.Trace`), with an optional
         training trace of the same model shape (checked by the caller)."""
         return cls(n_layers=trace.n_layers, d_ff=tuple(trace.d_ff), n_bytes=trace.n_bytes, seed=seed,
                    train_masks=None if train is None else train.masks,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator import bitset
-from simulator.predictors import PREDICTORS, CausalView, Predictor
+from sparsesim.simulator import bitset
+from sparsesim.simulator.predictors import PREDICTORS, CausalView, Predictor
 
 
 @PREDICTORS.register("dense")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator import bitset
-from simulator.errors import InputError
-from simulator.predictors import PREDICTORS, CausalView, PredictorContext
-from simulator.predictors.scored import ScoredPredictor, latest_token, unpack_rows
+from sparsesim.simulator import bitset
+from sparsesim.errors import InputError
+from sparsesim.simulator.predictors import PREDICTORS, CausalView, PredictorContext
+from sparsesim.simulator.predictors.scored import ScoredPredictor, latest_token, unpack_rows
 
 
 def kmodes(bits: np.ndarray, clusters: int, iterations: int,

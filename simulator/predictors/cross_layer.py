@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.errors import InputError
-from simulator.predictors import PREDICTORS, CausalView, PredictorContext
-from simulator.predictors.scored import ScoredPredictor, latest_layer, latest_token, unpack_rows
+from sparsesim.errors import InputError
+from sparsesim.simulator.predictors import PREDICTORS, CausalView, PredictorContext
+from sparsesim.simulator.predictors.scored import ScoredPredictor, latest_layer, latest_token, unpack_rows
 
 POWER_ITERATIONS = 2     # subspace iterations: enough for mask matrices with a decaying spectrum
 OVERSAMPLE = 8

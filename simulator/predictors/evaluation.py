@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.predictors import CausalView, Predictor
+from sparsesim.simulator.predictors import CausalView, Predictor
 
 SCHEDULES = ("layer", "token")
 

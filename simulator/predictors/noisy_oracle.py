@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator import bitset
-from simulator.predictors import PREDICTORS, CausalView, PredictorContext, Predictor
-from simulator.predictors.scored import unpack_rows
+from sparsesim.simulator import bitset
+from sparsesim.simulator.predictors import PREDICTORS, CausalView, PredictorContext, Predictor
+from sparsesim.simulator.predictors.scored import unpack_rows
 
 
 @PREDICTORS.register("noisy-oracle")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.predictors import PREDICTORS, CausalView, Predictor
-from simulator.predictors.scored import ScoredPredictor, latest_token, unpack_rows
+from sparsesim.simulator.predictors import PREDICTORS, CausalView, Predictor
+from sparsesim.simulator.predictors.scored import ScoredPredictor, latest_token, unpack_rows
 
 
 @PREDICTORS.register("previous-token")

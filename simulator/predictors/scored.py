@@ -4,7 +4,7 @@ Many predictors produce a *score* per neuron (an estimated probability of being 
 it into a set either with a confidence ``threshold`` (score >= threshold) or a fixed ``topk``
 (the k highest scores). Raising the threshold or lowering k trades recall for precision.
 
-Visibility follows :class:`~simulator.predictors.CausalView`: at issue step ``frontier`` the mask
+Visibility follows :class:`~sparsesim.simulator.predictors.CausalView`: at issue step ``frontier`` the mask
 of (token, layer) is visible when ``token * L + layer < frontier``. The helpers below compute the
 most recent visible mask so that a predictor never has to probe (and trip) the view.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator import bitset
-from simulator.predictors import CausalView, Predictor
+from sparsesim.simulator import bitset
+from sparsesim.simulator.predictors import CausalView, Predictor
 
 
 def latest_token(view: CausalView, token: int, layer: int) -> int:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.bitset import frequency
-from simulator.errors import InputError
-from simulator.predictors import PREDICTORS, CausalView, PredictorContext
-from simulator.predictors.scored import ScoredPredictor, choose
+from sparsesim.simulator.bitset import frequency
+from sparsesim.errors import InputError
+from sparsesim.simulator.predictors import PREDICTORS, CausalView, PredictorContext
+from sparsesim.simulator.predictors.scored import ScoredPredictor, choose
 
 
 @PREDICTORS.register("static-hot")

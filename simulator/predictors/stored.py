@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.errors import InputError
-from simulator.predictors import PREDICTORS, CausalityError, CausalView, PredictorContext, Predictor
+from sparsesim.errors import InputError
+from sparsesim.simulator.predictors import PREDICTORS, CausalityError, CausalView, PredictorContext, Predictor
 
 
 @PREDICTORS.register("stored")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.errors import InputError
-from simulator.predictors import PREDICTORS, CausalView, PredictorContext
-from simulator.predictors.scored import ScoredPredictor, latest_token, unpack_rows
+from sparsesim.errors import InputError
+from sparsesim.simulator.predictors import PREDICTORS, CausalView, PredictorContext
+from sparsesim.simulator.predictors.scored import ScoredPredictor, latest_token, unpack_rows
 
 SOURCES = ("auto", "both", "train", "run")
 # Counts are uint16 to keep ~L*d_ff*2 bytes per distinct id; at the limit both the counts and the

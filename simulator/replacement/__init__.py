@@ -14,7 +14,7 @@ implements any of these hooks; the engine calls them and never changes to add a 
 ``admit(layer, step, filled, prefetch)`` the subset of a fill worth inserting (bypass the rest)
 ``preload()``                            [L, n_bytes] packed rows of neurons resident before decoding
 
-A neuron set of one layer is a Python int, bit i = neuron i (:mod:`simulator.neuronset`);
+A neuron set of one layer is a Python int, bit i = neuron i (:mod:`sparsesim.simulator.neuronset`);
 ``global_victims`` gets one per layer and returns {layer: set}. ``step`` is the global layer step
 ``token * n_layers + layer``, so it increases monotonically through the replay. Policies keep
 their own state; they must not modify the cache.
@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from simulator.registry import Registry
+from sparsesim.simulator.registry import Registry
 
 REPLACEMENT: Registry["ReplacementPolicy"] = Registry("replacement policy")
 

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-from simulator import neuronset
-from simulator.replacement import REPLACEMENT, CacheGeometry, ReplacementPolicy
+from sparsesim.simulator import neuronset
+from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry, ReplacementPolicy
 
 _NEVER = np.iinfo(np.int64).max
 _RECORD_MAX = 3   # bypass: a neuron's prefetch record saturates at +-3 (a 3-bit counter, as in SHiP)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator import bitset, neuronset
-from simulator.replacement import REPLACEMENT, CacheGeometry
-from simulator.replacement.keyed import KeyedReplacement, LeastRecentlyUsed, _NEVER
+from sparsesim.simulator import bitset, neuronset
+from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
+from sparsesim.simulator.replacement.keyed import KeyedReplacement, LeastRecentlyUsed, _NEVER
 
 
 @REPLACEMENT.register("static-pin")

@@ -7,8 +7,8 @@ If the window's union outgrows the capacity, the least recently used go first.
 
 from __future__ import annotations
 
-from simulator.replacement import REPLACEMENT
-from simulator.replacement.keyed import LeastRecentlyUsed
+from sparsesim.simulator.replacement import REPLACEMENT
+from sparsesim.simulator.replacement.keyed import LeastRecentlyUsed
 
 
 @REPLACEMENT.register("window")

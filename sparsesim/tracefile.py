@@ -34,8 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from simulator.atomic import atomic_path
-from simulator.errors import InputError
+from sparsesim.atomic import atomic_path
+from sparsesim.errors import InputError
 
 FORMAT_VERSION = 1
 META_KEY = b"sparsesim"

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from simulator.errors import InputError
+from sparsesim.errors import InputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator.errors import InputError
-from simulator.tracefile import extra_columns, mask_bytes, read_meta
+from sparsesim.errors import InputError
+from sparsesim.tracefile import extra_columns, mask_bytes, read_meta
 
 
 def inspect_trace(path: str | os.PathLike) -> dict:
