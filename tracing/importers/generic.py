@@ -12,7 +12,9 @@ Columns (docs/moe.md, "Generic routing tables"), in any order:
 ``batch``   integer  optional: the engine step that processed the token
 ========== ======== ==============================================================
 
-A token's rows in one layer are its top-k in rank order (the file's order). The shape file gives
+A token's rows in one layer are its top-k in rank order (the file's order). Every token routes in
+every MoE layer, except where a ``batch`` column shows output pruning (a token may lack a layer that
+its batch's last token has, as llama.cpp's last layer does). The shape file gives
 ``n_experts`` and ``expert_bytes`` (and optionally ``top_k``, checked against the rows).
 """
 
@@ -26,7 +28,7 @@ import pyarrow.parquet as pq
 
 from sparsesim.errors import InputError
 from sparsesim.tracefile import DECODE, PREFILL
-from sparsesim.tracing.importers.routes import Routes, Shape, group_routes
+from sparsesim.tracing.importers.routes import Routes, Shape, group_routes, output_pruning
 from sparsesim.tracing.importers.table import parse_numbers, read_lines
 
 NAME = "generic"
@@ -63,7 +65,9 @@ def read(path: Path, shape: Shape) -> Routes:
     grouped = group_routes(path, locate, seq, columns["token"].astype(np.int64), layer, columns["expert"], units,
                            "the number of rows per token and layer" if shape.doc.get("top_k") is None
                            else f"the shape file's top_k={shape.doc['top_k']}",
-                           per_token=per_token, per_route=per_route)
+                           per_token=per_token, per_route=per_route,
+                           skipped=None if "batch" not in columns else
+                           output_pruning(seq, columns["token"], layer, columns["batch"]))
     return Routes(source=path, format="generic " + ("parquet" if path.suffix == ".parquet" else "csv"),
                   model=shape.model(n_layers, path.stem), units=units, seq=grouped["seq"], pos=grouped["pos"],
                   route=grouped["route"], weight=grouped.get("weight"), phase=grouped.get("phase"),

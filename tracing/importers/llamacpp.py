@@ -5,9 +5,12 @@ order: for one batch, layer after layer, and inside a layer ``top_k`` rows per t
 token. Tokens are recovered from that order (docs/moe.md, "llama.cpp expert traces"):
 
 1. a **batch** ends where the layer index goes down (the next batch starts again at the first MoE layer);
-2. inside a batch, each layer's run of rows holds ``n x top_k`` rows for the batch's ``n`` tokens,
-   the same ``n`` for every layer, and every MoE layer of the file appears once;
-3. token ``j`` of the batch owns rows ``j*top_k .. j*top_k+top_k-1`` of every run, in rank order.
+2. inside a batch, each layer's run of rows holds ``n x top_k`` rows for the batch's ``n`` tokens
+   (``n`` from the first MoE layer), and every MoE layer of the file appears once;
+3. token ``j`` of the batch owns rows ``j*top_k .. j*top_k+top_k-1`` of every run, in rank order;
+4. except the model's last layer, which llama.cpp runs only for the tokens whose logits it outputs:
+   its run may hold fewer tokens, ``m <= n``, and they are the batch's last ``m`` tokens (the
+   others get no row for that layer: it did not run for them).
 
 ``top_k`` is not in the file: the shape file gives it with ``n_experts`` and ``expert_bytes``.
 Tokens get consecutive positions in one sequence. Phase: the first ``prompt_tokens`` (shape file)
@@ -22,7 +25,7 @@ import numpy as np
 
 from sparsesim.errors import InputError
 from sparsesim.tracefile import DECODE, PREFILL
-from sparsesim.tracing.importers.routes import Routes, Shape, group_routes
+from sparsesim.tracing.importers.routes import Routes, Shape, group_routes, output_pruning
 from sparsesim.tracing.importers.table import parse_numbers, read_lines
 
 NAME = "llama.cpp"
@@ -53,10 +56,9 @@ def read(path: Path, shape: Shape) -> Routes:
         raise InputError(f"{shape.where('top_k')} is required: a llama.cpp expert trace has no token index, so the "
                          f"tokens are counted in top_k rows")
     observed = sorted(set(layer.tolist()))
-    batch, token, slot = _tokens(path, numbers, layer, observed, k)
     moe_layers = shape.moe_layers(len(observed), observed)
     units, n_layers = shape.units(moe_layers, [k] * len(moe_layers))
-    batch_tokens = np.bincount(batch) // (k * len(observed))
+    batch, token, slot, batch_tokens = _tokens(path, numbers, layer, observed, k, last_layer=n_layers - 1)
     pos = np.r_[0, np.cumsum(batch_tokens)[:-1]][batch] + token   # the batch's first position + token in batch
     prompt = shape.integer("prompt_tokens")
     if prompt is not None:
@@ -65,7 +67,8 @@ def read(path: Path, shape: Shape) -> Routes:
         phase = np.where(batch_tokens[batch] > 1, PREFILL, DECODE).astype(np.int8)
     grouped = group_routes(path, lambda i: f"{path} line {numbers[i]}", np.zeros(len(layer), np.int64), pos,
                            layer, expert, units, f"the shape file's top_k={k}", slot=slot,
-                           per_token={"phase": phase, "batch": batch.astype(np.int32)})
+                           per_token={"phase": phase, "batch": batch.astype(np.int32)},
+                           skipped=output_pruning(np.zeros(len(layer), np.int64), pos, layer, batch))
     return Routes(source=path, format="llama.cpp moe-trace", model=shape.model(n_layers, path.stem), units=units,
                   seq=grouped["seq"], pos=grouped["pos"], route=grouped["route"], phase=grouped["phase"],
                   batch=grouped["batch"], capture_meta={"engine": "llama.cpp examples/moe-trace",
@@ -73,8 +76,8 @@ def read(path: Path, shape: Shape) -> Routes:
                   inputs=[path] + ([shape.path] if shape.path else []))
 
 
-def _tokens(path: Path, numbers: np.ndarray, layer: np.ndarray, observed: list[int], k: int):
-    """Batch, token-in-batch and slot of every row, by the rule in the module docstring."""
+def _tokens(path: Path, numbers: np.ndarray, layer: np.ndarray, observed: list[int], k: int, last_layer: int):
+    """Batch, token-in-batch and slot of every row, and the tokens of each batch (module docstring rules)."""
     rows = len(layer)
     run_start = np.flatnonzero(np.r_[True, layer[1:] != layer[:-1]])
     run_len = np.diff(np.r_[run_start, rows])
@@ -97,10 +100,12 @@ def _tokens(path: Path, numbers: np.ndarray, layer: np.ndarray, observed: list[i
         raise InputError(f"{path} line {numbers[first]}: the batch starting here lacks layer "
                          f"{missing[0] if missing else '?'} (every batch runs every MoE layer; file truncated?)")
     batch_tokens = run_tokens[np.r_[0, np.cumsum(per_batch)[:-1]]]     # tokens of each batch, from its first run
-    differ = np.flatnonzero(run_tokens != batch_tokens[run_batch])
+    pruned = (run_layer == last_layer) & (run_tokens < batch_tokens[run_batch])
+    differ = np.flatnonzero((run_tokens != batch_tokens[run_batch]) & ~pruned)
     if len(differ):
         r = differ[0]
         raise InputError(f"{path} line {numbers[run_start[r]]}: layer {run_layer[r]} routes {run_tokens[r]} tokens "
                          f"in this batch, but its first layer routes {batch_tokens[run_batch[r]]}")
     offset = np.arange(rows) - np.repeat(run_start, run_len)
-    return np.repeat(run_batch, run_len), offset // k, offset % k
+    first_token = np.repeat(batch_tokens[run_batch] - run_tokens, run_len)   # > 0 only on a pruned last layer
+    return np.repeat(run_batch, run_len), first_token + offset // k, offset % k, batch_tokens

@@ -23,7 +23,7 @@ import numpy as np
 
 from sparsesim.errors import InputError
 from sparsesim.tracefile import DECODE, PREFILL, file_sha256
-from sparsesim.tracing.importers.routes import Routes, group_routes
+from sparsesim.tracing.importers.routes import Routes, group_routes, output_pruning
 from sparsesim.tracing.importers.table import ends_with_newline, parse_numbers, read_lines
 from sparsesim.traceunits import TraceUnits
 
@@ -71,7 +71,7 @@ def read(path: Path, metrics: Path | None = None) -> Routes:
         per_route={"weight": (col["weight"].astype(np.float32), np.float32(np.nan)),
                    "resident": (col["residency"].astype(np.int8), np.int8(-1)),
                    "read_bytes": (col["expert_bytes"].astype(np.int64), np.int64(-1))},
-        skipped=_output_pruning(col["turn"], col["step"], layer, col["phase"], batch))
+        skipped=output_pruning(col["turn"], col["step"], layer, batch))
     _check_steps(path, grouped["seq"], grouped["pos"], grouped["batch"])
     inputs = [path]
     capture = {"engine": "BigMoeOnEdge", "header": {"model": header["model"], **{f: header[f] for f in MODEL_FIELDS}},
@@ -186,30 +186,6 @@ def _batches(turn: np.ndarray, layer: np.ndarray) -> np.ndarray:
     """Engine step of each row: a new one starts where the layer index goes down or the turn changes."""
     new = np.r_[True, (layer[1:] < layer[:-1]) | (turn[1:] != turn[:-1])]
     return (np.cumsum(new) - 1).astype(np.int32)
-
-
-def _output_pruning(turn: np.ndarray, step: np.ndarray, layer: np.ndarray, phase: np.ndarray, batch: np.ndarray):
-    """The layers a prefill token may lack: llama.cpp runs a batch's layers for every token except
-    where it prunes to the tokens whose logits it outputs (the last layer), so a prefill token may lack
-    a layer that the batch's last token has. Decode tokens lack nothing."""
-    key = turn.astype(np.int64) << 32 | step.astype(np.int64)
-    token_batch = dict(zip(key.tolist(), batch.tolist()))
-    token_phase = dict(zip(key.tolist(), phase.tolist()))
-    last: dict[int, int] = {}
-    for k, b in token_batch.items():
-        last[b] = max(last.get(b, k), k)
-    layers_of = {}
-    for k, l in zip(key.tolist(), layer.tolist()):
-        layers_of.setdefault(k, set()).add(l)
-
-    def skipped(seq: np.ndarray, pos: np.ndarray, lay: np.ndarray) -> np.ndarray:
-        out = []
-        for s, p, l in zip(seq.tolist(), pos.tolist(), lay.tolist()):
-            k = s << 32 | p
-            ok = k in token_batch and token_phase[k] == PREFILL and l in layers_of[last[token_batch[k]]]
-            out.append(ok)
-        return np.array(out, dtype=bool)
-    return skipped
 
 
 def _check_steps(path: Path, seq: np.ndarray, pos: np.ndarray, batch: np.ndarray) -> None:

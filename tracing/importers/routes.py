@@ -123,8 +123,9 @@ def group_routes(where: Path, locate: Callable[[int], str], seq: np.ndarray, pos
         present = np.flatnonzero(group == tok * n_layers + lay)
         seq_t, pos_t = int(tokens[tok] >> 32), int(tokens[tok] & 0xFFFFFFFF)
         if len(present):
+            last = "; file truncated?" if tok == t - 1 else ""
             raise InputError(f"{at(present[0])}: token (seq {seq_t}, position {pos_t}) routes {filled[tok, lay]} "
-                             f"experts in layer {lay}, but the top-k is {top_k[lay]} ({top_k_from})")
+                             f"experts in layer {lay}, but the top-k is {top_k[lay]} ({top_k_from}{last})")
         raise InputError(f"{where}: token (seq {seq_t}, position {pos_t}) has no rows for layer {lay} "
                          f"(file truncated?)")
     ordered = np.sort(route, axis=-1)
@@ -147,6 +148,26 @@ def group_routes(where: Path, locate: Callable[[int], str], seq: np.ndarray, pos
         grouped[cell] = values
         out[name] = grouped.reshape(t, n_layers, width)
     return out
+
+
+def output_pruning(seq: np.ndarray, pos: np.ndarray, layer: np.ndarray, batch: np.ndarray):
+    """The ``skipped`` rule of :func:`group_routes` for engines that batch tokens: a token may lack a layer
+    that the last token of its batch has. llama.cpp runs the last layer of a batch only for the tokens
+    whose logits it outputs (normally the last prompt token); every other layer runs for every token."""
+    key = (seq.astype(np.int64) << 32 | pos.astype(np.int64)).tolist()
+    token_batch = dict(zip(key, batch.tolist()))
+    last: dict[int, int] = {}
+    for k, b in token_batch.items():
+        last[b] = max(last.get(b, k), k)
+    layers_of: dict[int, set] = {}
+    for k, l in zip(key, layer.tolist()):
+        layers_of.setdefault(k, set()).add(l)
+
+    def skipped(seq_: np.ndarray, pos_: np.ndarray, layer_: np.ndarray) -> np.ndarray:
+        keys = (seq_.astype(np.int64) << 32 | pos_.astype(np.int64)).tolist()
+        return np.array([k in token_batch and l in layers_of[last[token_batch[k]]]
+                         for k, l in zip(keys, layer_.tolist())], dtype=bool)
+    return skipped
 
 
 def write_trace(routes: Routes, out: str | Path, config: Mapping[str, Any]) -> dict:
