@@ -16,8 +16,8 @@ import sys
 from sparsesim.errors import InputError
 
 COMMAND_MODULES = ("sparsesim.tracing.cli", "sparsesim.tracing.importers.cli", "sparsesim.simulator.cli",
-                   "sparsesim.experiments.predictability", "sparsesim.experiments.commands",
-                   "sparsesim.experiments.fidelity")
+                   "sparsesim.experiments.predictability", "sparsesim.experiments.routing",
+                   "sparsesim.experiments.commands", "sparsesim.experiments.fidelity")
 
 
 def build_parser() -> argparse.ArgumentParser:
