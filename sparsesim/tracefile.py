@@ -350,9 +350,18 @@ def _check_optional_columns(p: Path, schema: pa.Schema, units: TraceUnits) -> No
             ok = pa.types.is_fixed_size_list(got) and got.list_size == width and (
                 pa.types.is_integer(got.value_type) or pa.types.is_floating(got.value_type))
             expected = got if ok else f"fixed_size_list<number>[{width}]"
-        if got != expected:
+        if not _same_type(got, expected):
             raise InputError(f"{p}: column '{name}' has type {got}, expected {expected}"
                              + (f" (k = max units.top_k = {width})" if width else ""))
+
+
+def _same_type(got: pa.DataType, expected: pa.DataType | str) -> bool:
+    """Types equal, ignoring a list's item field name (writers call it "item" or "element")."""
+    if isinstance(expected, str):
+        return False
+    if pa.types.is_fixed_size_list(got) and pa.types.is_fixed_size_list(expected):
+        return got.list_size == expected.list_size and got.value_type == expected.value_type
+    return got == expected
 
 
 def _mask_array(col: pa.ChunkedArray | pa.Array, n_bytes: int) -> np.ndarray:

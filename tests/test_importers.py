@@ -23,7 +23,7 @@ from sparsesim.tracefile import DECODE, PREFILL, read_trace
 from sparsesim.tracing.importers import detect_format, import_file
 
 REPO = Path(__file__).resolve().parents[1]
-# name: (layers, prompt tokens, decode tokens, summary hit %, summary MiB read, decode rows' hit rate)
+# name: (layers, prompt tokens, decode tokens, summary hit %, summary MiB read)
 CAPTURES = {"qwen": (48, 28, 128, 74.9, 20023.9), "gemma": (30, 29, 128, 76.8, 15785.2)}
 
 
@@ -269,3 +269,18 @@ def test_unknown_format_and_wrong_flags(routes_dir, tmp_path):
     with pytest.raises(InputError, match=r"qwen.metrics line 129: 9 fields, expected 11 .*truncated"):
         import_file(copy, tmp_path / "o.parquet")
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_oneplus_15r_storage_peak_is_the_captures_measurement(imported):
+    """The profile's storage peak is the engine's own read rate during these captures: MiB read over the
+    summed busy time of its I/O lanes, times the 4 lanes (hw_profiles/oneplus-15r.yaml)."""
+    from sparsesim.simulator.profile import load_profile
+
+    storage = load_profile("oneplus-15r").storage
+    assert storage.queue_depth == 4
+    rates = []
+    for name in CAPTURES:
+        summary = read_trace(imported[name]).meta["capture"]["metrics"]["summary"]
+        rates.append(summary["read_MiB"] * 2 ** 20 / summary["io_s"] * storage.queue_depth)
+    assert abs(rates[0] / storage.peak_bandwidth - 1) < 1e-3      # Qwen: 3.155 GB/s
+    assert abs(rates[1] / storage.peak_bandwidth - 1) < 0.01      # Gemma's lanes: within 1 %
