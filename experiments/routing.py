@@ -19,7 +19,8 @@ import numpy as np
 from sparsesim.errors import InputError
 from sparsesim.simulator.scenario import BYTES_PER_WEIGHT
 from sparsesim.simulator.units import BYTES, UnitError, parse_quantity
-from sparsesim.tracefile import DECODE, Trace, read_trace
+from sparsesim.tracecolumns import DECODE
+from sparsesim.tracefile import Trace, read_trace
 from sparsesim.traceunits import EXPERT
 
 MIB = 2 ** 20

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from sparsesim.errors import InputError
-from sparsesim.tracefile import DECODE, PREFILL, extra_columns, mask_bytes, optional_columns, read_meta, read_trace
+from sparsesim.tracecolumns import DECODE, PREFILL, optional_columns
+from sparsesim.tracefile import extra_columns, mask_bytes, read_meta, read_trace
 from sparsesim.traceunits import EXPERT, TraceUnits
 
 

@@ -44,16 +44,13 @@ import pyarrow.parquet as pq
 
 from sparsesim.atomic import atomic_path
 from sparsesim.errors import InputError
-from sparsesim.traceunits import EXPERT, NEURON, TraceUnits
+from sparsesim.tracecolumns import check_optional_columns, optional_column, read_optional_columns
+from sparsesim.traceunits import EXPERT, NEURON, TraceUnits, check_expert_rows
 
 FORMAT_VERSION = 2           # 2: units (neuron or expert), phase/batch/route columns; version 1 still reads
 READABLE_VERSIONS = (1, 2)
 META_KEY = b"sparsesim"
 PRED_PREFIX = "pred:"
-CAPTURE_PREFIX = "capture:"
-TOKEN_COLUMNS = {"phase": pa.int8(), "batch": pa.int32()}           # one value per token, on each of its rows
-ROUTE_COLUMNS = {"route": pa.int16(), "route_weight": pa.float32()}  # a top-k list per (token, layer) row
-PREFILL, DECODE = 0, 1
 
 # Keys the simulator needs to interpret a neuron trace; the reader refuses a file without them. An expert
 # trace needs only name and n_layers: its units metadata sizes everything.
@@ -98,23 +95,6 @@ def _schema(n_bytes: int, extra: tuple[str, ...], columns: Mapping[str, pa.DataT
     fields += [pa.field(PRED_PREFIX + name, pa.binary(n_bytes)) for name in extra]
     fields += [pa.field(name, t) for name, t in (columns or {}).items()]
     return pa.schema(fields)
-
-
-def column_types(names: tuple[str, ...], route_width: int = 0,
-                 capture: Mapping[str, Any] | None = None) -> dict[str, pa.DataType]:
-    """Arrow types of optional columns: ``names`` from TOKEN_COLUMNS and ROUTE_COLUMNS, and ``capture``
-    (name without the prefix -> numpy dtype) as ``capture:NAME`` lists of ``route_width``."""
-    out: dict[str, pa.DataType] = {}
-    for name in names:
-        if name in TOKEN_COLUMNS:
-            out[name] = TOKEN_COLUMNS[name]
-        elif name in ROUTE_COLUMNS:
-            out[name] = pa.list_(ROUTE_COLUMNS[name], route_width)
-        else:
-            raise ValueError(f"unknown optional column {name!r}")
-    for name, dtype in (capture or {}).items():
-        out[CAPTURE_PREFIX + name] = pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), route_width)
-    return out
 
 
 def _binary_column(rows: np.ndarray, n_bytes: int) -> pa.Array:
@@ -169,7 +149,7 @@ class TraceWriter:
             cols[PRED_PREFIX + name] = _binary_column(
                 np.asarray(extra[name]).reshape(t * self.n_layers, self.n_bytes), self.n_bytes)
         for name, arrow_type in self.columns.items():
-            cols[name] = _optional_column(np.asarray(columns[name]), arrow_type, t, self.n_layers)
+            cols[name] = optional_column(np.asarray(columns[name]), arrow_type, t, self.n_layers)
         try:
             self._writer.write_table(pa.table(cols, schema=self._writer.schema))
         except OSError as e:
@@ -198,14 +178,6 @@ class TraceWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(complete=exc_type is None)
-
-
-def _optional_column(values: np.ndarray, arrow_type: pa.DataType, t: int, n_layers: int) -> pa.Array:
-    if pa.types.is_fixed_size_list(arrow_type):
-        width = arrow_type.list_size
-        flat = values.reshape(t * n_layers * width).astype(arrow_type.value_type.to_pandas_dtype())
-        return pa.FixedSizeListArray.from_arrays(pa.array(flat, arrow_type.value_type), width)
-    return pa.array(np.repeat(values.reshape(t).astype(arrow_type.to_pandas_dtype()), n_layers), arrow_type)
 
 
 @dataclass
@@ -326,42 +298,9 @@ def _validate_meta(p: Path, meta: dict, pf: pq.ParquetFile) -> None:
         if schema.field(f.name).type != f.type:
             raise InputError(f"{p}: column '{f.name}' has type {schema.field(f.name).type}, expected {f.type} "
                              f"(mask width must be ceil(max units per layer / 8) = {units.mask_bytes} bytes)")
-    _check_optional_columns(p, schema, units)
+    check_optional_columns(p, schema, units)
     if pf.metadata.num_rows % n_layers:
         raise InputError(f"{p}: {pf.metadata.num_rows} rows is not a multiple of {n_layers} layers")
-
-
-def optional_columns(schema: pa.Schema) -> list[str]:
-    return [n for n in schema.names if n in TOKEN_COLUMNS or n in ROUTE_COLUMNS or n.startswith(CAPTURE_PREFIX)]
-
-
-def _check_optional_columns(p: Path, schema: pa.Schema, units: TraceUnits) -> None:
-    """Types of the phase/batch/route/capture columns; routes belong to expert traces only."""
-    width = max(units.top_k) if units.kind == EXPERT else 0
-    for name in optional_columns(schema):
-        got = schema.field(name).type
-        if name in TOKEN_COLUMNS:
-            expected = TOKEN_COLUMNS[name]
-        elif units.kind != EXPERT:
-            raise InputError(f"{p}: column '{name}' belongs to expert traces; this trace's unit is {units.kind}")
-        elif name in ROUTE_COLUMNS:
-            expected = pa.list_(ROUTE_COLUMNS[name], width)
-        else:
-            ok = pa.types.is_fixed_size_list(got) and got.list_size == width and (
-                pa.types.is_integer(got.value_type) or pa.types.is_floating(got.value_type))
-            expected = got if ok else f"fixed_size_list<number>[{width}]"
-        if not _same_type(got, expected):
-            raise InputError(f"{p}: column '{name}' has type {got}, expected {expected}"
-                             + (f" (k = max units.top_k = {width})" if width else ""))
-
-
-def _same_type(got: pa.DataType, expected: pa.DataType | str) -> bool:
-    """Types equal, ignoring a list's item field name (writers call it "item" or "element")."""
-    if isinstance(expected, str):
-        return False
-    if pa.types.is_fixed_size_list(got) and pa.types.is_fixed_size_list(expected):
-        return got.list_size == expected.list_size and got.value_type == expected.value_type
-    return got == expected
 
 
 def _mask_array(col: pa.ChunkedArray | pa.Array, n_bytes: int) -> np.ndarray:
@@ -373,12 +312,6 @@ def _mask_array(col: pa.ChunkedArray | pa.Array, n_bytes: int) -> np.ndarray:
         parts.append(np.frombuffer(buf, dtype=np.uint8, count=len(c) * n_bytes,
                                    offset=c.offset * n_bytes).reshape(len(c), n_bytes))
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _list_array(col: pa.ChunkedArray, rows: int) -> np.ndarray:
-    """[rows, k] values of a fixed_size_list column."""
-    flat = pa.concat_arrays([c.flatten() for c in col.chunks]) if col.num_chunks else pa.array([])
-    return flat.to_numpy(zero_copy_only=False).reshape(rows, col.type.list_size)
 
 
 def _table_to_arrays(p: Path, table: pa.Table, n_layers: int, n_bytes: int, extra: list[str]) -> dict:
@@ -395,17 +328,8 @@ def _table_to_arrays(p: Path, table: pa.Table, n_layers: int, n_bytes: int, extr
         "active": table.column("active").to_numpy().reshape(t, n_layers).astype(np.int32),
         "extra": {name: _mask_array(table.column(PRED_PREFIX + name), n_bytes).reshape(t, n_layers, n_bytes)
                   for name in extra},
-        "columns": {},
+        "columns": read_optional_columns(p, table, n_layers),
     }
-    for name in optional_columns(table.schema):
-        col = table.column(name)
-        if name in TOKEN_COLUMNS:
-            values = col.to_numpy().reshape(t, n_layers)
-            if not np.array_equal(values, np.broadcast_to(values[:, :1], values.shape)):
-                raise InputError(f"{p}: column '{name}' differs between the layers of one token")
-            out["columns"][name] = values[:, 0].copy()
-        else:
-            out["columns"][name] = _list_array(col, rows).reshape(t, n_layers, -1)
     return out
 
 
@@ -429,71 +353,8 @@ def read_trace(path: str | os.PathLike, *, verify: bool = True) -> Trace:
     if verify and not np.array_equal(popcount_rows(arrays["masks"]), arrays["active"]):
         raise InputError(f"{p}: column 'active' disagrees with the popcount of 'mask' (corrupt file)")
     if verify and units.kind == EXPERT:
-        check_expert_rows(p, units, arrays["masks"], arrays["active"], arrays["columns"])
+        check_expert_rows(p, units, arrays["masks"], arrays["active"], arrays["columns"].get("route"))
     return Trace(path=p, meta=meta, sha256=file_sha256(p), **arrays)
-
-
-def expert_masks(units: TraceUnits, route: np.ndarray) -> np.ndarray:
-    """Packed masks uint8 [T, L, n_bytes] of routed ids ``route`` [T, L, k] (-1: none) plus the
-    always-active units (the mask an expert trace stores for those routes)."""
-    t, n_layers, _ = route.shape
-    bits = np.zeros((t, n_layers, units.mask_bytes * 8), dtype=bool)
-    tok, layer, slot = np.nonzero(route >= 0)
-    bits[tok, layer, route[tok, layer, slot]] = True
-    ran = skipped_rows(units, route) == 0
-    for layer in range(n_layers):
-        bits[ran[:, layer], layer, units.count[layer]:units.width(layer)] = True
-    return np.packbits(bits, axis=-1, bitorder="little")
-
-
-def skipped_rows(units: TraceUnits, route: np.ndarray) -> np.ndarray:
-    """uint8 [T, L]: 1 where a routed layer routed nothing for the token, i.e. the engine did not run it
-    (llama.cpp runs the last layer of a prefill batch only for the tokens whose logits it outputs)."""
-    return ((route < 0).all(axis=-1) & (np.asarray(units.count) > 0)[None, :]).astype(np.uint8)
-
-
-def check_expert_rows(p: Path, units: TraceUnits, masks: np.ndarray, active: np.ndarray,
-                      columns: Mapping[str, np.ndarray]) -> None:
-    """An expert trace's rows against its units: top-k + shared units per row (or none: a layer the engine
-    skipped for that token), the always-active units set, no bit past a layer's width, the mask equal to
-    the ``route`` column, phases 0 or 1."""
-    expected = np.asarray(units.top_k) + np.asarray(units.shared)
-    skippable = np.asarray(units.count) > 0
-    bad = np.argwhere((active != expected) & ~((active == 0) & skippable))
-    if len(bad):
-        t, layer = bad[0]
-        raise InputError(f"{p}: token row {t} layer {layer} has {active[t, layer]} active units; units.top_k + "
-                         f"units.shared = {expected[layer]} (or 0 where the layer did not run)")
-    width = units.mask_bytes * 8
-    allowed = np.zeros((units.n_layers, width), dtype=bool)
-    always = np.zeros_like(allowed)
-    for layer in range(units.n_layers):
-        allowed[layer, :units.width(layer)] = True
-        always[layer, units.always_active(layer)] = True
-    packed_allowed = np.packbits(allowed, axis=-1, bitorder="little")
-    packed_always = np.packbits(always, axis=-1, bitorder="little")
-    outside = np.argwhere((masks & ~packed_allowed).any(axis=-1))
-    if len(outside):
-        t, layer = outside[0]
-        raise InputError(f"{p}: token row {t} layer {layer} sets a unit >= the layer's {units.width(layer)} units")
-    missing = np.argwhere(((masks & packed_always) != packed_always).any(axis=-1) & (active > 0))
-    if len(missing):
-        t, layer = missing[0]
-        raise InputError(f"{p}: token row {t} layer {layer} lacks an always-active (shared) unit")
-    route = columns.get("route")
-    if route is not None:
-        count = np.asarray(units.count)[None, :, None]
-        if np.any((route < -1) | (route >= np.maximum(count, 1))):
-            t, layer, _ = np.argwhere((route < -1) | (route >= np.maximum(count, 1)))[0]
-            raise InputError(f"{p}: column 'route': token row {t} layer {layer} names unit ids outside "
-                             f"0..{units.count[layer] - 1}")
-        differ = np.argwhere((expert_masks(units, route.astype(np.int64)) != masks).any(axis=-1))
-        if len(differ):
-            t, layer = differ[0]
-            raise InputError(f"{p}: column 'route' disagrees with 'mask' at token row {t} layer {layer}")
-    phase = columns.get("phase")
-    if phase is not None and not np.isin(phase, (PREFILL, DECODE)).all():
-        raise InputError(f"{p}: column 'phase' holds values other than {PREFILL} (prefill) and {DECODE} (decode)")
 
 
 def read_failure(path: Path, what: str, error: Exception) -> InputError:

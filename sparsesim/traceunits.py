@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -199,3 +200,62 @@ def _size(recorded: float | None, params: float | None, bytes_per_weight: float 
 
 def _plain(v: float | None) -> float | int | None:
     return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def expert_masks(units: TraceUnits, route: np.ndarray) -> np.ndarray:
+    """Packed masks uint8 [T, L, n_bytes] of routed ids ``route`` [T, L, k] (-1: none) plus the
+    always-active units (the mask an expert trace stores for those routes)."""
+    t, n_layers, _ = route.shape
+    bits = np.zeros((t, n_layers, units.mask_bytes * 8), dtype=bool)
+    tok, layer, slot = np.nonzero(route >= 0)
+    bits[tok, layer, route[tok, layer, slot]] = True
+    ran = skipped_rows(units, route) == 0
+    for layer in range(n_layers):
+        bits[ran[:, layer], layer, units.count[layer]:units.width(layer)] = True
+    return np.packbits(bits, axis=-1, bitorder="little")
+
+
+def skipped_rows(units: TraceUnits, route: np.ndarray) -> np.ndarray:
+    """uint8 [T, L]: 1 where a routed layer routed nothing for the token, i.e. the engine did not run it
+    (llama.cpp runs the last layer of a prefill batch only for the tokens whose logits it outputs)."""
+    return ((route < 0).all(axis=-1) & (np.asarray(units.count) > 0)[None, :]).astype(np.uint8)
+
+
+def check_expert_rows(p: Path, units: TraceUnits, masks: np.ndarray, active: np.ndarray,
+                      route: np.ndarray | None) -> None:
+    """An expert trace's rows against its units: top-k + shared units per row (or none: a layer the engine
+    skipped for that token), the always-active units set, no bit past a layer's width, the mask equal to
+    the ``route`` column."""
+    expected = np.asarray(units.top_k) + np.asarray(units.shared)
+    skippable = np.asarray(units.count) > 0
+    bad = np.argwhere((active != expected) & ~((active == 0) & skippable))
+    if len(bad):
+        t, layer = bad[0]
+        raise InputError(f"{p}: token row {t} layer {layer} has {active[t, layer]} active units; units.top_k + "
+                         f"units.shared = {expected[layer]} (or 0 where the layer did not run)")
+    width = units.mask_bytes * 8
+    allowed = np.zeros((units.n_layers, width), dtype=bool)
+    always = np.zeros_like(allowed)
+    for layer in range(units.n_layers):
+        allowed[layer, :units.width(layer)] = True
+        always[layer, units.always_active(layer)] = True
+    packed_allowed = np.packbits(allowed, axis=-1, bitorder="little")
+    packed_always = np.packbits(always, axis=-1, bitorder="little")
+    outside = np.argwhere((masks & ~packed_allowed).any(axis=-1))
+    if len(outside):
+        t, layer = outside[0]
+        raise InputError(f"{p}: token row {t} layer {layer} sets a unit >= the layer's {units.width(layer)} units")
+    missing = np.argwhere(((masks & packed_always) != packed_always).any(axis=-1) & (active > 0))
+    if len(missing):
+        t, layer = missing[0]
+        raise InputError(f"{p}: token row {t} layer {layer} lacks an always-active (shared) unit")
+    if route is not None:
+        count = np.asarray(units.count)[None, :, None]
+        if np.any((route < -1) | (route >= np.maximum(count, 1))):
+            t, layer, _ = np.argwhere((route < -1) | (route >= np.maximum(count, 1)))[0]
+            raise InputError(f"{p}: column 'route': token row {t} layer {layer} names unit ids outside "
+                             f"0..{units.count[layer] - 1}")
+        differ = np.argwhere((expert_masks(units, route.astype(np.int64)) != masks).any(axis=-1))
+        if len(differ):
+            t, layer = differ[0]
+            raise InputError(f"{p}: column 'route' disagrees with 'mask' at token row {t} layer {layer}")

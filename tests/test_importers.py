@@ -19,7 +19,8 @@ import pytest
 
 from sparsesim.errors import InputError
 from sparsesim.experiments.cli import main
-from sparsesim.tracefile import DECODE, PREFILL, read_trace
+from sparsesim.tracecolumns import DECODE, PREFILL
+from sparsesim.tracefile import read_trace
 from sparsesim.tracing.importers import detect_format, import_file
 
 REPO = Path(__file__).resolve().parents[1]

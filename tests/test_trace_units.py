@@ -12,9 +12,9 @@ import pytest
 
 from sparsesim.errors import InputError
 from sparsesim.experiments.cli import main
-from sparsesim.tracefile import (FORMAT_VERSION, TraceWriter, column_types, expert_masks, iter_trace_blocks,
-                                 read_trace)
-from sparsesim.traceunits import TraceUnits
+from sparsesim.tracecolumns import column_types
+from sparsesim.tracefile import FORMAT_VERSION, TraceWriter, iter_trace_blocks, read_trace
+from sparsesim.traceunits import TraceUnits, expert_masks
 from tracebuild import write_trace
 
 UNITS = TraceUnits.experts(count=[0, 8, 6], top_k=[0, 2, 3], shared=[1, 1, 0],

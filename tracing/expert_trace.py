@@ -18,11 +18,13 @@ from tqdm import tqdm
 
 from sparsesim.atomic import check_writable
 from sparsesim.errors import InputError
-from sparsesim.tracefile import TraceWriter, column_types, expert_masks
+from sparsesim.tracecolumns import column_types
+from sparsesim.tracefile import TraceWriter
 from sparsesim.tracing.forward import hidden_states, nll_sum, windows
 from sparsesim.tracing.models import LoadedModel
 from sparsesim.tracing.moe import RouteRecorder, units_of
 from sparsesim.tracing.text import TextSource, tokenize
+from sparsesim.traceunits import expert_masks
 
 
 def trace_experts(lm: LoadedModel, out: str | Path, source: TextSource, tokens: int | None, window: int,

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sparsesim.errors import InputError
-from sparsesim.tracefile import DECODE, PREFILL
+from sparsesim.tracecolumns import DECODE, PREFILL
 from sparsesim.tracing.importers.routes import Routes, Shape, group_routes, output_pruning
 from sparsesim.tracing.importers.table import parse_numbers, read_lines
 

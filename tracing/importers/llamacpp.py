@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsesim.errors import InputError
-from sparsesim.tracefile import DECODE, PREFILL
+from sparsesim.tracecolumns import DECODE, PREFILL
 from sparsesim.tracing.importers.routes import Routes, Shape, group_routes, output_pruning
 from sparsesim.tracing.importers.table import parse_numbers, read_lines
 

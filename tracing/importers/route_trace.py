@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from sparsesim.errors import InputError
-from sparsesim.tracefile import DECODE, PREFILL, file_sha256
+from sparsesim.tracecolumns import DECODE, PREFILL
+from sparsesim.tracefile import file_sha256
 from sparsesim.tracing.importers.routes import Routes, group_routes, output_pruning
 from sparsesim.tracing.importers.table import ends_with_newline, parse_numbers, read_lines
 from sparsesim.traceunits import TraceUnits
@@ -57,7 +58,6 @@ def read(path: Path, metrics: Path | None = None) -> Routes:
                         integers=tuple(c for c in COLUMNS if c != "weight"))
     layer = col["layer"].astype(np.int64)
     _check_values(path, numbers, col, n_layers, layers)
-    routed = sorted(layers)
     units = TraceUnits.experts(
         count=[n_expert if l in layers else 0 for l in range(n_layers)],
         top_k=[k if l in layers else 0 for l in range(n_layers)],

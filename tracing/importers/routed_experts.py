@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsesim.errors import InputError
-from sparsesim.tracefile import DECODE, PREFILL
+from sparsesim.tracecolumns import DECODE, PREFILL
 from sparsesim.tracing.importers.routes import Routes, Shape, group_routes
 
 NAME = "routed-experts"

@@ -19,8 +19,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from sparsesim.errors import InputError
-from sparsesim.tracefile import DECODE, PREFILL, TraceWriter, column_types, expert_masks, file_sha256
-from sparsesim.traceunits import SIZE_KEYS, TraceUnits
+from sparsesim.tracecolumns import column_types
+from sparsesim.tracefile import TraceWriter, file_sha256
+from sparsesim.traceunits import TraceUnits, expert_masks
 
 CHUNK_TOKENS = 8192       # tokens per Parquet row group (bounds memory on long captures)
 
@@ -203,10 +204,6 @@ def write_trace(routes: Routes, out: str | Path, config: Mapping[str, Any]) -> d
     return meta
 
 
-def phase_names(phase: np.ndarray) -> dict[str, int]:
-    return {"prefill": int((phase == PREFILL).sum()), "decode": int((phase == DECODE).sum())}
-
-
 def _tools() -> dict:
     import pyarrow
 
@@ -330,8 +327,3 @@ class Shape:
         if "architecture" in self.doc:
             out["architecture"] = str(self.doc["architecture"])
         return out
-
-
-def expert_sizes_meta(units: TraceUnits) -> dict:
-    """The units' size lists that are known, for messages and reports."""
-    return {key: getattr(units, key) for key in SIZE_KEYS if any(v is not None for v in getattr(units, key))}
