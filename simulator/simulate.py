@@ -92,8 +92,11 @@ def load_trace(path: str | os.PathLike, stream: bool | None = None) -> Trace:
 
 
 def _load(path: str, stream: bool | None) -> Trace:
+    meta, pf = read_meta(path)
+    if isinstance(meta.get("units"), dict) and meta["units"].get("kind") != "neuron":
+        raise InputError(f"{path}: a trace of {meta['units'].get('kind')} units; the simulator replays neuron "
+                         f"traces only until expert replay lands (issue 16, phase 2)")
     if stream is None:
-        meta, pf = read_meta(path)
         stream = pf.metadata.num_rows * mask_bytes(meta["model"]["d_ff"]) > IN_MEMORY_LIMIT
     return open_streamed(path) if stream else read_trace(path)
 
