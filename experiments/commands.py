@@ -17,6 +17,7 @@ from sparsesim.errors import InputError
 
 # name -> module with make_trace(path) -> path and run(trace) -> [records]
 REPRODUCTIONS = {"llm-in-flash": "sparsesim.experiments.reproductions.llm_in_flash",
+                 "powerinfer-2": "sparsesim.experiments.reproductions.powerinfer_2",
                  "seed-paper": "sparsesim.experiments.reproductions.seed_paper"}
 REPRODUCTION_COLUMNS = ("row", "published_ms", "simulated_ms", "error")
 
@@ -81,7 +82,7 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
 
 def _register_reproduce(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "reproduce", help="reproduce a published result and compare (llm-in-flash, seed-paper)",
+        "reproduce", help="reproduce a published result and compare (llm-in-flash, powerinfer-2, seed-paper)",
         description="Rebuild a published table with the simulator and print published vs simulated. Writes "
                     "the trace it needs and NAME.csv into DIR.")
     p.add_argument("name", choices=sorted(REPRODUCTIONS), help="which result")

@@ -71,6 +71,14 @@ def batch_time(store: BackingStore, requests: Mapping[float, int], depth: int = 
     return max(t_throughput, t_latency)
 
 
+def slot_time(store: BackingStore, size: float) -> float:
+    """Seconds one request of ``size`` bytes holds one of the device's ``queue_depth`` slots when the
+    queue is kept full: ``max(latency, queue_depth * size / BW(size))`` — so Q slots deliver the
+    curve's bandwidth, and a lone request still pays its latency. For pipelines whose I/O resource
+    is the device queue (one submitting thread, asynchronous reads)."""
+    return max(store.latency, store.queue_depth * size / float(store.bandwidth_at(np.array([size]))[0]))
+
+
 def fault_windows(offsets: np.ndarray, sizes: np.ndarray, window: int) -> np.ndarray:
     """Indices of the distinct ``window``-aligned blocks that byte extents [offset, offset + size) touch."""
     offsets = np.asarray(offsets, dtype=np.int64)
