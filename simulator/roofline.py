@@ -1,7 +1,7 @@
 """The roofline view: a dense model fully in DRAM, one decode token, per profile, unit and kernel.
 
-For each kernel of one token — the attention projections, attention over the KV cache, the FFN,
-the LM head — its bytes and FLOPs at the compute precision, ``bytes / bandwidth`` and
+For each kernel of one token — the attention projections, attention over the KV cache (fp16 when
+the weights are quantised), the FFN, the LM head — its bytes and FLOPs at the compute precision, ``bytes / bandwidth`` and
 ``FLOPs / peak`` on each compute unit of the profile, which one bounds it, the roofline time
 ``max(bytes / bandwidth, FLOPs / peak)``, and the time the profile's kernel efficiencies and
 dispatch overhead give (:class:`sparsesim.simulator.kernels.Unit`). Units: ``default`` (the profile's
@@ -34,9 +34,9 @@ def decode_kernels(model: Mapping[str, Any], bytes_per_weight: float, context: i
     matrices = 3 if model["glu"] else 2
     attention = float(model["attention_params"])
     kernels = [("attention projections", "dense", Work(attention * bytes_per_weight, 2.0 * attention, 4 * layers))]
-    if context:
+    if context:   # the KV cache stays fp16 when the weights are quantised (llama.cpp's default)
         kernels.append(("attention over KV", "dense", kv_work(context, layers, d, kv_dim_from_meta(model),
-                                                              bytes_per_weight)))
+                                                              max(bytes_per_weight, 2.0))))
     ffn = Work()
     for d_ff in model["d_ff"]:
         ffn = ffn + ffn_dense(int(d_ff), d, matrices, bytes_per_weight)

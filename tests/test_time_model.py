@@ -378,3 +378,12 @@ def test_simulate_refuses_a_setting_the_engine_does_not_apply_yet(tmp_path):
         with pytest.raises(InputError, match="not yet applied by the replay engine"):
             simulate(tmp_path / "t.parquet", "oneplus-12", settings=[setting], baselines=False)
     assert set(TIME_MODEL_FIELDS) >= {"pipeline", "memory_management", "io_depth", "kv_cache"}
+
+
+def test_a_full_queue_of_slots_delivers_the_curve_bandwidth():
+    store = BackingStore.flash(load_profile("oneplus-12").storage)
+    slot = io_path.slot_time(store, 4096.0)
+    assert store.queue_depth * 4096 / slot == pytest.approx(1076.10e6)   # PI2 Table 1: 4 KB at 1,076 MB/s
+    assert slot >= store.latency
+    fast = BackingStore.flash(load_profile("oneplus-12", ["storage.latency=1 ms"]).storage)
+    assert io_path.slot_time(fast, 4096.0) == 1e-3                     # a lone request still pays its latency
