@@ -29,7 +29,7 @@ the rest) at 50 % of the FFN reaches PI2's 95 % hit rate (95.2 % measured; LRU a
 published number used as input, not a fit to any time.
 
 Mechanisms per rung (analytic): baseline — llama.cpp-style ``mmap``: needed rows of the three
-per-matrix tensors fault in synchronously, one 4 KiB page at a time (a 2.5 KB row spans 1.6 pages
+per-matrix tensors fault in synchronously, one 4 KiB page at a time (a 2.5 KB row spans 1.5 pages
 on average), through a page cache of the offloaded half managed as LRU; bundles — the same with one
 8 KiB record per neuron (2 pages); cache — the segmented cache, a miss read as the bundle's two
 4 KiB reads together (one latency); pipeline — 5 stages per cluster of 64 needed neurons (Pred,
@@ -63,21 +63,23 @@ TOLERANCE = 0.25
 PROFILE = "oneplus-12"
 
 _PI2 = "https://arxiv.org/abs/2406.06282 (v3)"
+_NOTES = " (as summarised in ../shared/reference/sparsity_anchors.md §2.3)"
 PAPER: dict[str, Param] = {
-    "ladder": Param("0.40 / 1.09 / 4.18 / 9.60 / 11.07 tok/s", f"{_PI2} §7 ablation (Bamboo-7B, OnePlus 12, 50 % offloaded)"),
+    "ladder": Param("0.40 / 1.09 / 4.18 / 9.60 / 11.07 tok/s", f"{_PI2} §7, ablation (Bamboo-7B, OnePlus 12, 50 % offloaded)"),
     "model": Param("Mistral-7B shape (32 layers, d_model 4096, d_ff 14336, gated)",
                    "https://huggingface.co/QuantFactory/Bamboo-base-v0.1-GGUF (7.24 B params, llama architecture)"),
     "active_share": Param(0.10, "https://arxiv.org/abs/2312.12456 (PowerInfer: Bamboo-7B (dReLU) 90 % sparsity)"),
-    "offloaded_share": Param(0.5, f"{_PI2} §7: 50 % of the FFN offloaded to flash"),
-    "hit_rate": Param(0.95, f"{_PI2} §7 ablation: the neuron cache reaches a 95 % hit rate"),
-    "row_bytes": Param(2560, f"{_PI2} §4.4: INT4 rows of 2 KB plus 0.5 KB of fp16 scales"),
-    "bundle": Param("7.5 KB padded to 8 KB, read as two 4 KB reads (gate, then up/down)", f"{_PI2} §4.4"),
-    "io_threads": Param(1, f"{_PI2} §4.3: one I/O thread on a big core (UFS has one command queue)"),
-    "xpu_split": Param(0.5, f"{_PI2} §4.1: at batch 1 the 14336 x 4096 FFN is split 7168 / 7168 rows NPU / CPU"),
-    "stages": Param("Pred, GIO, GC, UDIO, UDC per neuron cluster", f"{_PI2} §4.3, Fig. 6"),
+    "offloaded_share": Param(0.5, f"{_PI2} §7, ablation: 50 % of the FFN offloaded to flash"),
+    "hit_rate": Param(0.95, f"{_PI2} §7, ablation: the neuron cache reaches a 95 % hit rate"),
+    "row_bytes": Param(2560, f"{_PI2}, neuron bundles: INT4 rows of 2 KB plus 0.5 KB of fp16 scales{_NOTES}"),
+    "bundle": Param("7.5 KB padded to 8 KB, read as two 4 KB reads (gate, then up/down)", f"{_PI2}, neuron bundles{_NOTES}"),
+    "io_threads": Param(1, f"{_PI2}, pipeline: one I/O thread on a big core (UFS has one command queue){_NOTES}"),
+    "xpu_split": Param(0.5, f"{_PI2}, polymorphic neuron engine: at batch 1 the 14336 x 4096 FFN is split 7168 / 7168 "
+                                 f"rows NPU / CPU{_NOTES}"),
+    "stages": Param("Pred, GIO, GC, UDIO, UDC per neuron cluster", f"{_PI2}, neuron-cluster pipeline{_NOTES}"),
     "critical_path": Param("86.3 % compute, 13.7 % I/O (PI2, Bamboo-7B)", f"{_PI2} Table 4 (a check)"),
-    "predictor_size": Param("6 % of the model's parameters, fp16 (hidden width 737 here)",
-                            "https://arxiv.org/abs/2312.12456 (PowerInfer §: predictors total about 6 % of the LLM)"),
+    "predictor_size": Param("6 % of the model's parameters, fp16 (hidden width 737 here; the precision is an estimate)",
+                            "https://arxiv.org/abs/2312.12456 (PowerInfer: its predictors total about 6 % of the LLM)"),
 }
 SYNTH = {"shape": "mistral-7b", "active": 0.10, "persistence": 0.55, "hot_skew": 1.25}
 CLUSTER_NEURONS = 64
