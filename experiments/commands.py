@@ -120,7 +120,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def reproduce(name: str, out_dir: str | Path) -> list[dict[str, Any]]:
-    """Run reproduction ``name``; writes its trace and ``<name>.csv`` into ``out_dir``; returns its rows."""
+    """Run reproduction ``name``; writes its trace, ``<name>.csv`` and (where the reproduction has one)
+    ``<name>.md`` into ``out_dir``; returns its rows."""
     if name not in REPRODUCTIONS:
         raise InputError(f"reproduce {name!r}: unknown; known: {', '.join(sorted(REPRODUCTIONS))}")
     from sparsesim.experiments.report import csv_text
@@ -129,6 +130,8 @@ def reproduce(name: str, out_dir: str | Path) -> list[dict[str, Any]]:
     out_dir = Path(out_dir)
     rows = module.run(module.make_trace(str(out_dir / f"{name}-trace.parquet")))
     write_text(out_dir / f"{name}.csv", csv_text(rows))
+    if hasattr(module, "markdown"):   # the tables docs/time-model.md quotes
+        write_text(out_dir / f"{name}.md", module.markdown(rows))
     return rows
 
 

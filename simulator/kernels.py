@@ -24,9 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sparsesim.simulator.profile import HardwareProfile, require
-from sparsesim.simulator.requirements import PEAK_FIELD
 
 KINDS = ("dense", "gather", "scatter", "copy")
+# Compute precision -> the unit field holding its peak rate (int4 is unpacked to int8 for arithmetic).
+PEAK_FIELD = {"fp32": "flops_fp32", "fp16": "flops_fp16", "bf16": "flops_fp16", "int8": "ops_int8",
+              "int4": "ops_int8"}
 
 
 @dataclass(frozen=True)

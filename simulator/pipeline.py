@@ -1,7 +1,7 @@
 """Intra-layer pipelining: I/O and compute overlapped per neuron cluster inside one layer.
 
 A layer's work is cut into clusters of neurons; every cluster passes through the same stages in
-order, each stage on a resource with a number of servers. PowerInfer-2 (§4.3, Fig. 6) has five
+order, each stage on a resource with a number of servers. PowerInfer-2 (its neuron-cluster pipeline) has five
 stages per cluster — Pred (predict the cluster's active neurons), GIO (read gate rows), GC (gate
 compute), UDIO (read up/down rows of the active ones), UDC (up/down compute) — on N compute threads
 and M I/O threads (it uses one I/O thread: UFS has one command queue). Without pipelining the same

@@ -3,7 +3,7 @@
 **Cost.** A low-rank predictor (Deja Vu, LLM in a Flash) maps the layer's d_model input to d_ff
 neuron scores through rank r: two matrices, d_model x r and r x d_ff. Per layer and token it reads
 ``r (d_model + d_ff)`` weights and does twice as many FLOPs, as dense kernels on the compute unit
-(:func:`low_rank_work`). LLM in a Flash (§3.1, App. B) uses rank 128 for OPT-6.7B with 1024 in the
+(:func:`low_rank_work`). LLM in a Flash (its predictor section) uses rank 128 for OPT-6.7B with 1024 in the
 last 4 layers (mean 240); its predictors are < 2.4 % of the non-embedding weights.
 
 **Drop or fetch false negatives** (scenario ``false_negatives``). A neuron the predictor missed is

@@ -15,22 +15,15 @@ from __future__ import annotations
 from dataclasses import fields
 
 from sparsesim.errors import InputError
+from sparsesim.simulator.kernels import PEAK_FIELD
 from sparsesim.simulator.profile import HardwareProfile, require
 from sparsesim.simulator.scenario import TIME_MODEL_FIELDS, Scenario
-
-# Compute precision -> the unit field holding its peak rate.
-PEAK_FIELD = {"fp32": "flops_fp32", "fp16": "flops_fp16", "bf16": "flops_fp16", "int8": "ops_int8",
-              "int4": "ops_int8"}
-
-
-def compute_precision(scenario: Scenario) -> str:
-    return scenario.precision if scenario.compute_precision == "same" else scenario.compute_precision
 
 
 def needed_fields(scenario: Scenario, profile: HardwareProfile) -> list[tuple[str, str]]:
     """(dotted profile field, the setting that needs it) for every field the scenario's choices need."""
     needs: list[tuple[str, str]] = []
-    precision = compute_precision(scenario)
+    precision = scenario.arithmetic_precision
     for setting in ("compute_unit", "hot_unit"):
         unit = getattr(scenario, setting)
         if unit in ("default", "none"):

@@ -19,9 +19,8 @@ from typing import Any, Mapping, Sequence
 
 from sparsesim.errors import InputError
 from sparsesim.simulator.context import kv_dim_from_meta, kv_work
-from sparsesim.simulator.kernels import Unit, Work, ffn_dense, matvec
+from sparsesim.simulator.kernels import PEAK_FIELD, Unit, Work, ffn_dense, matvec
 from sparsesim.simulator.profile import UNIT_NAMES, HardwareProfile, list_profiles, load_profile
-from sparsesim.simulator.requirements import PEAK_FIELD
 from sparsesim.simulator.scenario import BYTES_PER_WEIGHT
 
 COLUMNS = ("profile", "unit", "kernel", "bound", "gbytes", "gflops", "memory_ms", "compute_ms", "roofline_ms",

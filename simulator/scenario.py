@@ -152,9 +152,14 @@ class Scenario:
         return BYTES_PER_WEIGHT[self.precision]
 
     @property
+    def arithmetic_precision(self) -> str:
+        """The precision of DRAM-resident weights and arithmetic: ``compute_precision`` resolved."""
+        return self.precision if self.compute_precision == "same" else self.compute_precision
+
+    @property
     def compute_bytes_per_weight(self) -> float:
-        """Bytes per weight of the DRAM-resident copy the arithmetic reads (``compute_precision``)."""
-        return BYTES_PER_WEIGHT[self.precision if self.compute_precision == "same" else self.compute_precision]
+        """Bytes per weight of the DRAM-resident copy the arithmetic reads."""
+        return BYTES_PER_WEIGHT[self.arithmetic_precision]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -60,6 +60,8 @@ def test_reproduce_llm_in_flash_keeps_table_2_and_adds_table_3(tmp_path):
     for r in rows:
         if r["table"] == "2":
             assert abs(r["error"]) <= 0.10, r           # Table 2 stays where it was
+    text = llm_in_flash.markdown(rows)
+    assert "| cpu-all | mem | 58 | 46.4–69.6 |" in text and "| storage_precision | fp16 |" in text
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +91,11 @@ def test_ladder_roofline_decomposition_gets_the_unpipelined_rungs_without_calibr
         assert abs(ladder[rung]["roofline_error"]) <= powerinfer_2.TOLERANCE, ladder[rung]
     # ...but with compute at the roofline the pipeline and XPU rungs come out far too fast.
     assert ladder["pipeline"]["roofline_error"] > powerinfer_2.TOLERANCE
+
+
+def test_ladder_markdown_shows_the_bands_in_milliseconds(ladder):
+    text = powerinfer_2.markdown([ladder[rung] for rung in powerinfer_2.RUNGS])
+    assert "| pipeline | 9.6 | 104.2 | 83.33–138.9 |" in text
 
 
 def test_the_engine_cannot_express_the_pipeline_and_xpu_rungs_yet(ladder):

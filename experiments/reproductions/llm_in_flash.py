@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import math
 
-from sparsesim.experiments.reproductions.time_budget import Param, relative_error
+from sparsesim.experiments.reproductions.time_budget import (
+    Param, band, params_markdown, relative_error, rows_markdown,
+)
 from sparsesim.simulator.heterogeneous import transfer_time
 from sparsesim.simulator.io_path import batch_time
 from sparsesim.simulator.kernels import Unit, Work, ffn_dense
@@ -98,7 +100,8 @@ PAPER: dict[str, Param] = {
     "generated_tokens": Param(256, f"{_ARXIV} §4: 256 tokens generated per prompt"),
     "window_load_share": Param(0.024, f"{_ARXIV} §4.1: with the window, 2.4 % of the FFN is loaded per token"),
     "window_dram_share": Param(0.24, f"{_ARXIV} §4.1: the window keeps 24 % of the FFN in DRAM"),
-    "predictor_ranks": Param("128, 1024 in the last 4 layers (mean 240)", f"{_ARXIV} App. B"),
+    "predictor_ranks": Param("128, 1024 in the last 4 layers (mean 240)",
+                             f"{_ARXIV}, predictor (as summarised in ../shared/reference/sparsity_anchors.md §2.1)"),
     "bundle": Param("up column i + down row i, 2 x d_model weights", f"{_ARXIV} §3.2 row-column bundling"),
     "memory_management": Param("preallocated matrix; delete = move the last row into the hole",
                                f"{_ARXIV} §3.3, Fig. 7"),
@@ -194,7 +197,8 @@ CHECK_MS = {   # other Table 3 models on the M1 Max CPU: checks of the calibrate
 CHECK_PAPER = {
     "falcon_window": Param("3.1 % of the FFN loaded per token, 33 % resident",
                            f"{_ARXIV} §4.2 (Falcon 7B, k = 4)"),
-    "falcon_ranks": Param("256, 1152 in the last 4 layers (mean 368)", f"{_ARXIV} App. B"),
+    "falcon_ranks": Param("256, 1152 in the last 4 layers (mean 368)",
+                          f"{_ARXIV}, predictor (as summarised in ../shared/reference/sparsity_anchors.md §2.1)"),
 }
 
 
@@ -270,3 +274,21 @@ def run(trace: str) -> list[dict]:
             basis = f"calibrated ({calibrated})" if calibrated else ("checked" if part in CHECKED[row] else "reported")
             out.append(_row("3", row, part, published[part], engine[key][part], analytic, f"{basis}: {how}"))
     return out + check_rows()
+
+
+def markdown(rows: list[dict]) -> str:
+    """The reproduction as markdown: parameters, Table 2, Table 3 with its ±20 % bands, checks."""
+    def banded(r: dict) -> dict:
+        low, high = band(r["published_ms"], TOLERANCE)
+        return {**r, "band_ms": f"{low:.4g}–{high:.4g}" if r["published_ms"] else "0"}
+
+    table2 = [r for r in rows if r["table"] == "2"]
+    table3 = [banded(r) for r in rows if r["table"] != "2"]
+    return "\n\n".join([
+        "# LLM in a Flash, OPT 6.7B (sparsesim reproduce llm-in-flash)",
+        "## Paper parameters", params_markdown({**PAPER, **CHECK_PAPER}),
+        "## Table 2 (I/O only)", rows_markdown(table2, ("row", "published_ms", "simulated_ms", "error")),
+        "## Table 3 (simulated: the engine today; analytic: the time model's parts)",
+        rows_markdown(table3, ("table", "row", "part", "published_ms", "band_ms", "analytic_ms", "analytic_error",
+                               "simulated_ms", "error", "basis")),
+    ]) + "\n"

@@ -44,7 +44,9 @@ import math
 
 import numpy as np
 
-from sparsesim.experiments.reproductions.time_budget import Param, relative_error
+from sparsesim.experiments.reproductions.time_budget import (
+    Param, band, params_markdown, relative_error, rows_markdown,
+)
 from sparsesim.simulator.heterogeneous import Part, concurrent_time
 from sparsesim.simulator.io_path import batch_time, fault_time, slot_time
 from sparsesim.simulator.kernels import Unit, Work, ffn_dense, ffn_neurons
@@ -258,3 +260,21 @@ def run(trace: str) -> list[dict]:
                     "hit_rate": counts.get(rung, counts["cache"])["hit_rate"],
                     "misses_per_token": counts.get(rung, counts["cache"])["misses"]})
     return out
+
+
+def markdown(rows: list[dict]) -> str:
+    """The reproduction as markdown: parameters and the ladder with its ±25 % bands (in ms)."""
+    def banded(r: dict) -> dict:
+        ms = 1e3 / r["published_tok_s"]
+        fast, slow = band(r["published_tok_s"], TOLERANCE)
+        return {**r, "published_ms": ms, "band_ms": f"{1e3 / slow:.4g}–{1e3 / fast:.4g}"}
+
+    columns = ("rung", "published_tok_s", "published_ms", "band_ms", "analytic_tok_s", "analytic_error",
+               "analytic_compute_ms", "analytic_io_ms", "roofline_tok_s", "roofline_error", "simulated_tok_s",
+               "error", "hit_rate", "misses_per_token")
+    return "\n\n".join([
+        "# PowerInfer-2, Bamboo-7B ladder (sparsesim reproduce powerinfer-2)",
+        "## Paper parameters", params_markdown(PAPER),
+        f"## Ladder (CPU efficiency of the compute-bound decomposition: {rows[0]['cpu_efficiency']:.3f})",
+        rows_markdown([banded(r) for r in rows], columns),
+    ]) + "\n"
