@@ -387,3 +387,42 @@ def test_a_full_queue_of_slots_delivers_the_curve_bandwidth():
     assert slot >= store.latency
     fast = BackingStore.flash(load_profile("oneplus-12", ["storage.latency=1 ms"]).storage)
     assert io_path.slot_time(fast, 4096.0) == 1e-3                     # a lone request still pays its latency
+
+
+# --- the roofline view -------------------------------------------------------------------------
+
+
+def test_roofline_rows_add_up_per_unit_and_every_profile_is_listed():
+    from sparsesim.simulator.profile import list_profiles
+    from sparsesim.simulator.roofline import roofline_rows
+
+    model = shape_model("llama-2-7b", *SHAPES["llama-2-7b"])
+    rows = roofline_rows(list_profiles(), model, "fp16", context=256)
+    assert {r["profile"] for r in rows} == set(list_profiles())
+    by_unit: dict[tuple, list] = {}
+    for r in rows:
+        by_unit.setdefault((r["profile"], r["unit"]), []).append(r)
+    for (profile, unit), group in by_unit.items():
+        *kernels, total = group
+        assert total["kernel"] == "total" and len(kernels) == 4
+        assert total["gbytes"] == pytest.approx(sum(k["gbytes"] for k in kernels))
+        assert total["roofline_ms"] == pytest.approx(sum(k["roofline_ms"] for k in kernels))
+        for k in kernels:
+            assert k["roofline_ms"] == pytest.approx(max(k["memory_ms"], k["compute_ms"]))
+            assert k["expected_ms"] >= k["roofline_ms"] * (1 - 1e-12)   # efficiencies <= 1 only slow it down
+    # 13.48 GB of fp16 weights and KV at 400 GB/s
+    m1 = next(r for r in rows if r["profile"] == "apple-m1-max" and r["unit"] == "default" and r["kernel"] == "total")
+    assert m1["roofline_ms"] == pytest.approx(m1["gbytes"] / 400 * 1e3)
+
+
+def test_roofline_command_writes_csv(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.csv"
+    result = subprocess.run([sys.executable, "-m", "sparsesim.experiments.cli", "roofline", "--profile", "oneplus-12",
+                             "--shape", "mistral-7b", "--precision", "int4", "--csv", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("profile,unit,kernel,bound") and len(lines) == 1 + 3 * 4   # default, cpu, npu
