@@ -79,15 +79,19 @@ def slot_time(store: BackingStore, size: float) -> float:
     return max(store.latency, store.queue_depth * size / float(store.bandwidth_at(np.array([size]))[0]))
 
 
-def fault_windows(offsets: np.ndarray, sizes: np.ndarray, window: int) -> np.ndarray:
-    """Indices of the distinct ``window``-aligned blocks that byte extents [offset, offset + size) touch."""
+def windows_spanned(offsets: np.ndarray, sizes: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first ``window``-aligned block, number of blocks) of each byte extent [offset, offset + size)."""
     offsets = np.asarray(offsets, dtype=np.int64)
     sizes = np.asarray(sizes, dtype=np.int64)
-    if offsets.size == 0:
-        return np.empty(0, dtype=np.int64)
     first = offsets // window
-    last = (offsets + sizes - 1) // window
-    spans = last - first + 1
+    return first, (offsets + sizes - 1) // window - first + 1
+
+
+def fault_windows(offsets: np.ndarray, sizes: np.ndarray, window: int) -> np.ndarray:
+    """Indices of the distinct ``window``-aligned blocks that byte extents [offset, offset + size) touch."""
+    if np.size(offsets) == 0:
+        return np.empty(0, dtype=np.int64)
+    first, spans = windows_spanned(offsets, sizes, window)
     starts = np.repeat(first, spans)
     steps = np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans)
     return np.unique(starts + steps)

@@ -48,9 +48,10 @@ from sparsesim.experiments.reproductions.time_budget import (
     Param, band, params_markdown, relative_error, rows_markdown,
 )
 from sparsesim.simulator.heterogeneous import Part, concurrent_time
-from sparsesim.simulator.io_path import batch_time, fault_time, slot_time
+from sparsesim.simulator.context import kv_dim_from_meta, kv_work
+from sparsesim.simulator.io_path import batch_time, fault_time, slot_time, windows_spanned
 from sparsesim.simulator.kernels import Unit, Work, ffn_dense, ffn_neurons
-from sparsesim.simulator.pipeline import Stage, makespan, powerinfer2_stages
+from sparsesim.simulator.pipeline import makespan, powerinfer2_stages
 from sparsesim.simulator.predictor_cost import low_rank_work
 from sparsesim.simulator.profile import HardwareProfile, load_profile
 from sparsesim.simulator.roofline import decode_kernels
@@ -115,8 +116,7 @@ def _predictor_rank(model: dict) -> int:
 def _pages_per_row(row_bytes: int, rows: int = 14336, page: int = 4096) -> float:
     """Mean 4 KiB pages a row spans, rows stored back to back."""
     offsets = np.arange(rows, dtype=np.int64) * row_bytes
-    first, last = offsets // page, (offsets + row_bytes - 1) // page
-    return float(np.mean(last - first + 1))
+    return float(np.mean(windows_spanned(offsets, np.full(rows, row_bytes), page)[1]))
 
 
 class Ladder:
@@ -142,7 +142,7 @@ class Ladder:
         m = self.model
         seconds = sum(unit.time(kind, work) for name, kind, work in decode_kernels(m, self.weight_bytes, 0)
                       if name != "FFN")
-        kv = Work(2.0 * KV_POSITION * 1024 * KV_BYTES * m["n_layers"], 4.0 * KV_POSITION * m["d_model"] * m["n_layers"])
+        kv = kv_work(KV_POSITION, m["n_layers"], m["d_model"], kv_dim_from_meta(m), KV_BYTES)
         seconds += unit.time("dense", kv)
         if with_predictor:
             seconds += unit.time("dense", low_rank_work(m["d_model"], m["d_ff"][0], self.rank, 2.0) * m["n_layers"])
