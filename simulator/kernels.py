@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sparsesim.simulator.profile import HardwareProfile, require
+from sparsesim.simulator.timing import roofline
 
 KINDS = ("dense", "gather", "scatter", "copy")
 # Compute precision -> the unit field holding its peak rate (int4 is unpacked to int8 for arithmetic).
@@ -77,7 +78,7 @@ class Unit:
 
     def roofline(self, work: Work) -> float:
         """max(bytes / bandwidth, flops / peak): the time no kernel can beat."""
-        return max(work.bytes / self.bandwidth, work.flops / self.peak)
+        return roofline(work.bytes, work.flops, self.bandwidth, self.peak)
 
     def bound(self, work: Work) -> str:
         """``memory`` or ``compute``: which roofline term is larger."""

@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from fractions import Fraction
 from typing import Any
+
+import numpy as np
 
 from sparsesim.errors import InputError
 from sparsesim.simulator.reorder import REORDERINGS
+from sparsesim.simulator.schedule import SCHEDULES
 from sparsesim.simulator.units import BYTES, UnitError, parse_quantity
 
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 34 / 32, "int4": 18 / 32}
 LAYOUTS = ("per-matrix", "bundled")
 PARTITIONS = ("per-layer", "global")
 PLACEMENTS = ("flash", "dram")
-SCHEDULES = ("layer", "token", "none")
 # Time model (docs/time-model.md).
 COMPUTE_UNITS = ("default", "cpu", "gpu", "npu")     # default: the profile's compute section at DRAM bandwidth
 HOT_UNITS = ("none", "cpu", "gpu", "npu")
@@ -92,6 +95,9 @@ class Scenario:
         choice("nonffn_in", PLACEMENTS)
         choice("schedule", SCHEDULES)
         choice("reorder", REORDERINGS)
+        if self.ffn_in == "dram" and self.nonffn_in == "flash":
+            raise InputError("scenario fields 'ffn_in'/'nonffn_in': non-FFN weights streamed from flash need the FFN "
+                             "there too (ffn_in=flash); with ffn_in=dram the backing store is DRAM")
         if self.prefetch_cap < 0:
             raise InputError(f"scenario field 'prefetch_cap': must be >= 0 bytes (0 = no cap), got {self.prefetch_cap}")
         if isinstance(self.dram_budget, str):  # "6.5 GB": total DRAM for weights
@@ -216,15 +222,21 @@ class ModelFootprint:
     def ffn_bytes(self) -> float:
         return sum(self.d_ff) * self.neuron_bytes
 
-    def cache_neurons(self, scenario: Scenario) -> int:
-        """Neuron-cache capacity in neurons implied by the DRAM budget."""
+    def cache_units(self, scenario: Scenario) -> np.ndarray:
+        """The cache's capacity in units per partition ([C] global, [C_l] per layer), exactly
+        (``docs/simulator.md``, "Capacity"): rational arithmetic, a fractional budget read as the
+        decimal it was written as, so 0.35 of 860 neurons is 301 (floating point gives 300)."""
+        units = sum(self.d_ff)
         b = scenario.dram_budget
         if b <= 1:
-            cache_bytes = b * self.ffn_bytes
+            total = math.floor(Fraction(str(b)) * units)
         else:
-            resident = self.nonffn_resident_bytes if scenario.nonffn_in == "dram" else 0.0
+            resident = Fraction(self.nonffn_resident_bytes) if scenario.nonffn_in == "dram" else Fraction(0)
             if b < resident:
                 raise InputError(f"scenario field 'dram_budget': {b:.4g} B is smaller than the resident "
-                                 f"non-FFN weights ({resident:.4g} B at {scenario.precision})")
-            cache_bytes = min(b - resident, self.ffn_bytes)
-        return int(cache_bytes // self.neuron_bytes)
+                                 f"non-FFN weights ({float(resident):.4g} B at {scenario.precision})")
+            total = min(math.floor((Fraction(b) - resident) / Fraction(self.neuron_bytes)), units)
+        if scenario.partition == "global":
+            return np.array([total], dtype=np.int64)
+        # LLM in a Flash's preallocated per-layer matrices: capacity in proportion to d_ff
+        return np.array([total * d // units for d in self.d_ff], dtype=np.int64)

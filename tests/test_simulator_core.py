@@ -52,9 +52,13 @@ def test_dense_moves_every_ffn_byte(random_trace):
     fp = ModelFootprint.from_meta({"n_layers": 3, "d_model": 128, "d_ff": [256] * 3, "glu": True,
                                    "non_ffn_params": 0}, Scenario())
     assert r["ffn_bytes_used_per_token"] == pytest.approx(fp.ffn_bytes)
-    # LRU over a cyclic scan larger than the cache never hits: every byte comes from flash.
-    assert r["hit_rate"] == 0
-    assert r["ffn_storage_bytes"] / r["tokens"] == pytest.approx(fp.ffn_bytes)
+    # LRU over a cyclic scan larger than the cache keeps almost nothing until its next use: a layer's
+    # units are all used at one step, so only the few that the lowest-index tie rule leaves behind in
+    # the cache's slack (capacity 261 units, one layer 256) survive to the next token. Every other
+    # unit is read again for the step that uses it, and nothing read is wasted.
+    per_token = r["ffn_storage_bytes"] / r["tokens"]
+    assert 0.99 * fp.ffn_bytes <= per_token <= fp.ffn_bytes and r["wasted_bytes"] == 0
+    assert r["hits"] + r["late_hits"] - r["prefetch_useful"] <= 5 * r["tokens"]   # at most the slack per token
 
 
 def test_all_cached_is_compute_bound(tmp_path):

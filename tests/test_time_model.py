@@ -58,10 +58,19 @@ def test_ffn_work_splits_into_gather_and_scatter_and_adds_up_to_the_dense_ffn():
 
 
 def test_default_unit_is_the_model_before_units_existed():
-    profile = load_profile("oneplus-12")
+    from sparsesim.simulator.accounting import Totals
+    from sparsesim.simulator.scenario import ModelFootprint
+    from sparsesim.simulator.timing import StepCosts
+
+    profile, scenario = load_profile("oneplus-12"), Scenario()
     unit = Unit.from_profile(profile, "default", "fp16", "test")
     assert (unit.bandwidth, unit.peak, unit.dispatch, unit.efficiency) == (
         profile.dram.bandwidth, profile.compute.flops, 0.0, {})
+    # The engine's attention step today is this unit's dense kernel over one layer's attention weights.
+    footprint = ModelFootprint.from_meta(shape_model("mistral-7b", *SHAPES["mistral-7b"]), scenario)
+    _, engine_seconds = StepCosts(footprint, scenario, profile, 0.0, Totals()).dense_weights("nonffn")
+    attention = Work(footprint.layer_nonffn_bytes, 2 * footprint.layer_nonffn_bytes / footprint.bytes_per_weight, 1)
+    assert unit.time("dense", attention) == pytest.approx(engine_seconds)
 
 
 def test_a_unit_takes_its_peak_for_the_compute_precision():
@@ -101,12 +110,19 @@ def test_other_schemes_copy_nothing(scheme, seconds):
 
 
 def test_matrix_management_at_the_default_unit_is_the_engines_formula():
-    # The engine charges (inserted + removed) x (2 b / DRAM bandwidth + insert_overhead).
+    # The engine's timing part charges (inserted + removed) x (2 b / DRAM bandwidth + insert_overhead).
+    from sparsesim.simulator.accounting import Totals
+    from sparsesim.simulator.scenario import ModelFootprint
+    from sparsesim.simulator.timing import StepCosts
+
     profile, scenario = load_profile("apple-m1-max"), Scenario()
-    unit = Unit.from_profile(profile, "default", "fp16", "t")
-    b = 2 * 4096 * 2.0
-    cost = memory_management.management_cost("matrix", 7, 5, b, unit.copy_bandwidth(), scenario.insert_overhead)
-    assert cost.seconds == pytest.approx(12 * (2 * b / profile.dram.bandwidth + scenario.insert_overhead))
+    footprint = ModelFootprint.from_meta(shape_model("opt-6.7b", *SHAPES["opt-6.7b"]), scenario)
+    engine = StepCosts(footprint, scenario, profile, 0.0, Totals())
+    unit = Unit.from_profile(profile, "default", scenario.arithmetic_precision, "t")
+    cost = memory_management.management_cost("matrix", 7, 5, footprint.neuron_bytes, unit.copy_bandwidth(),
+                                             scenario.insert_overhead)
+    assert cost.seconds == pytest.approx(engine.management(12))
+    assert cost.bytes == pytest.approx(engine.totals.dram_bytes)
 
 
 # --- intra-layer pipeline: overlap = max of stages in steady state -----------------------------
