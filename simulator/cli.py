@@ -27,7 +27,7 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictor", default="oracle", help="name[:key=value,...] (sparsesim policies)")
     p.add_argument("--cache", default="lru", help="replacement policy name[:key=value,...]")
     p.add_argument("--dram-budget", help="<= 1: share of the FFN for the neuron cache; else total bytes ('6.5 GB')")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8", "int4"))
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8", "int4", "q4_1"))
     p.add_argument("--layout", choices=("per-matrix", "bundled"))
     p.add_argument("--lookahead", type=int, help="prefetch issued k layers ahead")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",

@@ -6,6 +6,12 @@ prefetch that finds the device idle starts at the end of the current instant, so
 read issued at the same simulated time goes first.
 Each batch costs one simpy timeout — never one event per neuron or per request. A process that
 must wait for a batch yields :meth:`StorageQueue.completion`.
+
+A batch's service time comes from the run's read path (:class:`~sparsesim.simulator.io_path.ReadPath`),
+or is given with the batch (a pipelined layer's reads, timed with its clusters). For a compute unit
+with its own memory (a discrete GPU) a completed read still crosses the interconnect: ``link``
+gives the seconds of a batch's transfer, served one batch at a time after its read and overlapping
+the device's next read (one more timeout per batch); the batch completes when its transfer does.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Callable
 
 import simpy
 
-from sparsesim.simulator.storage import BackingStore
+from sparsesim.simulator.io_path import ReadPath
 
 DEMAND, PREFETCH = 0, 1
 
@@ -24,30 +30,34 @@ class Batch:
     """One storage batch: its requests ({size in bytes: count}) and, for FFN reads, the layer and
     neuron set it brings in."""
 
-    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done")
+    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done", "seconds")
 
     def __init__(self, requests: dict[float, int], priority: int, layer: int, neurons: int,
-                 on_done: Callable[["Batch"], None] | None, issued: float):
+                 on_done: Callable[["Batch"], None] | None, issued: float, seconds: float | None = None):
         self.requests, self.priority, self.layer, self.neurons = requests, priority, layer, neurons
-        self.on_done, self.issued = on_done, issued
+        self.on_done, self.issued, self.seconds = on_done, issued, seconds
         self.start = self.end = -1.0
         self._done: simpy.Event | None = None
 
 
 class StorageQueue:
-    def __init__(self, env: simpy.Environment, store: BackingStore,
-                 on_finish: Callable[[Batch], None] | None = None):
+    def __init__(self, env: simpy.Environment, read_path: ReadPath,
+                 on_finish: Callable[[Batch], None] | None = None, link: Callable[[Batch], float] | None = None):
         self.env = env
-        self.store = store
+        self.read_path = read_path
         self.on_finish = on_finish          # sees every batch when it completes (the I/O log)
+        self.link = link                    # seconds of a batch's transfer to a unit's own memory, if any
         self._waiting = (deque(), deque())  # by priority
         self._serving: Batch | None = None
         self._kick_pending = False
         self.busy = 0.0                     # s spent serving batches
+        self.link_busy = 0.0                # s the interconnect spent on transfers
+        self._link_free = 0.0               # when the interconnect finishes its last transfer
 
     def submit(self, requests: dict[float, int], priority: int, layer: int = -1, neurons: int = 0,
-               on_done: Callable[[Batch], None] | None = None) -> Batch:
-        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now)
+               on_done: Callable[[Batch], None] | None = None, seconds: float | None = None) -> Batch:
+        """Queue a batch; ``seconds`` overrides its service time (else the read path's)."""
+        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now, seconds)
         if self._serving is None and priority == DEMAND:
             self._start(batch)
         else:
@@ -78,14 +88,24 @@ class StorageQueue:
     def _start(self, batch: Batch) -> None:
         self._serving = batch
         batch.start = self.env.now
-        seconds = self.store.batch_time(batch.requests)
+        seconds = self.read_path.batch_time(batch.requests) if batch.seconds is None else batch.seconds
         self.busy += seconds
         self.env.timeout(seconds).callbacks.append(self._finish)
 
     def _finish(self, _event: simpy.Event) -> None:
         batch, self._serving = self._serving, None
-        batch.end = self.env.now
         self._start_next()
+        if self.link is None:
+            self._complete(batch)
+            return
+        transfer = self.link(batch)   # after its read, behind the interconnect's earlier transfers
+        self.link_busy += transfer
+        start = max(self.env.now, self._link_free)
+        self._link_free = start + transfer
+        self.env.timeout(self._link_free - self.env.now).callbacks.append(lambda _e, b=batch: self._complete(b))
+
+    def _complete(self, batch: Batch) -> None:
+        batch.end = self.env.now
         if batch.on_done is not None:
             batch.on_done(batch)
         if self.on_finish is not None:

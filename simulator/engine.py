@@ -8,12 +8,16 @@ residency contract fixes (``docs/simulator.md``) and wires the parts that hold e
 :class:`~sparsesim.simulator.device.StorageQueue` (the storage device) and
 :class:`~sparsesim.simulator.accounting.Accounting` (what is counted).
 
-A step: (1) predictions due now are issued as prefetch batches; (2) non-FFN work (a flash read
-first when those weights live in flash); (3) the FFN's lookup: hits, late hits (in flight), gate
-hits (two-phase staged) and misses (one demand batch); (4) after the waits the misses are
-inserted; (5) the policy sees the use, the window policy may expire units; (6) the FFN computes
-over the needed units, plus the cache-management time of every insertion and removal since the
-last charge. One simpy timeout per batch and per compute slot — never one per unit.
+A step: (1) predictions due now are issued as prefetch batches (after the non-FFN work with
+``predict_from=attention-output``); (2) non-FFN work (a flash read first when those weights live in
+flash); (3) the FFN's lookup: hits, late hits (in flight), gate hits (two-phase staged) and misses
+(one demand batch) over the needed set — under ``false_negatives=drop`` the predicted set (the
+residency contract's drop rule); (4) after the waits the misses are inserted; (5) the policy sees the
+use, the window policy may expire units; (6) the FFN computes over the needed units (or the resident
+matrix), with a hot unit's part at the same time, plus the cache-management time of every insertion
+and removal since the last charge. Under ``pipeline=cluster`` the misses' reads and the FFN are one
+pipelined slot timed by :meth:`StepCosts.pipelined`. One simpy timeout per batch and per compute
+slot — never one per unit or per cluster.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import simpy
 from sparsesim.simulator import neuronset
 from sparsesim.simulator.accounting import Accounting, Counts
 from sparsesim.simulator.device import DEMAND, PREFETCH, Batch, StorageQueue
+from sparsesim.simulator.heterogeneous import transfer_time
+from sparsesim.simulator.io_path import ReadPath
 from sparsesim.simulator.predictors import CausalView, Predictor
 from sparsesim.simulator.residency import Residency
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
@@ -67,8 +73,10 @@ class IoBatch:
 class ReplayEngine:
     def __init__(self, masks: np.ndarray, tokens: np.ndarray, footprint: ModelFootprint, scenario: Scenario,
                  profile, store: BackingStore, residency: Residency, predictor: Predictor,
-                 io_log: list[IoBatch] | None = None):
+                 io_log: list[IoBatch] | None = None, model: dict | None = None,
+                 hot: list[int] | None = None):
         self.masks = masks
+        self.model = model
         self.fp = footprint
         self.sc = scenario
         self.store = store
@@ -80,9 +88,17 @@ class ReplayEngine:
         self.schedule = PrefetchSchedule(scenario.schedule, scenario.lookahead, self.L, self.T * self.L)
         self.view = CausalView(masks, tokens, allow_future=predictor.sees_future)
         self.acc = Accounting(self.L)
-        self.costs = StepCosts(footprint, scenario, profile, predictor.flops, self.acc.totals)
-        self._all = [neuronset.full(d) for d in footprint.d_ff]
-        self._n_all = list(footprint.d_ff)
+        self.read_path = ReadPath(store, scenario, profile)
+        self.costs = StepCosts(footprint, scenario, profile, predictor.flops, self.acc.totals, dense=predictor.dense,
+                               model=model, hot_units=None if hot is None else [h.bit_count() for h in hot],
+                               read_path=self.read_path)
+        self.link = self._link_time(profile) if scenario.ffn_in == "flash" else None
+        self.drop = scenario.false_negatives == "drop"
+        self._computed: dict[int, int] = {}      # drop: target step -> the predicted set its FFN computes
+        # A hot unit's units are resident outside the cache: predictions and the dense baseline skip them.
+        self._cold = None if hot is None else [neuronset.full(d) & ~h for d, h in zip(footprint.d_ff, hot)]
+        self._all = self._cold or [neuronset.full(d) for d in footprint.d_ff]
+        self._n_all = [s.bit_count() for s in self._all] if hot is not None else list(footprint.d_ff)
         self._rows: dict[int, tuple[list[int], list[int]]] = {}   # token -> needed sets and sizes, last few tokens
         self.n_inflight = 0
         # Rows per unit one read takes (None: all); a prefetch reads only the gate row under two-phase.
@@ -105,7 +121,8 @@ class ReplayEngine:
         return rows
 
     # -- storage ------------------------------------------------------------------------------
-    def _read(self, layer: int, units: int, priority: int, on_done=None, rows: int | None = None) -> Batch:
+    def _read(self, layer: int, units: int, priority: int, on_done=None, rows: int | None = None,
+              seconds: float | None = None) -> Batch:
         """Submit the reads of ``rows`` of each unit's rows (None: all). Bundled, a partial read of
         one unit is not adjacent to the next one's (the rest of its record lies between), so
         partial reads never coalesce there."""
@@ -115,8 +132,37 @@ class ReplayEngine:
         else:
             requests = request_sizes(units, fp.row_bytes, rows, sc.layout, sc.coalesce and sc.layout != "bundled",
                                      sc.max_request)
+        requests = self._device_requests(layer, units, requests)
         self.acc.requests(layer, requests)
-        return self.device.submit(requests, priority, layer, units, on_done)
+        return self.device.submit(requests, priority, layer, units, on_done, seconds)
+
+    def _device_requests(self, layer: int, units: int, requests: dict[float, int]) -> dict[float, int]:
+        """What reaches the device for ``requests`` of ``units``: page faults through the page cache,
+        or the requests shaped by the read granularity; the bytes beyond the units' own are padding."""
+        read_path = self.read_path
+        if read_path.exact:
+            return requests
+        if read_path.page_cache:
+            shaped = read_path.fault_requests(units, self.nb, layer, self.fp.d_ff, self.fp.row_bytes,
+                                              self.fp.matrices, self.sc.layout)
+        else:
+            shaped = read_path.shape(requests)
+        self.acc.totals.padding_bytes += (sum(s * n for s, n in shaped.items())
+                                          - sum(s * n for s, n in requests.items()))
+        return shaped
+
+    def _link_time(self, profile):
+        """Seconds to move a read batch into a discrete compute unit's own memory (None: the unit
+        reads DRAM): its bytes at the compute precision over the interconnect, one transfer each."""
+        spec = profile.unit(self.sc.compute_unit)
+        if spec is None or spec.capacity is None:
+            return None
+        bandwidth, latency = profile.interconnect.bandwidth, profile.interconnect.latency or 0.0
+        scale = self.costs.scale
+
+        def link(batch: Batch) -> float:
+            return transfer_time(sum(s * n for s, n in batch.requests.items()) * scale, bandwidth, 1, latency)
+        return link
 
     def _log(self, batch: Batch) -> None:
         """The exact read schedule, for replay against real storage."""
@@ -127,8 +173,8 @@ class ReplayEngine:
                                    "demand" if batch.priority == DEMAND else "prefetch", units, sizes, counts,
                                    batch.issued, batch.start, batch.end))
 
-    def _charge_management(self, units: int) -> None:
-        self._mm_debt += self.costs.management(units)
+    def _charge_management(self, inserted: int, removed: int) -> None:
+        self._mm_debt += self.costs.management(inserted, removed)
 
     # -- prefetch -------------------------------------------------------------------------------
     def _issue(self, target: int) -> None:
@@ -137,9 +183,13 @@ class ReplayEngine:
         if pred is None:
             return
         pred = neuronset.from_row(pred)
+        if self._cold is not None:
+            pred &= self._cold[layer]
         truth, n_truth = self._needed(token)
         self.acc.predicted(layer, pred, truth[layer], n_truth[layer])
         self.res.predict(layer, target, pred)
+        if self.drop:
+            self._computed[target] = pred
         fetch = self.res.fetch_set(layer, pred)
         n = fetch.bit_count()
         dropped = no_room = 0
@@ -172,7 +222,7 @@ class ReplayEngine:
             return
         inserted, n_inserted, evicted = res.insert_prefetch(layer, self.step, fetched, n_fetched)
         n_evicted = self.acc.arrived(layer, n_fetched, inserted, n_inserted, evicted)
-        self._charge_management(n_inserted + n_evicted)
+        self._charge_management(n_inserted, n_evicted)
 
     # -- two-phase loading (PowerInfer-2) -------------------------------------------------------
     def _two_phase_reads(self, env: simpy.Environment, layer: int, ready: int, miss: int, late: int,
@@ -192,6 +242,7 @@ class ReplayEngine:
             for size, n in request_sizes(ready, fp.row_bytes, up_down, sc.layout,
                                          sc.coalesce and sc.layout != "bundled", sc.max_request).items():
                 requests[size] = requests.get(size, 0) + n
+            requests = self._device_requests(layer, miss | ready, requests)
             self.acc.requests(layer, requests)
             waits.append(self.device.completion(self.device.submit(requests, DEMAND, layer, miss | ready)))
         if late_gates:
@@ -216,7 +267,7 @@ class ReplayEngine:
         if kept:
             evicted = self.res.insert_demand(layer, step, kept)
             n_kept = kept.bit_count()
-            self._charge_management(n_kept + self.acc.filled(layer, n_kept, evicted))
+            self._charge_management(n_kept, self.acc.filled(layer, n_kept, evicted))
         if not n_dropped:
             return 0.0
         seconds = self.costs.gate_rows(n_dropped)
@@ -226,30 +277,47 @@ class ReplayEngine:
     # -- the decode loop ----------------------------------------------------------------------
     def _decode(self, env: simpy.Environment):
         L, acc, res, costs, policy = self.L, self.acc, self.res, self.costs, self.policy
-        dense, two_phase = self.predictor.dense, self.sc.two_phase
+        dense, two_phase, drop = self.predictor.dense, self.sc.two_phase, self.drop
         resident, inflight, staged = res.resident, res.inflight, res.staged
+        after_attention = self.sc.predict_from == "attention-output"
+        pipelined, hot = self.sc.pipeline == "cluster", costs.hot is not None
+        matrix = costs.ffn_matrix
+        predict_layer = self.sc.predictor_rank > 0 and not pipelined
+        sizes = res.cache.size
         for t in range(self.T):
             if t == self.sc.warmup:
                 self._snapshot = acc.snapshot()
                 self._snapshot.totals.io_busy = self.device.busy
+                self._snapshot.totals.link_busy = self.device.link_busy
             start = env.now
             compute = stall = mm = 0.0
             needed, n_needed = (self._all, self._n_all) if dense else self._needed(t)
             for l in range(L):
                 self.step = step = t * L + l
-                # 1. predictions due now
+                # 1. predictions due now (with predict_from=attention-output: after the non-FFN work)
                 targets = self.schedule.targets(step)
-                if targets and costs.predict:
-                    yield env.timeout(costs.predict * len(targets))
-                    compute += costs.predict * len(targets)
-                self.view.frontier = step
-                for target in targets:
-                    self._issue(target)
+                if not after_attention:
+                    seconds = self._prediction_seconds(l, targets, predict_layer)
+                    if seconds:
+                        yield env.timeout(seconds)
+                        compute += seconds
+                    self._issue_due(step, targets)
                 # 2. non-FFN work of this layer
-                s, w = yield from self._dense_weights(env, "nonffn")
+                s, w = yield from self._dense_weights(env, "nonffn", t)
                 stall, compute = stall + s, compute + w
+                if after_attention:
+                    seconds = self._prediction_seconds(l, targets, predict_layer)
+                    if seconds:
+                        yield env.timeout(seconds)
+                        compute += seconds
+                    self._issue_due(step, targets)
                 # 3. lookup: resident, in-flight and staged sets are disjoint
-                need, n_need = needed[l], n_needed[l]
+                need = self._computed.pop(step, None) if drop else None
+                if need is None:
+                    need, n_need = needed[l], n_needed[l]
+                else:   # the drop rule: the FFN computes the predicted set; the rest of the mask is dropped
+                    n_need = need.bit_count()
+                    acc.totals.dropped_units += (needed[l] & ~need).bit_count()
                 res.begin_use(l, need)
                 hit = need & resident[l]
                 late = need & inflight[l]
@@ -264,7 +332,7 @@ class ReplayEngine:
                 waits = [self.device.completion(b) for b in self.pending[l] if b.neurons & late] if late else []
                 if two_phase:
                     waits = self._two_phase_reads(env, l, ready, miss, late, waits)
-                elif n_miss:
+                elif n_miss and not pipelined:
                     waits.append(self.device.completion(self._read(l, miss, DEMAND)))
                 for event in waits:
                     yield event
@@ -272,7 +340,7 @@ class ReplayEngine:
                 # 4. demand fill (late arrivals were inserted with demand rights as they landed)
                 if n_miss:
                     evicted = res.insert_demand(l, step, miss)
-                    self._charge_management(n_miss + acc.filled(l, n_miss, evicted))
+                    self._charge_management(n_miss, acc.filled(l, n_miss, evicted))
                 if two_phase:
                     compute += (yield from self._evaluate_gates(env, l, step, need))
                 # 5. use; the window policy may expire units
@@ -280,12 +348,27 @@ class ReplayEngine:
                 policy.on_access(l, step, need)
                 stale = res.expire(l, step)
                 if stale:
-                    self._charge_management(acc.expired(l, stale))
-                # 6. the FFN over the needed units, plus cache management since the last charge
-                t_ffn = costs.ffn(n_need)
+                    self._charge_management(0, acc.expired(l, stale))
+                # 6. the FFN over the needed units (or the resident matrix), plus cache management
                 charge, self._mm_debt = self._mm_debt, 0.0
-                yield env.timeout(t_ffn + charge)
-                compute += t_ffn
+                if pipelined:   # the misses are read inside the FFN, cluster by cluster
+                    reads = self._read(l, miss, DEMAND) if n_miss else None
+                    t_ffn, busy = costs.pipelined(l, n_need, n_miss)
+                    if hot:
+                        t_ffn, busy = costs.with_hot(l, t_ffn, n_need), costs.with_hot(l, busy, n_need, charge=False)
+                    t0 = env.now
+                    yield env.timeout(t_ffn + charge)
+                    if reads is not None and reads.end < 0:
+                        yield self.device.completion(reads)
+                    compute += busy
+                    stall += max(env.now - t0 - charge - busy, 0.0)
+                else:
+                    n_ffn = sizes[l] if matrix else n_need
+                    t_ffn = costs.ffn(n_ffn)
+                    if hot:
+                        t_ffn = costs.with_hot(l, t_ffn, n_ffn)
+                    yield env.timeout(t_ffn + charge)
+                    compute += t_ffn
                 mm += charge
                 res.end_step(l, step)
             s, w = yield from self._dense_weights(env, "head")   # the LM head
@@ -293,10 +376,23 @@ class ReplayEngine:
             self.token_time[t] = env.now - start
             self.token_compute[t], self.token_stall[t], self.token_mm[t] = compute, stall, mm
 
-    def _dense_weights(self, env: simpy.Environment, part: str):
-        """Non-FFN weights (a layer's attention, the LM head): streamed from flash first when they
-        live there, then computed from DRAM. Returns (stall, compute) seconds."""
-        nbytes, seconds = self.costs.dense_weights(part)
+    def _prediction_seconds(self, layer: int, targets: range, predict_layer: bool) -> float:
+        """The cost of the predictions due now, on the critical path: a low-rank predictor of the
+        layer (``predictor_rank``; inside the clusters under ``pipeline=cluster``), else the
+        predictor's own per prediction."""
+        if predict_layer:
+            return self.costs.predictor(layer)
+        return self.costs.predict * len(targets) if targets and self.costs.predict else 0.0
+
+    def _issue_due(self, step: int, targets: range) -> None:
+        self.view.frontier = step
+        for target in targets:
+            self._issue(target)
+
+    def _dense_weights(self, env: simpy.Environment, part: str, token: int = 0):
+        """Non-FFN weights (a layer's attention and KV cache, the LM head): streamed from flash first
+        when they live there, then computed from DRAM. Returns (stall, compute) seconds."""
+        nbytes, seconds = self.costs.dense_weights(part, token)
         stall = 0.0
         if self.sc.nonffn_in == "flash":
             t0 = env.now
@@ -312,11 +408,15 @@ class ReplayEngine:
         requests = {float(self.sc.max_request): int(n_full)} if n_full else {}
         if rest:
             requests[float(rest)] = requests.get(float(rest), 0) + 1
+        if self.read_path.granularity:
+            shaped = self.read_path.shape(requests)
+            self.acc.totals.padding_bytes += sum(s * n for s, n in shaped.items()) - total
+            return shaped
         return requests
 
     def run(self) -> ReplayResult:
         env = simpy.Environment()
-        self.device = StorageQueue(env, self.store, self._log if self.io_log is not None else None)
+        self.device = StorageQueue(env, self.read_path, self._log if self.io_log is not None else None, self.link)
         self.token_time = np.zeros(self.T)
         self.token_compute = np.zeros(self.T)
         self.token_stall = np.zeros(self.T)
@@ -325,9 +425,12 @@ class ReplayEngine:
         env.process(self._decode(env))
         env.run()
         self.acc.totals.io_busy = self.device.busy
+        self.acc.totals.link_busy = self.device.link_busy
         w = self.sc.warmup
+        counts = self.acc.finish(self._snapshot, self.res.staged)
+        counts.totals.prefill_s = self.costs.prefill(self.fp, self.model)   # once, before the replayed tokens
         return ReplayResult(
-            counts=self.acc.finish(self._snapshot, self.res.staged), n_tokens=self.T - w, n_layers=self.L,
+            counts=counts, n_tokens=self.T - w, n_layers=self.L,
             token_time=self.token_time[w:], token_compute=self.token_compute[w:],
             token_stall=self.token_stall[w:], token_mm=self.token_mm[w:],
             prefetch_unit_bytes=self.prefetch_unit_bytes)

@@ -95,6 +95,10 @@ metric("io_stall_per_token_s", "mean time per token the FFN waited for weights")
     lambda f: float(f.result.token_stall.mean()))
 metric("cache_mgmt_per_token_s", "mean cache-management time per token")(lambda f: float(f.result.token_mm.mean()))
 metric("io_time_per_token_s", "storage busy time / T")(lambda f: f.totals.io_busy / f.T)
+metric("interconnect_time_per_token_s", "interconnect busy time / T (a discrete compute unit's transfers)")(
+    lambda f: f.totals.link_busy / f.T)
+metric("prefill_time_s", "the prompt's prefill on the compute unit (prompt_tokens; 0 without)")(
+    lambda f: f.totals.prefill_s)
 
 # -- traffic -------------------------------------------------------------------------------------
 metric("storage_bytes", "FFN bytes read + streamed non-FFN bytes")(lambda f: float(f.storage_bytes))
@@ -107,6 +111,10 @@ metric("useful_bytes", "demand units·b + useful prefetches·b_p + second-phase 
 metric("wasted_bytes", "(useless + unused at end + bypassed + gate-dropped prefetches)·b_p")(
     lambda f: float((f.tot["prefetch_useless"] + f.tot["prefetch_unused_at_end"] + f.tot["prefetch_bypassed"]
                      + f.tot["prefetch_gate_dropped"]) * f.b_prefetch))
+metric("device_read_bytes", "storage_bytes + padding: what the device read (read granularity, page faults)")(
+    lambda f: f.storage_bytes + f.totals.padding_bytes)
+metric("read_amplification", "device_read_bytes / storage_bytes")(
+    lambda f: _ratio(f.storage_bytes + f.totals.padding_bytes, f.storage_bytes))
 metric("ffn_bytes_used_per_token", "accesses·b / T")(lambda f: f.tot["accesses"] * f.b / f.T)
 metric("ffn_share_loaded_per_token", "ffn_storage_bytes / T / FFN bytes")(lambda f: _ratio(f.ffn_read / f.T, f.ffn_bytes))
 metric("preloaded_bytes", "units placed before decoding (static-pin, warm) · b; counted, not timed")(
@@ -129,6 +137,12 @@ metric("byte_miss_ratio", "demand-missed bytes / accessed bytes")(
 _count("evictions", "evictions", "units removed from the cache (replacement and expiry)")
 _count("expired", "expired", "units a policy dropped voluntarily (window)")
 metric("preloaded_units", "units placed before decoding")(lambda f: f.totals.preloaded_units)
+metric("dropped_units", "false_negatives=drop: needed units outside the predicted set, never read or computed")(
+    lambda f: f.totals.dropped_units)
+metric("hot_accesses", "needed units a hot unit computed densely (hot_unit), outside the cache")(
+    lambda f: f.totals.hot_accesses)
+metric("hot_activation_share", "hot_accesses / (hot_accesses + accesses)")(
+    lambda f: _ratio(f.totals.hot_accesses, f.totals.hot_accesses + f.tot["accesses"]))
 
 # -- prefetching ---------------------------------------------------------------------------------
 for _name, _definition in (
@@ -157,8 +171,8 @@ metric("over_prediction", "(TP + FP) / (TP + FN)")(
     lambda f: _ratio(f.tot["pred_tp"] + f.tot["pred_fp"], f.tot["pred_tp"] + f.tot["pred_fn"]))
 
 # -- energy --------------------------------------------------------------------------------------
-metric("energy_per_token_j", "(storage bytes·E_store + DRAM bytes·E_dram + on-chip bytes·E_cache + FLOPs·E_flop) / T")(
-    lambda f: (f.storage_bytes * f.energy_storage + f.totals.dram_bytes * f.energy_dram
+metric("energy_per_token_j", "(device read bytes·E_store + DRAM bytes·E_dram + on-chip bytes·E_cache + FLOPs·E_flop) / T")(
+    lambda f: ((f.storage_bytes + f.totals.padding_bytes) * f.energy_storage + f.totals.dram_bytes * f.energy_dram
                + f.totals.cache_bytes * f.energy_cache + f.totals.flops * f.energy_flop) / f.T)
 
 metric("per_layer", "every per-layer counter, as JSON")(

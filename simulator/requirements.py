@@ -5,19 +5,14 @@ with one line naming the missing field and the setting (:func:`sparsesim.simulat
 e.g. ``profile oneplus-12: npu.ops_int8 is missing; scenario field 'hot_unit' = npu (int4 arithmetic)
 needs it``. Efficiencies and dispatch overheads are never required: absent, a kernel runs at its
 roofline (efficiency 1, no dispatch cost) — the upper bound the profile's peak numbers describe.
-
-:func:`refuse_unapplied` keeps a chosen setting from being silently ignored while the replay engine
-does not apply it yet (issue 17, phase 2 wires the time model into the engine's timing part).
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 from sparsesim.errors import InputError
 from sparsesim.simulator.kernels import PEAK_FIELD
 from sparsesim.simulator.profile import HardwareProfile, require
-from sparsesim.simulator.scenario import TIME_MODEL_FIELDS, Scenario
+from sparsesim.simulator.scenario import Scenario
 
 
 def needed_fields(scenario: Scenario, profile: HardwareProfile) -> list[tuple[str, str]]:
@@ -51,16 +46,3 @@ def check_time_model(scenario: Scenario, profile: HardwareProfile) -> None:
     if scenario.io_depth > profile.storage.queue_depth:
         raise InputError(f"scenario field 'io_depth': {scenario.io_depth} reads in flight, but profile "
                          f"{profile.name} sustains storage.queue_depth = {profile.storage.queue_depth}")
-
-
-_DEFAULTS = {f.name: f.default for f in fields(Scenario)}
-
-
-def refuse_unapplied(scenario: Scenario) -> None:
-    """Until the replay engine applies the time model, a non-default time-model setting is an error
-    rather than a setting that is silently ignored."""
-    changed = [name for name in TIME_MODEL_FIELDS if getattr(scenario, name) != _DEFAULTS[name]]
-    if changed:
-        raise InputError(f"scenario field '{changed[0]}': defined and checked (docs/time-model.md) but not yet "
-                         f"applied by the replay engine (issue 17, phase 2); leave it at its default "
-                         f"{_DEFAULTS[changed[0]]!r} for now")

@@ -9,7 +9,8 @@ Decisions (documented in ``docs/simulator.md``):
   string with a unit) is the total DRAM for weights, of which the resident non-FFN weights are
   taken first — a budget below them is an error;
 * quantised formats carry their scales: int8 = 34 B / 32 weights (GGUF Q8_0), int4 = 18 B / 32
-  weights (Q4_0).
+  weights (Q4_0), q4_1 = 20 B / 32 weights (GGUF Q4_1: a scale and a minimum per 32 weights; the
+  2.5 KB INT4 rows of PowerInfer-2's 4096-wide models).
 
 The fields after ``two_phase`` are the time model's settings (``docs/time-model.md``): compute
 units and precision, memory management, intra-layer pipelining, the read path, predictor cost and
@@ -31,7 +32,8 @@ from sparsesim.simulator.reorder import REORDERINGS
 from sparsesim.simulator.schedule import SCHEDULES
 from sparsesim.simulator.units import BYTES, UnitError, parse_quantity
 
-BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 34 / 32, "int4": 18 / 32}
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 34 / 32, "int4": 18 / 32,
+                    "q4_1": 20 / 32}
 LAYOUTS = ("per-matrix", "bundled")
 PARTITIONS = ("per-layer", "global")
 PLACEMENTS = ("flash", "dram")
@@ -42,6 +44,7 @@ COMPUTE_PRECISIONS = ("same", *BYTES_PER_WEIGHT)      # same: the storage precis
 MEMORY_MANAGEMENT = ("matrix", "segmented", "page-cache", "none")
 PIPELINES = ("none", "cluster")
 FALSE_NEGATIVES = ("fetch", "drop")
+FFN_COMPUTE = ("computed", "matrix")
 PREDICT_FROM = ("layer-input", "attention-output")
 
 
@@ -82,6 +85,8 @@ class Scenario:
     kv_cache: bool = False           # attention reads the KV cache of every earlier position
     prompt_tokens: int = 0           # positions before the first replayed token (KV length, prefill)
     kv_dim: int = 0                  # K (= V) width per layer (0: derived from the trace's attention parameters)
+    ffn_compute: str = "computed"    # computed: gather/scatter over the computed units | matrix: a dense
+                                     # product over every resident unit of the layer (LLM in a Flash)
 
     def __post_init__(self) -> None:
         def choice(field: str, allowed: tuple[str, ...]) -> None:
@@ -131,6 +136,7 @@ class Scenario:
         choice("pipeline", PIPELINES)
         choice("false_negatives", FALSE_NEGATIVES)
         choice("predict_from", PREDICT_FROM)
+        choice("ffn_compute", FFN_COMPUTE)
         for field, minimum in (("cluster_neurons", 0), ("compute_threads", 1), ("io_threads", 1), ("io_depth", 0),
                                ("read_granularity", 0), ("predictor_rank", 0), ("prompt_tokens", 0), ("kv_dim", 0)):
             value = getattr(self, field)
@@ -152,6 +158,23 @@ class Scenario:
                              f"pipeline is {self.pipeline!r}")
         if self.kv_dim and not self.kv_cache:
             raise InputError("scenario field 'kv_dim': applies with kv_cache=true")
+        if self.two_phase and (self.pipeline != "none" or self.memory_management == "page-cache"):
+            raise InputError("scenario field 'two_phase': its gate-row prefetches do not combine with "
+                             "pipeline=cluster (whose clusters read gate rows first themselves) or with "
+                             "memory_management=page-cache (pages, not rows, are read)")
+        if self.pipeline != "none" and self.memory_management == "page-cache":
+            raise InputError("scenario field 'pipeline': cluster reads go through the I/O thread, not through "
+                             "page faults; memory_management=page-cache does not combine with it")
+        if self.ffn_compute == "matrix" and self.memory_management != "matrix":
+            raise InputError(f"scenario field 'ffn_compute': matrix (a dense product over the resident rows) needs "
+                             f"memory_management=matrix, the scheme that keeps them one contiguous block; got "
+                             f"{self.memory_management!r}")
+        if self.ffn_in == "dram" and (self.memory_management != "matrix" or self.pipeline != "none"
+                                      or self.hot_unit != "none" or self.read_granularity or self.io_depth
+                                      or self.io_threads != 1):
+            raise InputError("scenario fields of the flash read path and its management (memory_management, "
+                             "pipeline, hot_unit, read_granularity, io_depth, io_threads) apply with ffn_in=flash; "
+                             "with ffn_in=dram the on-chip cache is hardware-managed")
 
     @property
     def bytes_per_weight(self) -> float:
