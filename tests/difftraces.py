@@ -69,24 +69,21 @@ LIBCACHESIM_TRACES = (
 )
 
 
+# name: (generator shape, (tokens, training tokens), (seed, training seed))
+SYNTHETIC = {
+    "synth-glu": (dict(layers=3, d_model=16, d_ff=32, active=0.25, persistence=0.5, hot_skew=0.5), (16, 32), (1, 2)),
+    "synth-plain": (dict(layers=2, d_model=16, d_ff=48, glu=False, active=0.2, persistence=0.6), (24, 32), (3, 4)),
+    "synth-lcs": (dict(layers=4, d_model=16, d_ff=64, active=0.15, persistence=0.6, hot_skew=0.6), (64, 32), (7, 8)),
+}
+
+
 def build_trace(case: TraceCase, directory: Path) -> tuple[Path, Path]:
     """Write ``case``'s trace and its training/profiling trace into ``directory``."""
     out, train = directory / f"{case.name}.parquet", directory / f"{case.name}-train.parquet"
-    if case.name == "synth-glu":
-        synthesize(out, layers=3, d_model=16, d_ff=32, tokens=16, active=0.25, persistence=0.5, hot_skew=0.5,
-                   seed=1, progress=False)
-        synthesize(train, layers=3, d_model=16, d_ff=32, tokens=32, active=0.25, persistence=0.5, hot_skew=0.5,
-                   seed=2, progress=False)
-    elif case.name == "synth-plain":
-        synthesize(out, layers=2, d_model=16, d_ff=48, glu=False, tokens=24, active=0.2, persistence=0.6,
-                   seed=3, progress=False)
-        synthesize(train, layers=2, d_model=16, d_ff=48, glu=False, tokens=32, active=0.2, persistence=0.6,
-                   seed=4, progress=False)
-    elif case.name == "synth-lcs":
-        synthesize(out, layers=4, d_model=16, d_ff=64, tokens=64, active=0.15, persistence=0.6, hot_skew=0.6,
-                   seed=7, progress=False)
-        synthesize(train, layers=4, d_model=16, d_ff=64, tokens=32, active=0.15, persistence=0.6, hot_skew=0.6,
-                   seed=8, progress=False)
+    if case.name in SYNTHETIC:
+        shape, (tokens, train_tokens), (seed, train_seed) = SYNTHETIC[case.name]
+        synthesize(out, **shape, tokens=tokens, seed=seed, progress=False)
+        synthesize(train, **shape, tokens=train_tokens, seed=train_seed, progress=False)
     elif case.name == "ties":
         write_trace(out, _sliding(12, 2, 16, 6, 3), d_model=16)
         write_trace(train, _sliding(16, 2, 16, 6, 5), d_model=16)

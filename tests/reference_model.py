@@ -6,7 +6,7 @@ deliberately naive implementation of it, used by ``tests/test_differential.py`` 
 ``sparsesim.simulator``'s engine, cache, replacement policies or metrics: one unit at a time,
 Python sets and dicts of ``(layer, index)``, explicit loops, slow on purpose. Masks are unpacked
 with plain numpy. The only project code it calls is the public predictor registry (predictors are
-policies, not the engine) and the trace reader.
+policies, not the engine), ``simulate``'s parser of ``name:key=value`` specs and the trace reader.
 
 Timing is "instant storage": every prefetch batch issued at the start of a step arrives during
 that step's non-FFN work, in issue order, so late hits are always 0 and the contract's event
@@ -14,10 +14,10 @@ order holds exactly:
 
     1. issue   2. arrivals   3. lookup   4. demand fill   5. use, expire   6. FFN end
 
-Not modelled (refused with ``NotImplementedError`` so a test cannot silently compare them):
-``prefetch_cap``, ``warm``, ``warmup``, bypass by value (``lru:bypass=true``), budgets in bytes,
-``reorder``. Reading choices where the contract is silent are marked ``READING`` below and listed
-in ``docs/validation.md``.
+Not modelled: ``prefetch_cap``, ``warm``, ``warmup``, ``reorder`` (``Config`` has no field for
+them), bypass by value (``lru:bypass=true``) and budgets in bytes (``NotImplementedError``).
+Reading choices where the contract is silent are marked ``READING`` below and listed in
+``docs/validation.md``.
 """
 
 from __future__ import annotations
@@ -216,7 +216,9 @@ class ReferenceCache:
         raise ValueError(self.policy)
 
     def next_use(self, unit: Unit, g: int) -> float:
-        """First step >= g needing the unit (g's FFN has not started when a victim is chosen)."""
+        """First step >= g needing the unit. READING: g's FFN has not started when any victim of
+        step g is chosen, so g itself counts (it matters for an arrival evicting a unit that g
+        needs but did not predict)."""
         steps = self._uses_at.get(unit, [])
         i = bisect.bisect_left(steps, g)
         return steps[i] if i < len(steps) else math.inf
@@ -227,6 +229,9 @@ class ReferenceCache:
         assert unit not in self.in_use, f"{unit} evicted while in use"
         e = self.resident.pop(unit)
         self.count("evictions", unit[0])     # READING: attributed to the evicted unit's layer
+        # READING: "a predicted unit evicted [by a demand insertion] is a prefetch evicted unused
+        # (pollution)" counts only units a prefetch brought in and nothing used since, so that
+        # prefetch_issued = useful + useless + unused at end + bypassed + gate-dropped holds.
         if e.prefetched_unused:
             self.count("prefetch_useless", unit[0])
             self.count("pollution_neurons", unit[0])
@@ -339,6 +344,7 @@ class ReferenceCache:
             e.uses += 1
         if self.policy == "window":
             protected = self.in_use | self.predicted_units()
+            # READING: "filled or used in tokens t-k+1 .. t" reads the step of the last fill or use.
             for unit in [u for u in self.resident if u[0] == l]:
                 if unit not in protected and self.resident[unit].last // self.L < t - self.window_k + 1:
                     self.count("expired", l)
@@ -377,31 +383,12 @@ class Config:
                 f"precision={self.precision}"]
 
 
-def parse_spec(spec: str) -> tuple[str, dict]:
-    """``name:key=value,...`` with int/float/bool values (the CLI's spelling)."""
-    name, _, rest = spec.partition(":")
-    params = {}
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        low = value.lower()
-        params[key] = (low == "true") if low in ("true", "false") else (
-            int(value) if value.lstrip("-").isdigit() else float(value) if _is_float(value) else value)
-    return name, params
-
-
-def _is_float(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
 def make_predictor(trace, spec: str, train=None, seed: int = 0):
     """A registered predictor set up exactly as ``simulate()`` sets one up."""
     from sparsesim.simulator.predictors import PREDICTORS, PredictorContext
+    from sparsesim.simulator.simulate import parse_policy
 
-    name, params = parse_spec(spec)
+    name, params = parse_policy(spec)
     pred = PREDICTORS.create(name, params)
     pred.setup(PredictorContext.of(trace, train, seed))
     return pred
@@ -444,7 +431,9 @@ def replay(trace, config: Config, *, train=None, profile_trace=None) -> Result:
     gate_row_bytes = d_model * w if config.two_phase else unit_bytes
     if config.two_phase and not glu:
         raise Refused("two_phase needs a gated FFN")
-    cache_name, cache_params = parse_spec(config.cache)
+    from sparsesim.simulator.simulate import parse_policy
+
+    cache_name, cache_params = parse_policy(config.cache)
     if cache_name not in POLICIES:
         raise NotImplementedError(f"policy {config.cache}")
     if cache_params.get("bypass"):
@@ -532,6 +521,7 @@ def flat_replay(requests: list[tuple[int, Unit]], capacity: int, policy: str) ->
     order: OrderedDict[Unit, None] = OrderedDict()    # lru/fifo: eviction order, front first
     freq: dict[Unit, int] = {}
     stamp: dict[Unit, int] = {}                       # lfu tie order: when its frequency last changed
+    heap: list[tuple[int, int, Unit]] = []            # lfu: (freq, stamp, unit), stale entries skipped
     out = FlatResult(misses=0, requests=len(requests))
     for clock, (step, unit) in enumerate(requests):
         hit = unit in order if policy in ("lru", "fifo") else unit in freq
@@ -541,6 +531,7 @@ def flat_replay(requests: list[tuple[int, Unit]], capacity: int, policy: str) ->
             elif policy == "lfu":
                 freq[unit] += 1
                 stamp[unit] = clock
+                heapq.heappush(heap, (freq[unit], clock, unit))
             continue
         out.misses += 1
         size = len(order) if policy in ("lru", "fifo") else len(freq)
@@ -548,7 +539,10 @@ def flat_replay(requests: list[tuple[int, Unit]], capacity: int, policy: str) ->
             if policy in ("lru", "fifo"):
                 victim, _ = order.popitem(last=False)
             else:
-                victim = min(freq, key=lambda u: (freq[u], stamp[u]))
+                while True:   # the smallest (freq, stamp) still current
+                    f, s, victim = heapq.heappop(heap)
+                    if freq.get(victim) == f and stamp[victim] == s:
+                        break
                 del freq[victim], stamp[victim]
             if victim in step_units[step]:
                 out.same_step_evictions += 1
@@ -557,6 +551,7 @@ def flat_replay(requests: list[tuple[int, Unit]], capacity: int, policy: str) ->
         else:
             freq[unit] = 1
             stamp[unit] = clock
+            heapq.heappush(heap, (1, clock, unit))
     return out
 
 
