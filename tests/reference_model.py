@@ -40,10 +40,10 @@ BYTES_PER_WEIGHT = {"fp32": Fraction(4), "fp16": Fraction(2), "bf16": Fraction(2
 
 # The per-layer counters, named as the engine's record names them in its ``per_layer`` JSON.
 COUNTERS = ("accesses", "hits", "late", "gate_hits", "misses", "evictions", "expired",
-            "prefetch_requested", "prefetch_issued", "prefetch_useful", "prefetch_useless",
-            "prefetch_bypassed", "prefetch_unused_at_end", "prefetch_gate_dropped", "second_phase_neurons",
-            "pollution_neurons", "pollution_misses", "demand_neurons", "prefetch_neurons",
-            "pred_tp", "pred_fp", "pred_fn")
+            "prefetch_requested", "prefetch_issued", "prefetch_no_room", "prefetch_useful", "prefetch_useless",
+            "prefetch_bypassed", "prefetch_unused_at_end", "prefetch_gate_dropped", "second_phase_units",
+            "pollution_units", "pollution_misses", "demand_units", "prefetch_units",
+            "inserted", "pred_tp", "pred_fp", "pred_fn")
 
 POLICIES = ("lru", "fifo", "lfu", "window", "static-pin", "belady")
 
@@ -138,14 +138,14 @@ class Result:
     def ffn_storage_bytes(self) -> Fraction:
         """(demand + prefetched) x unit bytes; with two-phase a prefetch reads a gate row and the
         second phase the rest of the unit (docs/metrics.md, ffn_storage_bytes)."""
-        return (self.total("demand_neurons") * self.unit_bytes
-                + self.total("prefetch_neurons") * self.gate_row_bytes
-                + self.total("second_phase_neurons") * (self.unit_bytes - self.gate_row_bytes))
+        return (self.total("demand_units") * self.unit_bytes
+                + self.total("prefetch_units") * self.gate_row_bytes
+                + self.total("second_phase_units") * (self.unit_bytes - self.gate_row_bytes))
 
     def layer_bytes(self, layer: int) -> Fraction:
         p = self.per_layer
-        return (p["demand_neurons"][layer] * self.unit_bytes + p["prefetch_neurons"][layer] * self.gate_row_bytes
-                + p["second_phase_neurons"][layer] * (self.unit_bytes - self.gate_row_bytes))
+        return (p["demand_units"][layer] * self.unit_bytes + p["prefetch_units"][layer] * self.gate_row_bytes
+                + p["second_phase_units"][layer] * (self.unit_bytes - self.gate_row_bytes))
 
 
 class ReferenceCache:
@@ -212,7 +212,7 @@ class ReferenceCache:
         if self.policy == "static-pin":
             return (1, layer, index) if unit in self.pinned else (0, e.last, layer, index)
         if self.policy == "belady":
-            return (-self.next_use(unit, g), layer, index)
+            return (-self.next_use(unit, g), -layer, index)
         raise ValueError(self.policy)
 
     def next_use(self, unit: Unit, g: int) -> float:
@@ -234,7 +234,7 @@ class ReferenceCache:
         # prefetch_issued = useful + useless + unused at end + bypassed + gate-dropped holds.
         if e.prefetched_unused:
             self.count("prefetch_useless", unit[0])
-            self.count("pollution_neurons", unit[0])
+            self.count("pollution_units", unit[0])
         if by_prefetch:
             self.displaced_by_prefetch.add(unit)
 
@@ -254,6 +254,7 @@ class ReferenceCache:
             self.evict(victim, by_prefetch=True)
         for i in units:
             self.resident[(layer, i)] = Entry(fill=g, last=g, uses=0, prefetched_unused=True)
+        self.count("inserted", layer, len(units))
 
     def insert_demand(self, layer: int, units: list[int], g: int, prefetched: bool = False) -> None:
         """Units the FFN needs now: evict units not in use, unpredicted ones first."""
@@ -273,10 +274,14 @@ class ReferenceCache:
                 self.evict(victim, by_prefetch=False)
         for i in units:
             self.resident[(layer, i)] = Entry(fill=g, last=g, uses=0, prefetched_unused=False)
+        self.count("inserted", layer, len(units))
 
     # -- one step --------------------------------------------------------------------------------
 
     def issue(self, g: int, h: int, p_indices: frozenset[int] | None, batches: list) -> None:
+        """P(h) is predicted (and protected from now on); of the units neither resident, in flight
+        nor staged, only as many as the partition could keep are issued: K = capacity - |claims|
+        + |fetch|, claims = the partition's protected or in-flight units, P(h) included."""
         t, l = divmod(h, self.L)
         p = frozenset((l, i) for i in (p_indices or ()))
         if p_indices is not None:
@@ -287,12 +292,18 @@ class ReferenceCache:
         self.predicted[h] = p
         self.count("prefetch_requested", l, len(p))
         in_flight = {(bl, i) for _, bl, units in batches for i in units}
-        issued = sorted(i for (_, i) in p if (l, i) not in self.resident and (l, i) not in in_flight
-                        and (l, i) not in self.staged)
-        self.count("prefetch_issued", l, len(issued))
-        self.count("prefetch_neurons", l, len(issued))
-        if issued:
-            batches.append((h, l, issued))
+        fetch = sorted(i for (_, i) in p if (l, i) not in self.resident and (l, i) not in in_flight
+                       and (l, i) not in self.staged)
+        if not self.two_phase:   # gate rows go to the staging buffer, which the capacity does not bound
+            part = self.part((l, 0))
+            claims = {u for u in self.in_use | self.predicted_units() | in_flight if self.part(u) == part}
+            keep = max(self.capacity[part] - len(claims) + len(fetch), 0)
+            self.count("prefetch_no_room", l, len(fetch[keep:]))
+            fetch = fetch[:keep]
+        self.count("prefetch_issued", l, len(fetch))
+        self.count("prefetch_units", l, len(fetch))
+        if fetch:
+            batches.append((h, l, fetch))
 
     def arrive(self, g: int, batches: list) -> None:
         for h, layer, units in batches:
@@ -318,11 +329,11 @@ class ReferenceCache:
             elif unit in self.staged:
                 self.count("gate_hits", l)
                 self.count("prefetch_useful", l)
-                self.count("second_phase_neurons", l)
+                self.count("second_phase_units", l)
                 gate_hits.append(unit[1])
             else:
                 self.count("misses", l)
-                self.count("demand_neurons", l)
+                self.count("demand_units", l)
                 if unit in self.displaced_by_prefetch:
                     self.count("pollution_misses", l)
                 misses.append(unit[1])

@@ -47,11 +47,12 @@ SCHEDULES = ("layer", "token")
 FULL = os.environ.get("SPARSESIM_DIFFERENTIAL", "") == "full"
 
 # Compared exactly, per layer (record's per_layer JSON) and in total. Flash bytes per layer are
-# (demand_neurons, prefetch_neurons, second_phase_neurons) times exact byte sizes.
-PRIMARY = ("hits", "late", "gate_hits", "misses", "evictions", "demand_neurons", "prefetch_neurons",
-           "second_phase_neurons")
-SECONDARY = ("accesses", "expired", "prefetch_requested", "prefetch_issued", "prefetch_useful", "prefetch_useless",
-             "prefetch_bypassed", "prefetch_unused_at_end", "prefetch_gate_dropped", "pollution_neurons",
+# (demand_units, prefetch_units, second_phase_units) times exact byte sizes.
+PRIMARY = ("hits", "late", "gate_hits", "misses", "evictions", "demand_units", "prefetch_units",
+           "second_phase_units")
+SECONDARY = ("accesses", "expired", "inserted", "prefetch_requested", "prefetch_issued", "prefetch_no_room",
+             "prefetch_useful", "prefetch_useless",
+             "prefetch_bypassed", "prefetch_unused_at_end", "prefetch_gate_dropped", "pollution_units",
              "pollution_misses")
 TOTALS = {"hits": "hits", "late": "late_hits", "gate_hits": "gate_hits", "misses": "demand_misses",
           "evictions": "evictions"}
@@ -127,7 +128,7 @@ def compare(engine: dict, reference: dict, fields=PRIMARY + SECONDARY) -> list[t
         if engine[name] != reference[name]:
             mismatches.append((name, engine[name], reference[name]))
     for name in fields:
-        e = engine["per_layer"].get(name)
+        e = engine["per_layer"].get(name, "missing from the record")
         r = reference["per_layer"][name]
         if e != r:
             mismatches.append((f"per_layer.{name}", e, r))

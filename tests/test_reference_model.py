@@ -77,17 +77,17 @@ def test_demand_paging_by_hand():
 
 
 def test_predicted_sets_are_protected_by_hand():
-    """oracle, layer schedule k=1, capacity 2 = one step's need (worked out in docs/validation.md):
-    step 0 issues P(0) = {0,1} and P(1) = {1,2}; 2 arrives with 0 and 1 predicted, so it is
-    bypassed; the next steps likewise bypass their arrival and read it on demand, evicting a
-    predicted unit only when no unpredicted one is left."""
+    """oracle, layer schedule k=1, capacity 2 = one step's need. Step 0 issues P(0) = {0,1} and
+    P(1) = {1,2}: 0 and 1 claim the whole cache, so 2 is not fetched (no room). Steps 1 and 2
+    likewise cannot fetch their new unit and read it on demand, evicting a predicted unit only
+    because no unpredicted one is left; step 3 evicts the unpredicted 2."""
     r = replay(one_layer([{0, 1}, {1, 2}, {0, 2}, {0, 1}]), Config("oracle", "lru", budget=0.5))
     p = {k: v[0] for k, v in r.per_layer.items()}
     assert (p["hits"], p["misses"], p["evictions"]) == (5, 3, 3)
-    assert (p["prefetch_issued"], p["prefetch_bypassed"], p["prefetch_useful"]) == (5, 3, 2)
-    assert r.ffn_storage_bytes == 8 * r.unit_bytes
+    assert (p["prefetch_issued"], p["prefetch_no_room"], p["prefetch_bypassed"], p["prefetch_useful"]) == (2, 3, 0, 2)
+    assert r.ffn_storage_bytes == 5 * r.unit_bytes
     room = replay(one_layer([{0, 1}, {1, 2}, {0, 2}, {0, 1}]), Config("oracle", "lru", budget=1))
-    assert room.total("misses") == 0 and room.total("prefetch_bypassed") == 0
+    assert room.total("misses") == 0 and room.total("prefetch_no_room") == 0
 
 
 def test_refusals():
@@ -122,7 +122,7 @@ def test_reference_invariants(trace, predictor, cache, partition, budget, schedu
     assert r.total("late") == 0
     truth = true_sets(trace.masks, trace.d_ff)
     needed = [[frozenset(range(d)) for d in trace.d_ff] for _ in truth] if predictor == "dense" else truth
-    read = r.total("demand_neurons") + r.total("second_phase_neurons" if config.two_phase else "prefetch_neurons")
+    read = r.total("demand_units") + r.total("second_phase_units" if config.two_phase else "prefetch_units")
     c = capacities(budget, trace.d_ff, "global")[None]
     assert read + r.preloaded_units >= flat_min_misses(request_sequence(needed), c)
 
@@ -134,4 +134,4 @@ def test_reference_oracle_with_room_never_misses(trace, cache, partition, schedu
     needed = true_sets(trace.masks, trace.d_ff)
     budget = smallest_budget(trace.d_ff, partition, outstanding_need(needed, trace.n_layers, schedule, partition))
     r = replay(trace, Config("oracle", cache, partition, budget, schedule, two_phase=two_phase and trace.model["glu"]))
-    assert r.total("misses") == 0 and r.total("prefetch_bypassed") == 0 and r.total("prefetch_useless") == 0
+    assert r.total("misses") == 0 and r.total("prefetch_no_room") == 0 and r.total("prefetch_useless") == 0

@@ -175,9 +175,9 @@ def test_no_schedule_reads_fewer_units_than_belady_min(instant_profile, case):
     record, per, _ = out
     trace = case["trace"]
     c = capacities(case["budget"], trace.d_ff, "global")[None]   # a per-layer split holds no more than C
-    read = per_total(per, "demand_neurons") + per_total(
-        per, "second_phase_neurons" if case["two_phase"] else "prefetch_neurons")
-    assert read + record.get("preloaded_units", 0) >= flat_min_misses(request_sequence(needed_sets(case)), c)
+    read = per_total(per, "demand_units") + per_total(
+        per, "second_phase_units" if case["two_phase"] else "prefetch_units")
+    assert read + record["preloaded_units"] >= flat_min_misses(request_sequence(needed_sets(case)), c)
 
 
 @SETTINGS
@@ -189,7 +189,7 @@ def test_every_unit_is_resident_when_its_ffn_computes(instant_profile, case):
     trace = case["trace"]
     caps = capacities(case["budget"], trace.d_ff, case["partition"])
     must, unread = necessary_residency(trace, needed_sets(case), io_log, case["two_phase"])
-    assert len(unread) <= record.get("preloaded_units", 0), f"units used, never read nor preloaded: {sorted(unread)}"
+    assert len(unread) <= record["preloaded_units"], f"units used, never read nor preloaded: {sorted(unread)}"
     for g, units in must.items():
         for part, cap in caps.items():
             n = sum(1 for u in units if part is None or u[0] == part)
@@ -197,7 +197,7 @@ def test_every_unit_is_resident_when_its_ffn_computes(instant_profile, case):
 
 
 def per_total(per: dict, name: str) -> int:
-    return sum(per.get(name, []))
+    return sum(per[name])
 
 
 def outstanding_need(needed, n_layers: int, schedule: str, partition: str) -> dict:
