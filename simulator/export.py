@@ -33,6 +33,7 @@ from sparsesim.atomic import atomic_path, check_writable
 from sparsesim.errors import InputError
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
 from sparsesim.tracefile import iter_trace_blocks, os_reason, read_meta
+from sparsesim.traceunits import NEURON, TraceUnits
 
 FORMATS = ("csv", "oracle-general")
 ORACLE_GENERAL = np.dtype([("time", "<u4"), ("obj_id", "<u8"), ("obj_size", "<u4"), ("next_access_vtime", "<i8")])
@@ -52,8 +53,12 @@ def export_requests(trace: str | os.PathLike, fmt: str, out: str | os.PathLike, 
         raise InputError(f"--format {fmt!r}: unknown; known formats: {', '.join(FORMATS)}")
     out = check_writable(out)
     meta, pf = read_meta(trace)
+    units = TraceUnits.from_meta(meta, str(trace))
+    if units.kind != NEURON:
+        raise InputError(f"{trace}: export-requests writes traces of FFN neurons; this trace's units are "
+                         f"{units.kind}s, which it does not export yet")
     model = meta["model"]
-    d_ff = [int(x) for x in model["d_ff"]]
+    d_ff = [int(x) for x in units.count]
     size = ModelFootprint.from_meta(model, Scenario(precision=precision)).neuron_bytes
     if size != int(size):
         raise InputError(f"--precision {precision}: a unit of {Path(trace).name} is {size:g} B, not a whole "

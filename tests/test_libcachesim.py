@@ -182,6 +182,16 @@ def test_export_refuses_bad_format_and_output_leaving_no_partial_file(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "t.parquet"]
 
 
+def test_export_refuses_expert_traces(shared_data, tmp_path):
+    from sparsesim.tracing.importers import import_file
+
+    moe = tmp_path / "qwen.parquet"
+    import_file(shared_data / "moe-routes" / "qwen.route.csv", moe)
+    with pytest.raises(InputError, match="units are experts"):
+        export_requests(moe, "csv", tmp_path / "r.csv")
+    assert not (tmp_path / "r.csv").exists()
+
+
 def test_export_requests_cli_one_line_errors(tmp_path):
     import subprocess
 
