@@ -44,7 +44,7 @@ class StorageQueue:
     def __init__(self, env: simpy.Environment, read_path: ReadPath,
                  on_finish: Callable[[Batch], None] | None = None, link: Callable[[Batch], float] | None = None):
         self.env = env
-        self.read_path = read_path
+        self.batch_time = read_path.store.batch_time if read_path.exact else read_path.batch_time
         self.on_finish = on_finish          # sees every batch when it completes (the I/O log)
         self.link = link                    # seconds of a batch's transfer to a unit's own memory, if any
         self._waiting = (deque(), deque())  # by priority
@@ -88,7 +88,7 @@ class StorageQueue:
     def _start(self, batch: Batch) -> None:
         self._serving = batch
         batch.start = self.env.now
-        seconds = self.read_path.batch_time(batch.requests) if batch.seconds is None else batch.seconds
+        seconds = self.batch_time(batch.requests) if batch.seconds is None else batch.seconds
         self.busy += seconds
         self.env.timeout(seconds).callbacks.append(self._finish)
 

@@ -132,7 +132,8 @@ class ReplayEngine:
         else:
             requests = request_sizes(units, fp.row_bytes, rows, sc.layout, sc.coalesce and sc.layout != "bundled",
                                      sc.max_request)
-        requests = self._device_requests(layer, units, requests)
+        if not self.read_path.exact:
+            requests = self._device_requests(layer, units, requests)
         self.acc.requests(layer, requests)
         return self.device.submit(requests, priority, layer, units, on_done, seconds)
 
@@ -140,8 +141,6 @@ class ReplayEngine:
         """What reaches the device for ``requests`` of ``units``: page faults through the page cache,
         or the requests shaped by the read granularity; the bytes beyond the units' own are padding."""
         read_path = self.read_path
-        if read_path.exact:
-            return requests
         if read_path.page_cache:
             shaped = read_path.fault_requests(units, self.nb, layer, self.fp.d_ff, self.fp.row_bytes,
                                               self.fp.matrices, self.sc.layout)
@@ -242,7 +241,8 @@ class ReplayEngine:
             for size, n in request_sizes(ready, fp.row_bytes, up_down, sc.layout,
                                          sc.coalesce and sc.layout != "bundled", sc.max_request).items():
                 requests[size] = requests.get(size, 0) + n
-            requests = self._device_requests(layer, miss | ready, requests)
+            if not self.read_path.exact:
+                requests = self._device_requests(layer, miss | ready, requests)
             self.acc.requests(layer, requests)
             waits.append(self.device.completion(self.device.submit(requests, DEMAND, layer, miss | ready)))
         if late_gates:
@@ -294,30 +294,28 @@ class ReplayEngine:
             needed, n_needed = (self._all, self._n_all) if dense else self._needed(t)
             for l in range(L):
                 self.step = step = t * L + l
-                # 1. predictions due now (with predict_from=attention-output: after the non-FFN work)
+                if after_attention:   # 2. before 1: a layer's prediction reads its attention output
+                    s, w = yield from self._dense_weights(env, costs.nonffn(t))
+                    stall, compute = stall + s, compute + w
+                # 1. predictions due now: their cost on the critical path (a low-rank predictor of the layer
+                # with predictor_rank, inside the clusters under pipeline=cluster), then the issue
                 targets = self.schedule.targets(step)
-                if not after_attention:
-                    seconds = self._prediction_seconds(l, targets, predict_layer)
-                    if seconds:
-                        yield env.timeout(seconds)
-                        compute += seconds
-                    self._issue_due(step, targets)
-                # 2. non-FFN work of this layer
-                s, w = yield from self._dense_weights(env, "nonffn", t)
-                stall, compute = stall + s, compute + w
-                if after_attention:
-                    seconds = self._prediction_seconds(l, targets, predict_layer)
-                    if seconds:
-                        yield env.timeout(seconds)
-                        compute += seconds
-                    self._issue_due(step, targets)
+                seconds = costs.predictor(l) if predict_layer else costs.predict * len(targets) if targets else 0.0
+                if seconds:
+                    yield env.timeout(seconds)
+                    compute += seconds
+                self.view.frontier = step
+                for target in targets:
+                    self._issue(target)
+                if not after_attention:   # 2. non-FFN work of this layer
+                    s, w = yield from self._dense_weights(env, costs.nonffn(t))
+                    stall, compute = stall + s, compute + w
                 # 3. lookup: resident, in-flight and staged sets are disjoint
-                need = self._computed.pop(step, None) if drop else None
-                if need is None:
-                    need, n_need = needed[l], n_needed[l]
-                else:   # the drop rule: the FFN computes the predicted set; the rest of the mask is dropped
-                    n_need = need.bit_count()
+                need, n_need = needed[l], n_needed[l]
+                if drop and step in self._computed:   # the drop rule: the FFN computes the predicted set
+                    need = self._computed.pop(step)
                     acc.totals.dropped_units += (needed[l] & ~need).bit_count()
+                    n_need = need.bit_count()
                 res.begin_use(l, need)
                 hit = need & resident[l]
                 late = need & inflight[l]
@@ -371,28 +369,16 @@ class ReplayEngine:
                     compute += t_ffn
                 mm += charge
                 res.end_step(l, step)
-            s, w = yield from self._dense_weights(env, "head")   # the LM head
+            s, w = yield from self._dense_weights(env, costs.head())   # the LM head
             stall, compute = stall + s, compute + w
             self.token_time[t] = env.now - start
             self.token_compute[t], self.token_stall[t], self.token_mm[t] = compute, stall, mm
 
-    def _prediction_seconds(self, layer: int, targets: range, predict_layer: bool) -> float:
-        """The cost of the predictions due now, on the critical path: a low-rank predictor of the
-        layer (``predictor_rank``; inside the clusters under ``pipeline=cluster``), else the
-        predictor's own per prediction."""
-        if predict_layer:
-            return self.costs.predictor(layer)
-        return self.costs.predict * len(targets) if targets and self.costs.predict else 0.0
-
-    def _issue_due(self, step: int, targets: range) -> None:
-        self.view.frontier = step
-        for target in targets:
-            self._issue(target)
-
-    def _dense_weights(self, env: simpy.Environment, part: str, token: int = 0):
-        """Non-FFN weights (a layer's attention and KV cache, the LM head): streamed from flash first
-        when they live there, then computed from DRAM. Returns (stall, compute) seconds."""
-        nbytes, seconds = self.costs.dense_weights(part, token)
+    def _dense_weights(self, env: simpy.Environment, cost: tuple[float, float]):
+        """Non-FFN weights (a layer's attention and KV cache, the LM head) of ``cost`` (bytes,
+        seconds): streamed from flash first when they live there, then computed from DRAM. Returns
+        (stall, compute) seconds."""
+        nbytes, seconds = cost
         stall = 0.0
         if self.sc.nonffn_in == "flash":
             t0 = env.now

@@ -253,12 +253,13 @@ class ModelFootprint:
         b = scenario.dram_budget
         if b <= 1:
             total = math.floor(Fraction(str(b)) * units)
-        else:
-            resident = Fraction(self.nonffn_resident_bytes) if scenario.nonffn_in == "dram" else Fraction(0)
+        else:   # bytes of the DRAM-resident copies, at the compute precision (compute_precision)
+            scale = Fraction(BYTES_PER_WEIGHT[scenario.arithmetic_precision]) / Fraction(scenario.bytes_per_weight)
+            resident = Fraction(self.nonffn_resident_bytes) * scale if scenario.nonffn_in == "dram" else Fraction(0)
             if b < resident:
                 raise InputError(f"scenario field 'dram_budget': {b:.4g} B is smaller than the resident "
-                                 f"non-FFN weights ({float(resident):.4g} B at {scenario.precision})")
-            total = min(math.floor((Fraction(b) - resident) / Fraction(self.neuron_bytes)), units)
+                                 f"non-FFN weights ({float(resident):.4g} B at {scenario.arithmetic_precision})")
+            total = min(math.floor((Fraction(b) - resident) / (Fraction(self.neuron_bytes) * scale)), units)
         if scenario.partition == "global":
             return np.array([total], dtype=np.int64)
         # LLM in a Flash's preallocated per-layer matrices: capacity in proportion to d_ff

@@ -120,21 +120,29 @@ class StepCosts:
         return nbytes, resident, flops, self.unit.time("dense", Work(resident, flops, calls))
 
     # -- dense work -----------------------------------------------------------------------------
-    def dense_weights(self, part: str, token: int = 0) -> tuple[float, float]:
-        """A matrix-vector product over weights held in DRAM — ``"nonffn"``: one layer's attention
-        and norms (and its KV cache at ``token``'s position with ``kv_cache``), ``"head"``: the LM
-        head. Returns (bytes of those weights at the storage precision, seconds)."""
+    def _charge_dense(self, part: str) -> tuple[float, float]:
         nbytes, resident, flops, seconds = self._dense[part]
         t = self.totals
         t.dram_bytes += resident
         t.flops += flops
-        if part == "nonffn" and self.kv is not None:
-            kv_bytes, kv_flops, kv_seconds, kv_dispatch = self.kv
-            position = self.prompt_tokens + token
-            t.dram_bytes += position * kv_bytes
-            t.flops += position * kv_flops
-            seconds += position * kv_seconds + kv_dispatch
         return nbytes, seconds
+
+    def nonffn(self, token: int) -> tuple[float, float]:
+        """One layer's attention and norms, a matrix-vector product over weights held in DRAM, and
+        with ``kv_cache`` its KV cache at ``token``'s position. Returns (bytes of those weights at the
+        storage precision, seconds)."""
+        nbytes, seconds = self._charge_dense("nonffn")
+        if self.kv is None:
+            return nbytes, seconds
+        kv_bytes, kv_flops, kv_seconds, kv_dispatch = self.kv
+        position = self.prompt_tokens + token
+        self.totals.dram_bytes += position * kv_bytes
+        self.totals.flops += position * kv_flops
+        return nbytes, seconds + position * kv_seconds + kv_dispatch
+
+    def head(self) -> tuple[float, float]:
+        """The LM head once per token, as :meth:`nonffn` (without a KV cache)."""
+        return self._charge_dense("head")
 
     def predictor(self, layer: int) -> float:
         """The low-rank predictor of one layer step (``predictor_rank``), on the compute unit."""
@@ -163,11 +171,12 @@ class StepCosts:
 
     def ffn(self, units: int) -> float:
         """The FFN over ``units`` units (gate/up rows and down column each): the computed units, or
-        under ``ffn_compute=matrix`` every resident unit of the layer."""
+        under ``ffn_compute=matrix`` every resident unit of the layer; its kernel calls' dispatch."""
         self._read_ffn(units * self.unit_bytes)
         self.totals.flops += units * self.unit_flops
-        seconds = units * self.unit_seconds
-        return seconds + self.ffn_dispatch if self.ffn_dispatch and units else seconds
+        if self.ffn_dispatch and units:
+            return units * self.unit_seconds + self.ffn_dispatch
+        return units * self.unit_seconds
 
     def gate_rows(self, units: int) -> float:
         """Two-phase: evaluating staged gate rows whose unit turned out inactive."""
@@ -192,10 +201,9 @@ class StepCosts:
         the memory-management scheme: bytes moved, bookkeeping, and its kernel calls' dispatch."""
         units = inserted + removed
         self.totals.dram_bytes += units * self.moved_bytes
-        seconds = units * self.moved_seconds
         if self.dispatch:
-            seconds += management_calls(self.scheme, inserted, removed) * self.dispatch
-        return seconds
+            return units * self.moved_seconds + management_calls(self.scheme, inserted, removed) * self.dispatch
+        return units * self.moved_seconds
 
     # -- the cluster pipeline -------------------------------------------------------------------
     def _unit_pieces(self, fp: ModelFootprint, sc: Scenario) -> tuple[list[float], list[float]]:
