@@ -237,7 +237,7 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     geometry = CacheGeometry(n_layers=trace.n_layers, d_ff=tuple(trace.d_ff), n_bytes=trace.n_bytes,
                              n_tokens=trace.n_tokens, capacity=capacity, partition=scenario.partition,
                              need_max=_need(trace, fp, pred.dense, hot), masks=_needed_sets(trace, pred.dense, hot),
-                             profile_masks=None if profile_trace is None else profile_trace.masks)
+                             profile_masks=None if profile_trace is None else profile_trace.masks, outside=hot)
     store = BackingStore.flash(hw.storage) if scenario.ffn_in == "flash" else BackingStore.dram(hw.dram)
     engine = ReplayEngine(trace.masks, trace.token, fp, scenario, hw, store,
                           Residency(NeuronCache(geometry, policy)), pred, io_log, model=trace.model,
