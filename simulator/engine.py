@@ -76,7 +76,6 @@ class ReplayEngine:
                  io_log: list[IoBatch] | None = None, model: dict | None = None,
                  hot: list[int] | None = None):
         self.masks = masks
-        self.model = model
         self.fp = footprint
         self.sc = scenario
         self.store = store
@@ -414,7 +413,7 @@ class ReplayEngine:
         self.acc.totals.link_busy = self.device.link_busy
         w = self.sc.warmup
         counts = self.acc.finish(self._snapshot, self.res.staged)
-        counts.totals.prefill_s = self.costs.prefill(self.fp, self.model)   # once, before the replayed tokens
+        counts.totals.prefill_s = self.costs.prefill(self.fp)   # once, before the replayed tokens
         return ReplayResult(
             counts=counts, n_tokens=self.T - w, n_layers=self.L,
             token_time=self.token_time[w:], token_compute=self.token_compute[w:],

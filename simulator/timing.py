@@ -47,7 +47,6 @@ class StepCosts:
         self.unit = unit = Unit.from_profile(profile, sc.compute_unit, sc.arithmetic_precision,
                                              f"scenario field 'compute_unit' = {sc.compute_unit}")
         peak = unit.peak
-        self.dram_bw, self.flop_rate = unit.bandwidth, peak
         # With the FFN in DRAM the weights the FFN reads come from the on-chip cache.
         self.on_chip = sc.ffn_in == "dram" and profile.cache is not None
         ffn_bw = profile.cache.bandwidth if self.on_chip else unit.bandwidth
@@ -151,7 +150,7 @@ class StepCosts:
         self.totals.flops += work.flops
         return self.rank_seconds[layer]
 
-    def prefill(self, fp: ModelFootprint, model: dict | None) -> float:
+    def prefill(self, fp: ModelFootprint) -> float:
         """Seconds to prefill the ``prompt_tokens`` before the first replayed token on the compute
         unit: every weight read once, ``2 n params`` FLOPs plus attention over the prompt
         (``context.prefill_work``), a matrix-matrix product. Not part of any per-token time."""

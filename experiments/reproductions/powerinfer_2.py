@@ -166,7 +166,8 @@ def run(trace: str) -> list[dict]:
                     "error": relative_error(r["tokens_per_s"], published),
                     "roofline_tok_s": roofline["tokens_per_s"],
                     "roofline_error": relative_error(roofline["tokens_per_s"], published),
-                    "compute_ms": r["compute_per_token_s"] * 1e3, "stall_ms": r["io_stall_per_token_s"] * 1e3,
+                    "compute_ms": r["compute_per_token_s"] * 1e3,
+                    "stall_ms": round(r["io_stall_per_token_s"] * 1e3, 9),
                     "mgmt_ms": r["cache_mgmt_per_token_s"] * 1e3, "io_busy_ms": r["io_time_per_token_s"] * 1e3,
                     "compute_share": r["compute_per_token_s"] / r["time_per_token_s"],
                     "hit_rate": r["hit_rate"], "misses_per_token": r["demand_misses"] / r["tokens"],
@@ -185,7 +186,8 @@ def markdown(rows: list[dict]) -> str:
                 "simulated_ms": 1e3 / r["simulated_tok_s"]}
 
     columns = ("rung", "published_tok_s", "published_ms", "band_ms", "simulated_tok_s", "simulated_ms", "error",
-               "compute_ms", "stall_ms", "mgmt_ms", "hit_rate", "misses_per_token", "device_mb_per_token",
+               "compute_ms", "stall_ms", "mgmt_ms", "hit_rate", "hot_activation_share", "misses_per_token",
+               "device_mb_per_token",
                "roofline_tok_s", "roofline_error", "basis")
     return "\n\n".join([
         "# PowerInfer-2, Bamboo-7B ladder (sparsesim reproduce powerinfer-2)",
