@@ -27,15 +27,16 @@ DEMAND, PREFETCH = 0, 1
 
 
 class Batch:
-    """One storage batch: its requests ({size in bytes: count}) and, for FFN reads, the layer and
-    neuron set it brings in."""
+    """One storage batch: its requests ({size in bytes: count}) and, for FFN reads, the layer, the
+    unit set it brings in and the step it is read for (the target of a prefetch)."""
 
-    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done", "seconds")
+    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done", "target",
+                 "seconds")
 
     def __init__(self, requests: dict[float, int], priority: int, layer: int, neurons: int,
-                 on_done: Callable[["Batch"], None] | None, issued: float, seconds: float | None = None):
+                 on_done: Callable[["Batch"], None] | None, issued: float, target: int, seconds: float | None = None):
         self.requests, self.priority, self.layer, self.neurons = requests, priority, layer, neurons
-        self.on_done, self.issued, self.seconds = on_done, issued, seconds
+        self.on_done, self.issued, self.target, self.seconds = on_done, issued, target, seconds
         self.start = self.end = -1.0
         self._done: simpy.Event | None = None
 
@@ -55,9 +56,10 @@ class StorageQueue:
         self._link_free = 0.0               # when the interconnect finishes its last transfer
 
     def submit(self, requests: dict[float, int], priority: int, layer: int = -1, neurons: int = 0,
-               on_done: Callable[[Batch], None] | None = None, seconds: float | None = None) -> Batch:
+               on_done: Callable[[Batch], None] | None = None, target: int = -1,
+               seconds: float | None = None) -> Batch:
         """Queue a batch; ``seconds`` overrides its service time (else the read path's)."""
-        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now, seconds)
+        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now, target, seconds)
         if self._serving is None and priority == DEMAND:
             self._start(batch)
         else:

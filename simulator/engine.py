@@ -121,7 +121,7 @@ class ReplayEngine:
 
     # -- storage ------------------------------------------------------------------------------
     def _read(self, layer: int, units: int, priority: int, on_done=None, rows: int | None = None,
-              seconds: float | None = None) -> Batch:
+              target: int | None = None, seconds: float | None = None) -> Batch:
         """Submit the reads of ``rows`` of each unit's rows (None: all). Bundled, a partial read of
         one unit is not adjacent to the next one's (the rest of its record lies between), so
         partial reads never coalesce there."""
@@ -134,7 +134,8 @@ class ReplayEngine:
         if not self.read_path.exact:
             requests = self._device_requests(layer, units, requests)
         self.acc.requests(layer, requests)
-        return self.device.submit(requests, priority, layer, units, on_done, seconds)
+        return self.device.submit(requests, priority, layer, units, on_done, self.step if target is None else target,
+                                  seconds)
 
     def _device_requests(self, layer: int, units: int, requests: dict[float, int]) -> dict[float, int]:
         """What reaches the device for ``requests`` of ``units``: page faults through the page cache,
@@ -167,7 +168,7 @@ class ReplayEngine:
         sizes = np.array(list(batch.requests), dtype=float)
         counts = np.array(list(batch.requests.values()), dtype=np.int64)
         units = None if batch.layer < 0 else neuronset.to_row(batch.neurons, self.nb)
-        self.io_log.append(IoBatch(self.step // self.L, batch.layer,
+        self.io_log.append(IoBatch(batch.target // self.L, batch.layer,
                                    "demand" if batch.priority == DEMAND else "prefetch", units, sizes, counts,
                                    batch.issued, batch.start, batch.end))
 
@@ -205,7 +206,7 @@ class ReplayEngine:
             return
         self.res.send(layer, fetch)
         self.n_inflight += n
-        self.pending[layer].append(self._read(layer, fetch, PREFETCH, self._arrived, self.prefetch_rows))
+        self.pending[layer].append(self._read(layer, fetch, PREFETCH, self._arrived, self.prefetch_rows, target))
 
     def _arrived(self, batch: Batch) -> None:
         """A prefetch batch is in: staged (two-phase gate rows) or inserted, evicting as allowed."""
@@ -216,7 +217,7 @@ class ReplayEngine:
         self.n_inflight -= n_fetched
         self.pending[layer].remove(batch)
         if self.sc.two_phase:  # gate rows wait in a staging buffer for the layer's input; not cached
-            res.staged[layer] |= fetched
+            res.stage(layer, batch.target, fetched)
             return
         inserted, n_inserted, evicted = res.insert_prefetch(layer, self.step, fetched, n_fetched)
         n_evicted = self.acc.arrived(layer, n_fetched, inserted, n_inserted, evicted)
@@ -243,7 +244,8 @@ class ReplayEngine:
             if not self.read_path.exact:
                 requests = self._device_requests(layer, miss | ready, requests)
             self.acc.requests(layer, requests)
-            waits.append(self.device.completion(self.device.submit(requests, DEMAND, layer, miss | ready)))
+            waits.append(self.device.completion(self.device.submit(requests, DEMAND, layer, miss | ready,
+                                                                    target=self.step)))
         if late_gates:
             waits.append(env.process(self._up_down_after(late_gates, layer, late, up_down)))
         return waits
@@ -257,11 +259,8 @@ class ReplayEngine:
         """Every staged gate row of the layer is evaluated on this token's input: needed units
         (their up/down rows just read) enter the cache whole, the rest are dropped. Returns the
         compute seconds of evaluating the dropped rows (the kept ones are part of the FFN)."""
-        staged = self.res.staged[layer]
-        kept = staged & need
-        dropped = staged ^ kept
+        kept, dropped = self.res.evaluate_staged(layer, step, need)
         n_dropped = dropped.bit_count()
-        self.res.staged[layer] = 0
         self.acc.gates_evaluated(layer, kept.bit_count(), n_dropped)
         if kept:
             evicted = self.res.insert_demand(layer, step, kept)
@@ -381,7 +380,7 @@ class ReplayEngine:
         stall = 0.0
         if self.sc.nonffn_in == "flash":
             t0 = env.now
-            yield self.device.completion(self.device.submit(self._stream_requests(nbytes), DEMAND))
+            yield self.device.completion(self.device.submit(self._stream_requests(nbytes), DEMAND, target=self.step))
             stall = env.now - t0
         yield env.timeout(seconds)
         return stall, seconds

@@ -130,9 +130,9 @@ class StepCosts:
         """One layer's attention and norms, a matrix-vector product over weights held in DRAM, and
         with ``kv_cache`` its KV cache at ``token``'s position. Returns (bytes of those weights at the
         storage precision, seconds)."""
-        nbytes, seconds = self._charge_dense("nonffn")
         if self.kv is None:
-            return nbytes, seconds
+            return self._charge_dense("nonffn")
+        nbytes, seconds = self._charge_dense("nonffn")
         kv_bytes, kv_flops, kv_seconds, kv_dispatch = self.kv
         position = self.prompt_tokens + token
         self.totals.dram_bytes += position * kv_bytes
