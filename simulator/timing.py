@@ -54,8 +54,8 @@ class StepCosts:
         wc = sc.compute_bytes_per_weight                       # the DRAM-resident copy the arithmetic reads
         self.scale = 1.0 if wc == bpw else wc / bpw
         d, m = fp.d_model, fp.matrices
-        self._dense = {part: self._dense_kernel(nbytes, calls) for part, nbytes, calls in
-                       (("nonffn", fp.layer_nonffn_bytes, 4), ("head", fp.head_bytes, 1))}
+        self._nonffn = self._dense_kernel(fp.layer_nonffn_bytes, 4)    # q, k, v, o projections
+        self._head = self._dense_kernel(fp.head_bytes, 1)
         self.predict = predictor_flops / peak if predictor_flops else 0.0
         # Per-unit constants: every FFN kernel is linear in the units it touches.
         self.unit_bytes = fp.neuron_bytes if self.scale == 1.0 else fp.neuron_bytes * self.scale
@@ -119,29 +119,28 @@ class StepCosts:
         return nbytes, resident, flops, self.unit.time("dense", Work(resident, flops, calls))
 
     # -- dense work -----------------------------------------------------------------------------
-    def _charge_dense(self, part: str) -> tuple[float, float]:
-        nbytes, resident, flops, seconds = self._dense[part]
-        t = self.totals
-        t.dram_bytes += resident
-        t.flops += flops
-        return nbytes, seconds
-
     def nonffn(self, token: int) -> tuple[float, float]:
         """One layer's attention and norms, a matrix-vector product over weights held in DRAM, and
         with ``kv_cache`` its KV cache at ``token``'s position. Returns (bytes of those weights at the
         storage precision, seconds)."""
+        nbytes, resident, flops, seconds = self._nonffn
+        t = self.totals
+        t.dram_bytes += resident
+        t.flops += flops
         if self.kv is None:
-            return self._charge_dense("nonffn")
-        nbytes, seconds = self._charge_dense("nonffn")
+            return nbytes, seconds
         kv_bytes, kv_flops, kv_seconds, kv_dispatch = self.kv
         position = self.prompt_tokens + token
-        self.totals.dram_bytes += position * kv_bytes
-        self.totals.flops += position * kv_flops
+        t.dram_bytes += position * kv_bytes
+        t.flops += position * kv_flops
         return nbytes, seconds + position * kv_seconds + kv_dispatch
 
     def head(self) -> tuple[float, float]:
-        """The LM head once per token, as :meth:`nonffn` (without a KV cache)."""
-        return self._charge_dense("head")
+        """The LM head once per token, as :meth:`nonffn` (no KV cache)."""
+        nbytes, resident, flops, seconds = self._head
+        self.totals.dram_bytes += resident
+        self.totals.flops += flops
+        return nbytes, seconds
 
     def predictor(self, layer: int) -> float:
         """The low-rank predictor of one layer step (``predictor_rank``), on the compute unit."""
