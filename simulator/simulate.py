@@ -140,9 +140,7 @@ def _without(trace: Trace | None, hot: np.ndarray) -> Trace | None:
     """The trace with the hot units cleared from every mask: the part the compute unit and the cache see."""
     if trace is None:
         return None
-    if not isinstance(trace.masks, np.ndarray):
-        raise InputError(f"{trace.path}: scenario field 'hot_unit' needs the trace in memory (it is streamed)")
-    masks = trace.masks & ~hot
+    masks = np.asarray(trace.masks) & ~hot
     return dataclasses.replace(trace, masks=masks, active=popcount_rows(masks).astype(np.int32))
 
 
@@ -220,6 +218,8 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     originals = (trace, train, profile_trace)   # the baselines split off the hot units themselves
     hot = hot_accesses = None
     if scenario.hot_unit != "none":   # the hot unit's units stay resident; the rest of the run sees the cold part
+        if not isinstance(trace.masks, np.ndarray):
+            raise InputError(f"{trace.path}: scenario field 'hot_unit' needs the trace in memory (it is streamed)")
         hot = _hot_rows(trace, profile_trace, scenario.hot_share)
         hot_accesses = int(popcount_rows(np.asarray(trace.masks)[scenario.warmup:] & hot).sum())
         trace, train, profile_trace = (_without(t, hot) for t in originals)

@@ -247,6 +247,12 @@ def test_hot_units_are_taken_from_the_budget(hot_trace, profile):
         run(hot_trace, profile, settings=["dram_budget=0.25", "compute_unit=cpu", "hot_unit=npu", "hot_share=0.5"])
 
 
+def test_a_hot_unit_needs_the_trace_in_memory(hot_trace, profile):
+    with pytest.raises(InputError, match=r"scenario field 'hot_unit' needs the trace in memory \(it is streamed\)$"):
+        simulate(hot_trace, profile, "none", "lru", settings=WARM + ["hot_unit=npu", "hot_share=0.5"],
+                 baselines=False, stream=True)
+
+
 def test_a_discrete_unit_waits_for_the_interconnect_after_each_read(slide, profile):
     r = run(slide, profile, settings=SLIDE[:-1] + ["compute_unit=gpu"])
     batch = 6 * 100 * US + ROW / 1e9                        # 24 requests at depth 4
