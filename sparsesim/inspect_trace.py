@@ -1,7 +1,9 @@
 """``sparsesim inspect``: a summary of one trace file (no torch; reads the file's own data).
 
-Measured sparsity per layer is recomputed from the ``active`` column, so the summary also
-checks that the data pages are readable, not only the footer.
+The whole file is read, row group by row group (bounded memory), so the summary also checks it:
+every column against its checksum, mask bits against the layer widths, ``active`` against the
+masks' popcounts. Measured sparsity per layer is recomputed from ``active``. A trace written
+before checksums existed is summarised too, and says "no checksum".
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsesim.errors import InputError
-from sparsesim.tracefile import extra_columns, mask_bytes, read_meta
+from sparsesim.tracefile import checksum_status, extra_columns, iter_trace_blocks, mask_bytes, popcount_rows, read_meta
 
 
 def inspect_trace(path: str | os.PathLike) -> dict:
@@ -22,13 +24,14 @@ def inspect_trace(path: str | os.PathLike) -> dict:
     meta, pf = read_meta(p)
     model = meta["model"]
     n_layers, d_ff = int(model["n_layers"]), [int(d) for d in model["d_ff"]]
-    try:
-        table = pf.read(columns=["seq", "active"])
-    except Exception as e:  # pyarrow raises several types for damaged pages
-        raise InputError(f"{p}: cannot read trace data ({type(e).__name__}); file truncated or corrupt") from None
-    active = table.column("active").to_numpy().reshape(-1, n_layers)
-    tokens = active.shape[0]
-    measured = (1.0 - active.mean(axis=0) / np.asarray(d_ff)).tolist() if tokens else []
+    tokens, active_sum, sequences = 0, np.zeros(n_layers, dtype=np.int64), set()
+    for block in iter_trace_blocks(p):   # checksums, widths and layer order verified as it reads
+        if not np.array_equal(popcount_rows(block["masks"]), block["active"]):
+            raise InputError(f"{p}: column 'active' disagrees with the popcount of 'mask' (corrupt file)")
+        tokens += len(block["seq"])
+        active_sum += block["active"].sum(axis=0)
+        sequences.update(np.unique(block["seq"]).tolist())
+    measured = (1.0 - active_sum / tokens / np.asarray(d_ff)).tolist() if tokens else []
     sparsity = meta.get("sparsity") or {}
     row_group = pf.metadata.row_group(0) if pf.metadata.num_row_groups else None
     return {
@@ -37,7 +40,8 @@ def inspect_trace(path: str | os.PathLike) -> dict:
         "file_bytes": p.stat().st_size,
         "rows": pf.metadata.num_rows,
         "tokens": tokens,
-        "sequences": int(len(np.unique(table.column("seq").to_numpy()))),
+        "sequences": len(sequences),
+        "integrity": checksum_status(meta),
         "row_groups": pf.metadata.num_row_groups,
         "mask_bytes": mask_bytes(d_ff),
         "compression": row_group.column(0).compression if row_group else None,
@@ -64,6 +68,7 @@ def format_summary(info: dict) -> str:
         f"{m['activation']}{' GLU' if m['glu'] else ''}; FFN {_params(m['ffn_params'])}, "
         f"non-FFN {_params(m['non_ffn_params'])} params",
         f"sparsity   {s['method'] or '?'} at site {s['site'] or '?'}, target {s['target']}",
+        f"integrity  {info['integrity']}",
     ]
     for kind, label in (("calibration", "calib"), ("evaluation", "eval")):
         t = (info["text"] or {}).get(kind)
