@@ -43,9 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)   # inside: handlers import lazily, and an import can fail too
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"sparsesim: error: {e}", file=sys.stderr)

@@ -225,8 +225,8 @@ def pair_jaccard(masks: Any, first: np.ndarray, second: np.ndarray) -> np.ndarra
     for start, block in token_blocks(masks):
         stop = start + len(block)
         lo, hi = np.searchsorted(first[by_first], [start, stop])
-        for i in by_first[lo:hi]:
-            held[int(i)] = block[first[i] - start]
+        opened = by_first[lo:hi]
+        held.update(zip(opened.tolist(), block[first[opened] - start]))   # a copy: the block itself is not kept
         lo, hi = np.searchsorted(second[by_second], [start, stop])
         pairs = by_second[lo:hi]
         if len(pairs):

@@ -48,7 +48,7 @@ from sparsesim.errors import InputError
 from sparsesim.inputs import regular_file
 from sparsesim.limits import WORKERS
 from sparsesim.simulator.simulate import simulate
-from sparsesim.tracefile import read_failure, table_checksum, verify_table
+from sparsesim.tracefile import read_failure, verify_table, write_checked_table
 
 from sparsesim.experiments.spec import RunConfig, expand, load_spec, materialize
 
@@ -101,7 +101,7 @@ def write_run(results_dir: str | os.PathLike, row: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
         # min/max statistics of one row are useless and the Arrow schema is implied by the Parquet
         # types here (strings, numbers, booleans): dropping both halves the file (~12 KB per run)
-        pq.write_table(table_checksum(pa.Table.from_pylist([row])), tmp, store_schema=False, write_statistics=False)
+        write_checked_table(pa.Table.from_pylist([row]), tmp, store_schema=False, write_statistics=False)
     return path
 
 
@@ -161,7 +161,7 @@ def compact_results(results_dir: str | os.PathLike) -> Path:
     out = Path(results_dir) / "results.parquet"
     table = read_results(results_dir)
     with atomic_path(out) as tmp:
-        pq.write_table(table_checksum(table), tmp)
+        write_checked_table(table, tmp)
     return out
 
 

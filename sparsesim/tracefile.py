@@ -535,14 +535,17 @@ def verify_columns(p: Path, meta: dict, table: pa.Table, groups: list[tuple[int,
         start += rows
 
 
-def table_checksum(table: pa.Table) -> pa.Table:
-    """``table`` with its columns' digests in its Parquet key-value metadata (a results table)."""
+def write_checked_table(table: pa.Table, path: str | os.PathLike, **options: Any) -> None:
+    """Write ``table`` as Parquet (``options`` as for ``pq.ParquetWriter``) with its columns' digests
+    in the file's key-value metadata (a results table; :func:`verify_table` checks them)."""
     checksum = {"algorithm": CHECKSUM_ALGORITHM, "columns": table_digests(table)}
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), CHECKSUM_KEY: json.dumps(checksum)})
+    with pq.ParquetWriter(path, table.schema, **options) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata({CHECKSUM_KEY.decode(): json.dumps(checksum)})
 
 
 def verify_table(p: Path, table: pa.Table) -> pa.Table:
-    """``table`` as read from ``p``, checked against the digests :func:`table_checksum` stored (a table
+    """``table`` as read from ``p``, checked against the digests :func:`write_checked_table` stored (a table
     written without them is accepted as it is); the checksum entry is dropped from the result."""
     metadata = dict(table.schema.metadata or {})
     stored = metadata.pop(CHECKSUM_KEY, None)
