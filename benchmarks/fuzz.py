@@ -7,6 +7,8 @@ that overruns is killed and replaced: a hang). Kinds of input:
 
 * ``trace-bytes``  a valid trace with bits flipped, bytes spliced in or cut off (``simulate``);
 * ``trace-meta``   its footer's JSON metadata mutated in place, checksum left as written;
+* ``trace-crafted`` its metadata mutated and the checksum recomputed: a stranger's consistent file
+  (``simulate``, ``inspect``, ``analyze``);
 * ``trace-inspect`` the same damage through ``inspect --json``;
 * ``profile``      random YAML mappings and mutated presets (``profiles show``);
 * ``spec``         random YAML documents and mutated sweep specs (``sweep``);
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import yaml
 from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings
 from hypothesis import strategies as st
@@ -52,8 +55,8 @@ PRESETS = sorted((ROOT / "hw_profiles").glob("*.yaml"))
 CASE_TIMEOUT_S = 30.0
 # Cases per kind in a full campaign (make fuzz): about 12,000 in all.
 # "special" has 28 distinct cases (4 kinds of file x 7 places): hypothesis stops when it has drawn them all.
-FULL = {"trace-bytes": 3000, "trace-meta": 1500, "trace-inspect": 1000, "profile": 2000, "spec": 1700,
-        "argv": 2700, "special": 100}
+FULL = {"trace-bytes": 2500, "trace-meta": 1200, "trace-crafted": 1000, "trace-inspect": 800, "profile": 2000,
+        "spec": 1700, "argv": 2700, "special": 100}
 
 # Values of a number that must be refused wherever a number is expected (sparsesim.numbers).
 NOT_NUMBERS = ["nan", "inf", "-inf", "1e999", "abc", "", "0x10", "1,5", "--", "\u0661\u0662x"]
@@ -162,6 +165,37 @@ def trace_meta_case(draw, raw: bytes) -> Case:
     damaged = bytes(data)
     argv, reference = draw(st.sampled_from([(SIMULATE, "simulate"), (INSPECT, "inspect")]))
     return Case("trace-meta", argv, {"t.parquet": damaged}, reference=None if damaged == raw else reference)
+
+
+def _meta_values() -> st.SearchStrategy:
+    from tests.fuzzing import yamlish
+    return yamlish(["model", "name", "n_layers", "d_model", "d_ff", "glu", "non_ffn_params", "attention_params",
+                    "embedding_params", "lm_head_params", "vocab_size", "sparsity", "thresholds", "perplexity",
+                    "dense", "sparse", "window", "tokens", "text", "evaluation", "calibration", "learned", "kind",
+                    "format_version", "method", "site", "target", "measured"],
+                   extra=[3, 60, 16, [60, 60, 60], [60, 60], True, 1e308, -1, 2 ** 70])
+
+
+@st.composite
+def trace_crafted_case(draw, raw: bytes) -> Case:
+    """A stranger's trace: metadata mutated and the checksum recomputed to match, so only the
+    reader's own checks stand between it and a wrong answer or a traceback."""
+    from tests.fuzzing import mutate
+    from sparsesim.tracefile import CHECKSUM, META_KEY, meta_digest
+
+    pf = pq.ParquetFile(io.BytesIO(raw))
+    meta = json.loads(pf.metadata.metadata[META_KEY])
+    checksum = meta.pop(CHECKSUM)
+    meta = mutate(meta, _Draw(draw), _meta_values())
+    if isinstance(meta, dict):
+        meta[CHECKSUM] = {**checksum, "metadata": meta_digest(meta)}
+    table = pf.read()
+    out = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(meta)}), out,
+                   row_group_size=table.num_rows, compression="none")
+    argv = draw(st.sampled_from([SIMULATE, ["inspect", "{dir}/t.parquet"], INSPECT,
+                                 ["analyze", "{dir}/t.parquet", "--predictors", "previous-token", "-o", "{dir}/an"]]))
+    return Case("trace-crafted", argv, {"t.parquet": out.getvalue()}, outputs=["an/report.html"])
 
 
 def _profile_values() -> st.SearchStrategy:
@@ -515,6 +549,7 @@ def draw_cases(strategy: st.SearchStrategy, n: int, seed: int) -> list[Case]:
 
 def campaign_cases(counts: dict[str, int], seed: int, raw: bytes) -> list[Case]:
     strategies = {"trace-bytes": trace_bytes_case(raw), "trace-meta": trace_meta_case(raw),
+                  "trace-crafted": trace_crafted_case(raw),
                   "trace-inspect": trace_inspect_case(raw), "profile": profile_case(), "spec": spec_case(raw),
                   "argv": argv_case(raw), "special": special_case(raw)}
     cases: list[Case] = []

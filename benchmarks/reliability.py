@@ -169,6 +169,7 @@ def kill_campaign(target: KillTarget, workdir: Path, *, kills: int, seed: int, k
 def _trace_meta_without_provenance(meta: dict) -> dict:
     meta = json.loads(json.dumps(meta))
     meta.pop("created_utc", None)
+    meta.get("checksum", {}).pop("metadata", None)   # a digest of the metadata, created_utc included
     for key in ("argv", "out", "save_thresholds"):
         meta.get("config", {}).pop(key, None)
     return meta
@@ -496,15 +497,17 @@ def run(kills: int = 20, sizes=RSS_SIZES, seed: int = 0) -> dict:
 
 
 def render(r: dict) -> str:
-    lines = ["| command | kills | landed before the end | left a temporary | final files checked | corrupt | "
-             "restarts recovered |", "|---|---|---|---|---|---|---|"]
+    lines = [] if not r["kill_campaigns"] else [
+        "| command | kills | landed before the end | left a temporary | final files checked | corrupt | "
+        "restarts recovered |", "|---|---|---|---|---|---|---|"]
     for c in r["kill_campaigns"]:
         lines.append(f"| `{c['command']}` | {c['kills']} | {c['kills'] - c['finished_before_kill']} | "
                      f"{c['left_temporaries']} | {c['final_files_checked']} | {c['corrupt_files']} | "
                      f"{c['recovered']}/{c['restarts']} |")
-    lines += ["", "| tokens | masks (MB) | partition | streamed | RLIMIT_DATA | peak RSS (MB) | seconds | outcome |",
-              "|---|---|---|---|---|---|---|---|"]
     m = r.get("memory", {})
+    if m:
+        lines += ["", "| tokens | masks (MB) | partition | streamed | RLIMIT_DATA | peak RSS (MB) | seconds | outcome |",
+                  "|---|---|---|---|---|---|---|---|"]
     for row in m.get("per_layer", []) + m.get("global", []):
         limit = f"{row['data_limit_bytes'] / MB:,.0f} MB" if row["data_limit_bytes"] else "-"
         outcome = "replayed" if row["completed"] else (row["error"] or "failed").splitlines()[-1][:90]

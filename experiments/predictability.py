@@ -38,7 +38,8 @@ from sparsesim.simulator.bitset import frequency
 from sparsesim.errors import InputError
 from sparsesim.numbers import SEED
 from sparsesim.simulator.predictors import PREDICTORS, CausalView, Predictor, PredictorContext
-from sparsesim.simulator.predictors.evaluation import Confusion, confusion, issue_step
+from sparsesim.simulator.predictors.evaluation import Confusion, confusion
+from sparsesim.simulator.schedule import PrefetchSchedule
 from sparsesim.simulator.scenario import BYTES_PER_WEIGHT, NUMBERS as SCENARIO_NUMBERS, ModelFootprint, Scenario
 from sparsesim.simulator.simulate import _companion, parse_policy
 from sparsesim.simulator.streaming import open_streamed
@@ -108,24 +109,35 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def streamed_confusion(trace: Trace, predictor: Predictor, lookahead: int = 1) -> Confusion:
     """:func:`~sparsesim.simulator.predictors.evaluation.replay` and ``confusion`` block by block:
-    the same predictions in the same order (layer schedule), counted per block of tokens, so
-    neither the predictions nor the masks of the whole trace are ever held."""
-    T, L, n_bytes = trace.masks.shape
+    the same predictions in the same order (the ``layer`` schedule's targets only grow), counted
+    per block of target tokens, so neither the predictions nor the masks of the whole trace are
+    ever held."""
+    T, L, _ = trace.masks.shape
     view = CausalView(trace.masks, trace.token, allow_future=predictor.sees_future)
+    plan = PrefetchSchedule("layer", lookahead, L, T * L)
     total = Confusion(*(np.zeros(L, dtype=np.int64) for _ in range(4)))
-    for start, block in token_blocks(trace.masks):
-        predicted = np.zeros_like(block)
-        issued = np.zeros(block.shape[:2], dtype=bool)
-        for step in range(start * L, (start + len(block)) * L):
-            view.frontier = issue_step(step, L, lookahead, "layer")
-            token, layer = divmod(step, L)
+    blocks = token_blocks(trace.masks)
+    start, block = next(blocks, (0, np.zeros((0, L, trace.n_bytes), np.uint8)))
+    predicted, issued = np.zeros_like(block), np.zeros(block.shape[:2], dtype=bool)
+
+    def count() -> None:
+        c = confusion(block, predicted, issued)
+        for key in ("issued", "tp", "fp", "fn"):
+            getattr(total, key)[:] += getattr(c, key)
+
+    for step in range(T * L):
+        view.frontier = step
+        for target in plan.targets(step):
+            token, layer = divmod(target, L)
+            while token >= start + len(block):          # every later target lies beyond this block
+                count()
+                start, block = next(blocks)
+                predicted, issued = np.zeros_like(block), np.zeros(block.shape[:2], dtype=bool)
             pred = predictor.predict(view, token, layer)
             if pred is not None:
                 predicted[token - start, layer] = pred
                 issued[token - start, layer] = True
-        c = confusion(block, predicted, issued)
-        for key in ("issued", "tp", "fp", "fn"):
-            getattr(total, key)[:] += getattr(c, key)
+    count()
     return total
 
 

@@ -32,7 +32,7 @@ def inspect_trace(path: str | os.PathLike) -> dict:
         active_sum += block["active"].sum(axis=0)
         sequences.update(np.unique(block["seq"]).tolist())
     measured = (1.0 - active_sum / tokens / np.asarray(d_ff)).tolist() if tokens else []
-    sparsity = meta.get("sparsity") or {}
+    sparsity = _mapping(meta.get("sparsity"))
     row_group = pf.metadata.row_group(0) if pf.metadata.num_row_groups else None
     return {
         "path": str(p),
@@ -51,14 +51,29 @@ def inspect_trace(path: str | os.PathLike) -> dict:
         "sparsity": {k: sparsity.get(k) for k in ("method", "site", "target", "thresholds", "natural")},
         "measured_sparsity": measured,
         "measured_sparsity_mean": float(np.mean(measured)) if measured else None,
-        "text": meta.get("text"),
-        "perplexity": meta.get("perplexity"),
+        "text": _mapping(meta.get("text")),
+        "perplexity": _mapping(meta.get("perplexity")),
         "tools": meta.get("tools"),
     }
 
 
+def _mapping(value) -> dict:
+    """A descriptive metadata section as a mapping ({} when absent or not one: shown as unknown)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def format_summary(info: dict) -> str:
+    """The text summary. Descriptive metadata (text, perplexity, thresholds, parameter counts) is
+    shown as written, or ``?`` where it is not the number or mapping a tracer writes."""
     m, s, ppl = info["model"], info["sparsity"], info["perplexity"]
+    thresholds = s.get("thresholds")
+    if not (isinstance(thresholds, list) and len(thresholds) >= len(info["measured_sparsity"])
+            and all(map(_is_number, thresholds))):
+        thresholds = None
     lines = [
         f"trace      {info['path']}  (format v{info['format_version']}, {info['file_bytes'] / 1e6:.1f} MB, "
         f"{info['row_groups']} row groups, compression {info['compression']})",
@@ -71,19 +86,19 @@ def format_summary(info: dict) -> str:
         f"integrity  {info['integrity']}",
     ]
     for kind, label in (("calibration", "calib"), ("evaluation", "eval")):
-        t = (info["text"] or {}).get(kind)
+        t = _mapping(info["text"].get(kind))
         if t:
             lines.append(f"{label:<10} {t.get('name')} (sha256 {str(t.get('sha256'))[:12]}…), "
                          f"{t.get('tokens')} tokens from {t.get('start')}, window {t.get('window')}")
-    if ppl:
+    if all(_is_number(ppl.get(k)) for k in ("dense", "sparse")) and ppl["dense"]:
         lines.append(f"perplexity dense {ppl['dense']:.3f}, sparse {ppl['sparse']:.3f} "
                      f"({100 * (ppl['sparse'] / ppl['dense'] - 1):+.1f}%; {ppl['tokens']} tokens, "
                      f"window {ppl['window']})")
     if info["extra_columns"]:
         lines.append(f"predictors {', '.join(info['extra_columns'])}")
-    lines.append("layer  measured sparsity" + ("  threshold" if s.get("thresholds") else ""))
+    lines.append("layer  measured sparsity" + ("  threshold" if thresholds else ""))
     for i, v in enumerate(info["measured_sparsity"]):
-        t = f"  {s['thresholds'][i]:.5g}" if s.get("thresholds") else ""
+        t = f"  {thresholds[i]:.5g}" if thresholds else ""
         lines.append(f"{i:>5}  {v:17.4f}{t}")
     if info["measured_sparsity_mean"] is not None:
         lines.append(f" mean  {info['measured_sparsity_mean']:17.4f}")
@@ -94,8 +109,8 @@ def _compact(values: list[int]) -> str:
     return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
 
 
-def _params(n: int | None) -> str:
-    return "?" if n is None else f"{n / 1e6:.2f}M"
+def _params(n) -> str:
+    return f"{n / 1e6:.2f}M" if _is_number(n) else "?"
 
 
 def to_json(info: dict) -> str:
