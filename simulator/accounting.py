@@ -71,12 +71,12 @@ class Accounting:
         self.c["prefetch_dropped"][layer] += dropped
         self.c["prefetch_no_room"][layer] += no_room
 
-    def arrived(self, layer: int, n_fetched: int, inserted: int, evicted: dict[int, int]) -> int:
+    def arrived(self, layer: int, n_fetched: int, inserted: int, n_inserted: int, evicted: dict[int, int]) -> int:
         """A prefetch batch was inserted: returns how many units were evicted for it."""
-        self.c["inserted"][layer] += inserted.bit_count()
-        self.c["prefetch_bypassed"][layer] += n_fetched - inserted.bit_count()
+        self.c["inserted"][layer] += n_inserted
+        self.c["prefetch_bypassed"][layer] += n_fetched - n_inserted
         self.pf_unused[layer] |= inserted
-        return self.evicted(evicted, by_prefetch=True)
+        return self.evicted(evicted, by_prefetch=True) if evicted else 0
 
     # -- the FFN's lookup, fills and use ----------------------------------------------------------
     def lookup(self, layer: int, n_need: int, n_hit: int, n_late: int, n_staged: int, miss: int, n_miss: int) -> None:
@@ -91,10 +91,10 @@ class Accounting:
         if displaced and miss:
             c["pollution_misses"][layer] += (miss & displaced).bit_count()
 
-    def filled(self, layer: int, inserted: int, evicted: dict[int, int]) -> int:
+    def filled(self, layer: int, n_inserted: int, evicted: dict[int, int]) -> int:
         """A demand fill: returns how many units were evicted for it."""
-        self.c["inserted"][layer] += inserted.bit_count()
-        return self.evicted(evicted, by_prefetch=False)
+        self.c["inserted"][layer] += n_inserted
+        return self.evicted(evicted, by_prefetch=False) if evicted else 0
 
     def used(self, layer: int, need: int) -> None:
         """The FFN used ``need``: prefetched units among it were useful; displacement marks clear."""
@@ -137,13 +137,6 @@ class Accounting:
         return self.evicted({layer: stale}, by_prefetch=False)
 
     # -- storage --------------------------------------------------------------------------------
-    def work(self, cost) -> None:
-        """DRAM / on-chip bytes and FLOPs of one timed piece (:class:`sparsesim.simulator.timing.Cost`)."""
-        t = self.totals
-        t.dram_bytes += cost.dram_bytes
-        t.cache_bytes += cost.cache_bytes
-        t.flops += cost.flops
-
     def requests(self, layer: int, requests: dict[float, int]) -> None:
         self.c["requests"][layer] += sum(requests.values())
         self.c["request_bytes"][layer] += int(round(sum(s * n for s, n in requests.items())))

@@ -48,9 +48,8 @@ class NeuronCache:
             return self.capacity[0] - self.total
         return self.capacity[layer] - self.size[layer]
 
-    def add(self, layer: int, step: int, units: int, prefetch: bool) -> None:
-        """Insert ``units`` (not resident; the caller made room)."""
-        n = units.bit_count()
+    def add(self, layer: int, step: int, units: int, prefetch: bool, n: int) -> None:
+        """Insert ``units`` (``n`` of them, not resident; the caller made room)."""
         self.resident[layer] |= units
         self.size[layer] += n
         self.total += n

@@ -79,8 +79,8 @@ class ReplayEngine:
         self.T, self.L, self.nb = masks.shape
         self.schedule = PrefetchSchedule(scenario.schedule, scenario.lookahead, self.L, self.T * self.L)
         self.view = CausalView(masks, tokens, allow_future=predictor.sees_future)
-        self.costs = StepCosts(footprint, scenario, profile, predictor.flops)
         self.acc = Accounting(self.L)
+        self.costs = StepCosts(footprint, scenario, profile, predictor.flops, self.acc.totals)
         self._all = [neuronset.full(d) for d in footprint.d_ff]
         self._n_all = list(footprint.d_ff)
         self._rows: dict[int, tuple[list[int], list[int]]] = {}   # token -> needed sets and sizes, last few tokens
@@ -128,9 +128,7 @@ class ReplayEngine:
                                    batch.issued, batch.start, batch.end))
 
     def _charge_management(self, units: int) -> None:
-        cost = self.costs.management(units)
-        self.acc.work(cost)
-        self._mm_debt += cost.seconds
+        self._mm_debt += self.costs.management(units)
 
     # -- prefetch -------------------------------------------------------------------------------
     def _issue(self, target: int) -> None:
@@ -164,16 +162,17 @@ class ReplayEngine:
     def _arrived(self, batch: Batch) -> None:
         """A prefetch batch is in: staged (two-phase gate rows) or inserted, evicting as allowed."""
         layer, fetched = batch.layer, batch.neurons
+        n_fetched = fetched.bit_count()
         res = self.res
         res.land(layer, fetched)
-        self.n_inflight -= fetched.bit_count()
+        self.n_inflight -= n_fetched
         self.pending[layer].remove(batch)
         if self.sc.two_phase:  # gate rows wait in a staging buffer for the layer's input; not cached
             res.staged[layer] |= fetched
             return
-        inserted, evicted = res.insert_prefetch(layer, self.step, fetched)
-        n_evicted = self.acc.arrived(layer, fetched.bit_count(), inserted, evicted)
-        self._charge_management(inserted.bit_count() + n_evicted)
+        inserted, n_inserted, evicted = res.insert_prefetch(layer, self.step, fetched, n_fetched)
+        n_evicted = self.acc.arrived(layer, n_fetched, inserted, n_inserted, evicted)
+        self._charge_management(n_inserted + n_evicted)
 
     # -- two-phase loading (PowerInfer-2) -------------------------------------------------------
     def _two_phase_reads(self, env: simpy.Environment, layer: int, ready: int, miss: int, late: int,
@@ -216,13 +215,13 @@ class ReplayEngine:
         self.acc.gates_evaluated(layer, kept.bit_count(), n_dropped)
         if kept:
             evicted = self.res.insert_demand(layer, step, kept)
-            self._charge_management(kept.bit_count() + self.acc.filled(layer, kept, evicted))
+            n_kept = kept.bit_count()
+            self._charge_management(n_kept + self.acc.filled(layer, n_kept, evicted))
         if not n_dropped:
             return 0.0
-        cost = self.costs.gate_rows(n_dropped)
-        self.acc.work(cost)
-        yield env.timeout(cost.seconds)
-        return cost.seconds
+        seconds = self.costs.gate_rows(n_dropped)
+        yield env.timeout(seconds)
+        return seconds
 
     # -- the decode loop ----------------------------------------------------------------------
     def _decode(self, env: simpy.Environment):
@@ -247,7 +246,7 @@ class ReplayEngine:
                 for target in targets:
                     self._issue(target)
                 # 2. non-FFN work of this layer
-                s, w = yield from self._dense_weights(env, self.fp.layer_nonffn_bytes, costs.nonffn)
+                s, w = yield from self._dense_weights(env, "nonffn")
                 stall, compute = stall + s, compute + w
                 # 3. lookup: resident, in-flight and staged sets are disjoint
                 need, n_need = needed[l], n_needed[l]
@@ -273,7 +272,7 @@ class ReplayEngine:
                 # 4. demand fill (late arrivals were inserted with demand rights as they landed)
                 if n_miss:
                     evicted = res.insert_demand(l, step, miss)
-                    self._charge_management(n_miss + acc.filled(l, miss, evicted))
+                    self._charge_management(n_miss + acc.filled(l, n_miss, evicted))
                 if two_phase:
                     compute += (yield from self._evaluate_gates(env, l, step, need))
                 # 5. use; the window policy may expire units
@@ -283,29 +282,28 @@ class ReplayEngine:
                 if stale:
                     self._charge_management(acc.expired(l, stale))
                 # 6. the FFN over the needed units, plus cache management since the last charge
-                ffn = costs.ffn(n_need)
-                acc.work(ffn)
+                t_ffn = costs.ffn(n_need)
                 charge, self._mm_debt = self._mm_debt, 0.0
-                yield env.timeout(ffn.seconds + charge)
-                compute += ffn.seconds
+                yield env.timeout(t_ffn + charge)
+                compute += t_ffn
                 mm += charge
                 res.end_step(l, step)
-            s, w = yield from self._dense_weights(env, self.fp.head_bytes, costs.head)   # the LM head
+            s, w = yield from self._dense_weights(env, "head")   # the LM head
             stall, compute = stall + s, compute + w
             self.token_time[t] = env.now - start
             self.token_compute[t], self.token_stall[t], self.token_mm[t] = compute, stall, mm
 
-    def _dense_weights(self, env: simpy.Environment, nbytes: float, cost):
+    def _dense_weights(self, env: simpy.Environment, part: str):
         """Non-FFN weights (a layer's attention, the LM head): streamed from flash first when they
         live there, then computed from DRAM. Returns (stall, compute) seconds."""
+        nbytes, seconds = self.costs.dense_weights(part)
         stall = 0.0
         if self.sc.nonffn_in == "flash":
             t0 = env.now
             yield self.device.completion(self.device.submit(self._stream_requests(nbytes), DEMAND))
             stall = env.now - t0
-        yield env.timeout(cost.seconds)
-        self.acc.work(cost)
-        return stall, cost.seconds
+        yield env.timeout(seconds)
+        return stall, seconds
 
     def _stream_requests(self, total: float) -> dict[float, int]:
         """Large sequential requests for non-FFN weights streamed from flash."""

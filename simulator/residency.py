@@ -33,24 +33,18 @@ class Residency:
         self.in_use_layer, self.in_use = -1, 0
         self.protected: dict[int, int] = {}       # layer -> in use | predicted, only where non-empty
 
-    def _refresh(self, layer: int) -> None:
-        units = self.predicted[layer] | (self.in_use if layer == self.in_use_layer else 0)
-        if units:
-            self.protected[layer] = units
-        else:
-            self.protected.pop(layer, None)
-
     # -- protection ----------------------------------------------------------------------------
     def predict(self, layer: int, target: int, units: int) -> None:
         """``units`` are predicted for ``target``: protected until its FFN ends."""
         by_target = self._by_target[layer]
         by_target[target] = by_target.get(target, 0) | units
         self.predicted[layer] |= units
-        self._refresh(layer)
+        self.protected[layer] = self.protected.get(layer, 0) | units
 
     def begin_use(self, layer: int, need: int) -> None:
         self.in_use_layer, self.in_use = layer, need
-        self._refresh(layer)
+        if need:
+            self.protected[layer] = self.protected.get(layer, 0) | need
 
     def end_step(self, layer: int, step: int) -> None:
         """The FFN of ``step`` (a step of ``layer``) ended: its needed and predicted sets are free."""
@@ -61,7 +55,10 @@ class Residency:
                 union |= units
             self.predicted[layer] = union
         self.in_use_layer, self.in_use = -1, 0
-        self._refresh(layer)
+        if self.predicted[layer]:
+            self.protected[layer] = self.predicted[layer]
+        else:
+            self.protected.pop(layer, None)
 
     # -- movement ------------------------------------------------------------------------------
     def fetch_set(self, layer: int, predicted: int) -> int:
@@ -75,8 +72,12 @@ class Residency:
         in flight in the partition, whether resident yet or not — those claims came first."""
         cache = self.cache
         if cache.global_pool:
-            layers = self.protected.keys() | self._inflight_layers
-            claimed = sum((self.protected.get(l, 0) | self.inflight[l]).bit_count() for l in layers)
+            inflight, claimed = self.inflight, 0
+            for l, units in self.protected.items():
+                claimed += (units | inflight[l]).bit_count()
+            for l in self._inflight_layers:
+                if l not in self.protected:
+                    claimed += inflight[l].bit_count()
             return cache.capacity[0] - claimed + n_fetch
         claimed = (self.protected.get(layer, 0) | self.inflight[layer]).bit_count()
         return cache.capacity[layer] - claimed + n_fetch
@@ -92,43 +93,51 @@ class Residency:
         if not self.inflight[layer]:
             self._inflight_layers.discard(layer)
 
-    def insert_prefetch(self, layer: int, step: int, units: int) -> tuple[int, dict[int, int]]:
-        """An arrival: units the running FFN needs are inserted with demand rights; the rest may
-        displace only unprotected units, after the policy's ``admit``; what does not fit is
-        bypassed (lowest index first kept). Returns (inserted, evicted)."""
+    def insert_prefetch(self, layer: int, step: int, units: int, n_units: int) -> tuple[int, int, dict[int, int]]:
+        """An arrival of ``units`` (``n_units`` of them): units the running FFN needs are inserted
+        with demand rights; the rest may displace only unprotected units, after the policy's
+        ``admit``; what does not fit is bypassed (lowest index first kept). Returns (inserted, how
+        many, evicted)."""
         cache = self.cache
         urgent = units & self.in_use if layer == self.in_use_layer else 0
-        optional = units ^ urgent
-        if optional:
-            optional = cache.policy.admit(layer, step, optional, True, cache.free(layer))
-        n_urgent, n_optional = urgent.bit_count(), optional.bit_count()
-        evicted = cache.evict(layer, step, n_urgent + n_optional - cache.free(layer), self.protected)
-        if n_urgent > cache.free(layer):
-            _merge(evicted, cache.evict(layer, step, n_urgent - cache.free(layer), {layer: self.in_use}))
-        room = cache.free(layer) - n_urgent
+        n_urgent = urgent.bit_count() if urgent else 0
+        optional = units ^ urgent if urgent else units
+        free = cache.free(layer)
+        if n_units > free:
+            optional = cache.policy.admit(layer, step, optional, True, free)
+        n_optional = optional.bit_count() if optional is not units else n_units
+        evicted = cache.evict(layer, step, n_urgent + n_optional - free, self.protected) if n_urgent + n_optional > free \
+            else {}
+        free = cache.free(layer)
+        if n_urgent > free:
+            _merge(evicted, cache.evict(layer, step, n_urgent - free, {layer: self.in_use}))
+            free = cache.free(layer)
+        room = free - n_urgent
         if n_optional > room:
-            optional = neuronset.first(optional, room)
+            optional, n_optional = neuronset.first(optional, room), room
         inserted = urgent | optional
         if inserted:
-            cache.add(layer, step, inserted, True)
-        return inserted, evicted
+            cache.add(layer, step, inserted, True, n_urgent + n_optional)
+        return inserted, n_urgent + n_optional, evicted
 
     def insert_demand(self, layer: int, step: int, units: int) -> dict[int, int]:
         """Units the running FFN needs: evict unprotected units first, then predicted ones, never
         units in use. Always succeeds (a partition holds the largest needed set). Returns evicted."""
         cache = self.cache
         n = units.bit_count()
-        evicted = cache.evict(layer, step, n - cache.free(layer), self.protected)
+        evicted = cache.evict(layer, step, n - cache.free(layer), self.protected) if n > cache.free(layer) else {}
         if n > cache.free(layer):
             _merge(evicted, cache.evict(layer, step, n - cache.free(layer), {self.in_use_layer: self.in_use}))
         if n > cache.free(layer):
             raise AssertionError(f"layer {layer}: no room for {n} units in use (capacity rule broken)")
-        cache.add(layer, step, units, False)
+        cache.add(layer, step, units, False, n)
         return evicted
 
     def expire(self, layer: int, step: int) -> int:
         """Units the policy drops now (the window policy), except protected ones."""
-        stale = self.cache.policy.expire(layer, step) & self.resident[layer] & ~self.protected.get(layer, 0)
+        stale = self.cache.policy.expire(layer, step)
         if stale:
-            self.cache.remove(layer, stale)
+            stale &= self.resident[layer] & ~self.protected.get(layer, 0)
+            if stale:
+                self.cache.remove(layer, stale)
         return stale

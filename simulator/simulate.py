@@ -26,6 +26,7 @@ from sparsesim.simulator.predictors import PREDICTORS, PredictorContext
 from sparsesim.simulator.profile import HardwareProfile, load_profile
 from sparsesim.simulator.reorder import apply_order, neuron_order
 from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
+from sparsesim.simulator.requirements import check_time_model, refuse_unapplied
 from sparsesim.simulator.residency import Residency
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
 from sparsesim.simulator.storage import BackingStore
@@ -90,8 +91,11 @@ def load_trace(path: str | os.PathLike, stream: bool | None = None) -> Trace:
 
 
 def _load(path: str, stream: bool | None) -> Trace:
+    meta, pf = read_meta(path)
+    if isinstance(meta.get("units"), dict) and meta["units"].get("kind") != "neuron":
+        raise InputError(f"{path}: a trace of {meta['units'].get('kind')} units; the simulator replays neuron "
+                         f"traces only until expert replay lands (issue 16, phase 2)")
     if stream is None:
-        meta, pf = read_meta(path)
         stream = pf.metadata.num_rows * mask_bytes(meta["model"]["d_ff"]) > IN_MEMORY_LIMIT
     return open_streamed(path) if stream else read_trace(path)
 
@@ -164,6 +168,8 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
             raise InputError("profile overrides need a profile name or file, not a loaded profile")
     else:
         hw = load_profile(profile, profile_overrides)
+    check_time_model(scenario, hw)
+    refuse_unapplied(scenario)
     fp = ModelFootprint.from_meta(trace.model, scenario)
     train = _companion(train_trace, trace, "training")
     profile_trace = _companion(profile_trace, trace, "profiling")

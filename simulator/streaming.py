@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from sparsesim.errors import InputError
 from sparsesim.tracefile import (PRED_PREFIX, Trace, _mask_array, check_padding, extra_columns, file_sha256,
-                                 mask_bytes, popcount_rows, read_failure, read_meta, row_groups, verify_columns)
+                                 popcount_rows, read_failure, read_meta, row_groups, verify_columns)
+from sparsesim.traceunits import TraceUnits
 
 
 class StreamedMasks:
@@ -33,8 +34,8 @@ class StreamedMasks:
 
     def __init__(self, path: Path, pf: pq.ParquetFile, meta: dict, column: str, history: int, verify: bool):
         self.path, self._pf, self._meta, self._column = path, pf, meta, column
-        self._d_ff = [int(d) for d in meta["model"]["d_ff"]]
-        n_layers, n_bytes = len(self._d_ff), mask_bytes(self._d_ff)
+        self._units = TraceUnits.from_meta(meta, str(path))
+        n_layers, n_bytes = self._units.n_layers, self._units.mask_bytes
         self._n_layers, self._n_bytes = n_layers, n_bytes
         rows = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
         for i, r in enumerate(rows):
@@ -59,7 +60,7 @@ class StreamedMasks:
             raise read_failure(self.path, f"row group {g}", e) from None
         verify_columns(self.path, self._meta, table, [(g, table.num_rows)])
         masks = _mask_array(table.column(self._column), self._n_bytes).reshape(-1, self._n_layers, self._n_bytes)
-        check_padding(self.path, self._column, masks, self._d_ff)
+        check_padding(self.path, self._column, masks, self._units)
         if self._verify and not np.array_equal(popcount_rows(masks),
                                                table.column("active").to_numpy().reshape(masks.shape[:2])):
             raise InputError(f"{self.path}: column 'active' disagrees with the popcount of 'mask' in row group {g}")

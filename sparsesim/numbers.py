@@ -36,16 +36,17 @@ class Number:
         value = self._number(raw, field)
         if not math.isfinite(value):
             raise InputError(f"{field}: must be a finite number, got {_show(raw)}")
-        if self.integer:
-            if value != int(value):
-                raise InputError(f"{field}: must be a whole number, got {_show(raw)}")
-            value = int(value)
         low, high = self.minimum, INT64_MAX if self.integer and self.maximum is None else self.maximum
+        # a count says so ("must be an integer >= 0"); a quantity with a unit states its bound ("must be > 0")
+        kind = "an integer " if self.integer and self.dim is None else ""
+        if self.integer and value != int(value):
+            raise InputError(f"{field}: must be a whole number{'' if low is None else f' ({kind}>= {low:g})'}, "
+                             f"got {_show(raw)}")
         if low is not None and (value < low or (value == low and not self.inclusive)):
-            raise InputError(f"{field}: must be {'>=' if self.inclusive else '>'} {low:g}, got {_show(raw)}")
+            raise InputError(f"{field}: must be {kind}{'>=' if self.inclusive else '>'} {low:g}, got {_show(raw)}")
         if high is not None and value > high:
-            raise InputError(f"{field}: must be <= {_bound(high)}, got {_show(raw)}")
-        return value
+            raise InputError(f"{field}: must be {kind}<= {_bound(high)}, got {_show(raw)}")
+        return int(value) if self.integer else value
 
     def _number(self, raw: Any, field: str) -> int | float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):

@@ -169,7 +169,7 @@ def test_mask_bits_beyond_a_layers_width_are_refused(tmp_path):
                                            "glu": True, "non_ffn_params": 0}}
     path = tmp_path / "foreign.parquet"
     pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(meta)}), path)
-    with pytest.raises(InputError, match="beyond layer 1's width"):
+    with pytest.raises(InputError, match="beyond layer 1.s width"):
         read_trace(path)
 
 

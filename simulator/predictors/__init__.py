@@ -14,6 +14,7 @@ declare ``sees_future = True`` and are reported as upper bounds, never as realis
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,11 +47,13 @@ class CausalView:
         self.frontier = 0
 
     def _index(self, token, layer, what: str) -> tuple[int, int]:
-        for name, value, bound in (("token", token, self.n_tokens), ("layer", layer, self.n_layers)):
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-                    or not 0 <= value < bound:
-                raise CausalityError(f"predictor read {what} of {name} {value!r}, outside 0 … {bound - 1}")
-        token, layer = int(token), int(layer)
+        try:
+            token, layer = operator.index(token), operator.index(layer)   # ints only: no 1.5, no arrays
+        except TypeError:
+            raise CausalityError(f"predictor read {what} of token {token!r} layer {layer!r}: not integers") from None
+        if not (0 <= token < self.n_tokens and 0 <= layer < self.n_layers):
+            raise CausalityError(f"predictor read {what} of token {token} layer {layer}, outside the trace's "
+                                 f"0 … {self.n_tokens - 1} tokens and 0 … {self.n_layers - 1} layers")
         if token * self.n_layers + layer >= self.frontier and not self.allow_future:
             t, l = divmod(self.frontier, self.n_layers)
             raise CausalityError(f"predictor read {what} of token {token} layer {layer}, which does not exist "
@@ -60,7 +63,7 @@ class CausalView:
     def mask(self, token: int, layer: int) -> np.ndarray:
         """The true mask of an earlier (token, layer), as a copy."""
         token, layer = self._index(token, layer, "the mask")
-        return np.array(self._masks[token, layer], dtype=np.uint8)
+        return self._masks[token, layer].copy()
 
     def union(self, layer: int, start: int, stop: int) -> np.ndarray:
         """OR of the masks of ``layer`` over tokens ``start .. stop-1`` (``start`` below 0 reads from 0)."""
@@ -73,9 +76,12 @@ class CausalView:
 
     def token_id(self, token: int) -> int:
         current = self.frontier // self.n_layers
-        if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)) \
-                or not 0 <= token < self.n_tokens:
-            raise CausalityError(f"predictor read the id of token {token!r}, outside 0 … {self.n_tokens - 1}")
+        try:
+            token = operator.index(token)
+        except TypeError:
+            raise CausalityError(f"predictor read the id of token {token!r}: not an integer") from None
+        if not 0 <= token < self.n_tokens:
+            raise CausalityError(f"predictor read the id of token {token}, outside 0 … {self.n_tokens - 1}")
         if token > current and not self.allow_future:
             raise CausalityError(f"predictor read the id of token {token}, which is not known yet at token {current}")
         return int(self._tokens[token])

@@ -1,4 +1,5 @@
-"""Policies that rank resident neurons and evict the lowest: LRU, FIFO (by recency class) and LFU.
+"""Policies that rank resident units by recency: LRU and FIFO (by recency class), the bypass record
+every online policy may use, and :class:`KeyedReplacement`, the simplest base for a new policy.
 
 Ties break towards the lowest neuron index (then lowest layer), so results are exact and
 reproducible and small cases can be computed by hand.
@@ -233,30 +234,3 @@ class KeyedReplacement(PrefetchRecord):
         chosen[flat] = True
         chosen = chosen.reshape(len(candidates), width)
         return {int(l): neuronset.from_bool(chosen[l]) for l in np.unique(flat // width)}
-
-
-@REPLACEMENT.register("lfu")
-class LeastFrequentlyUsed(KeyedReplacement):
-    """Least frequently used since insertion; ties go to the least recently used."""
-
-    def setup(self, geometry):
-        super().setup(geometry)
-        self.uses = np.zeros_like(self.key)
-
-    def _rekey(self, layer: int, idx: np.ndarray, step: int) -> None:
-        # Row views and integer indices: a 2-D boolean index costs ~10x more on rows this size.
-        self.key[layer][idx] = (self.uses[layer][idx] << 32) | step
-
-    def on_fill(self, layer, step, filled, prefetch):
-        if self.bypass:
-            self._track_fill(layer, filled, prefetch, step)
-        idx = np.flatnonzero(self._bits(filled))
-        self.uses[layer][idx] = 0
-        self._rekey(layer, idx, step)
-
-    def on_access(self, layer, step, used):
-        if self.bypass:
-            self._track_use(layer, used, step)
-        idx = np.flatnonzero(self._bits(used))
-        self.uses[layer][idx] += 1
-        self._rekey(layer, idx, step)

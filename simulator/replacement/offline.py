@@ -1,4 +1,4 @@
-"""Policies that use offline knowledge: a frequency profile (static-pin) or the future (belady)."""
+"""static-pin: a policy that uses offline knowledge, a frequency profile (Bélády is in ``ranked.py``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from sparsesim.simulator import bitset, neuronset
 from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
-from sparsesim.simulator.replacement.keyed import KeyedReplacement, LeastRecentlyUsed, _NEVER
+from sparsesim.simulator.replacement.keyed import LeastRecentlyUsed
 
 
 @REPLACEMENT.register("static-pin")
@@ -73,52 +73,3 @@ class StaticPin(LeastRecentlyUsed):
             if need == 0:
                 break
         return out
-
-
-@REPLACEMENT.register("belady")
-class Belady(KeyedReplacement):
-    """Bélády's MIN: evict the unit whose next use is farthest in the future (offline optimum).
-
-    It reads the replayed trace's future, so it is a bound, not a design. The next use of a unit of
-    layer l is the first later step of l whose FFN has not started and that needs it; the policy
-    learns which FFNs have started from ``on_access``. It starts cold, as every policy does.
-    """
-
-    sees_future = True
-
-    def __init__(self):
-        # No bypass parameter: MIN is the bound on hits without bypass; a bypassing MIN would
-        # decide by the incoming unit's next use, not by the online track record.
-        super().__init__()
-
-    def setup(self, geometry: CacheGeometry) -> None:
-        super().setup(geometry)
-        self.masks = np.asarray(geometry.masks)    # the whole future: materialised even when streamed
-        self.L = geometry.n_layers
-        self.done = [-1] * self.L                  # per layer: the last token whose FFN has started
-
-    def _next_use(self, layer: int, after_token: int, bits: np.ndarray) -> np.ndarray:
-        """Global step of each unit's first use in a token > ``after_token`` (or never)."""
-        idx = np.flatnonzero(bits)
-        out = np.full(idx.size, _NEVER // 2, dtype=np.int64)   # never used again: the farthest
-        start, width, todo = after_token + 1, 8, np.arange(idx.size)
-        T = self.masks.shape[0]
-        while todo.size and start < T:
-            stop = min(T, start + width)
-            block = np.unpackbits(self.masks[start:stop, layer], axis=1, bitorder="little")[:, idx[todo]]
-            found = block.any(axis=0)
-            out[todo[found]] = (start + block.argmax(axis=0)[found]) * self.L + layer
-            todo = todo[~found]
-            start, width = stop, width * 4
-        return out
-
-    def _rekey(self, layer: int, units: int) -> None:
-        bits = self._bits(units)
-        self.key[layer, bits] = -self._next_use(layer, self.done[layer], bits)
-
-    def on_fill(self, layer, step, filled, prefetch):
-        self._rekey(layer, filled)
-
-    def on_access(self, layer, step, used):
-        self.done[layer] = step // self.L   # this FFN has started: its use is past
-        self._rekey(layer, used)
