@@ -10,6 +10,7 @@ that overruns is killed and replaced: a hang). Kinds of input:
 * ``trace-crafted`` its metadata mutated and the checksum recomputed: a stranger's consistent file
   (``simulate``, ``inspect``, ``analyze``);
 * ``trace-inspect`` the same damage through ``inspect --json``;
+* ``import``       a llama.cpp routing capture and its shape file, damaged or mutated (``import``);
 * ``profile``      random YAML mappings and mutated presets (``profiles show``);
 * ``spec``         random YAML documents and mutated sweep specs (``sweep``);
 * ``argv``         command lines of every data command with hostile numbers and paths;
@@ -18,8 +19,9 @@ that overruns is killed and replaced: a hang). Kinds of input:
 Findings, per case: a **traceback** (an exception escaping ``main``, or one printed), a **hang**
 (over the time limit), **exit 0 on bad input** (a case built to be refused that succeeded, or a
 damaged file giving an answer different from the undamaged one: a checksum must catch it), an
-**output left** under its final name by a failed command (or a special file replaced), an error
-that is not **one line**. Totals go to stdout and ``benchmarks/results_fuzz.json``; ``make fuzz``
+**output left** under its final name by a failed command (or a special file replaced), a trace
+written by ``synth`` or ``import`` that the reader refuses (**unreadable output**), an error that
+is not **one line**. Totals go to stdout and ``benchmarks/results_fuzz.json``; ``make fuzz``
 exits 1 on any finding. ``tests/test_fuzz_harness.py`` runs a small fixed-seed slice in ``make test``.
 """
 
@@ -55,8 +57,8 @@ PRESETS = sorted((ROOT / "hw_profiles").glob("*.yaml"))
 CASE_TIMEOUT_S = 30.0
 # Cases per kind in a full campaign (make fuzz): about 12,000 in all.
 # "special" has 28 distinct cases (4 kinds of file x 7 places): hypothesis stops when it has drawn them all.
-FULL = {"trace-bytes": 2500, "trace-meta": 1200, "trace-crafted": 1000, "trace-inspect": 800, "profile": 2000,
-        "spec": 1700, "argv": 2700, "special": 100}
+FULL = {"trace-bytes": 2300, "trace-meta": 1000, "trace-crafted": 1000, "trace-inspect": 700, "import": 1000,
+        "profile": 1800, "spec": 1600, "argv": 2500, "special": 100}
 
 # Values of a number that must be refused wherever a number is expected (sparsesim.numbers).
 NOT_NUMBERS = ["nan", "inf", "-inf", "1e999", "abc", "", "0x10", "1,5", "--", "\u0661\u0662x"]
@@ -75,6 +77,7 @@ class Case:
     bad: bool = False                                     # built to be refused: exit 0 is a finding
     reference: str | None = None                          # name of the reference answer (damaged copies)
     outputs: list[str] = field(default_factory=list)      # must not exist after a failed run
+    readback: list[str] = field(default_factory=list)     # traces the command wrote: the reader must take them
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +199,33 @@ def trace_crafted_case(draw, raw: bytes) -> Case:
     argv = draw(st.sampled_from([SIMULATE, ["inspect", "{dir}/t.parquet"], INSPECT,
                                  ["analyze", "{dir}/t.parquet", "--predictors", "previous-token", "-o", "{dir}/an"]]))
     return Case("trace-crafted", argv, {"t.parquet": out.getvalue()}, outputs=["an/report.html"])
+
+
+IMPORT_CSV = "layer,expert\n" + "".join(f"{layer},{e}\n" for t in range(8) for layer in range(2)
+                                        for e in ((t + layer) % 8, (t + layer + 3) % 8))
+IMPORT_SHAPE = {"n_experts": 8, "expert_bytes": 1000, "top_k": 2}
+
+
+@st.composite
+def import_case(draw) -> Case:
+    """A llama.cpp moe-trace capture (8 tokens x 2 layers, top-2 of 8) and its shape file, one of them damaged."""
+    from tests.fuzzing import mutate, yamlish
+
+    csv, shape = IMPORT_CSV.encode(), json.loads(json.dumps(IMPORT_SHAPE))
+    which = draw(st.sampled_from(["csv-bytes", "csv-line", "shape", "none"]))
+    if which == "csv-bytes":
+        csv = _flip(csv, draw)
+    elif which == "csv-line":
+        lines = IMPORT_CSV.splitlines()
+        i = draw(st.integers(0, len(lines) - 1))
+        lines[i] = draw(st.sampled_from(["", "1", "0,9", "2,1", "-1,3", "0,1,2", "x,y", "0,nan", "0,1e99", "1,1"]))
+        csv = ("\n".join(lines) + "\n").encode()
+    elif which == "shape":
+        shape = mutate(shape, _Draw(draw), yamlish(["n_experts", "expert_bytes", "top_k", "model", "n_layers"],
+                                                   extra=[8, 2, 1000, -1, 0, 2 ** 70, "1 GB", 1e308]))
+    return Case("import", ["import", "{dir}/r.csv", "--format", "llama.cpp", "--shape", "{dir}/r.json",
+                           "-o", "{dir}/out.parquet"],
+                {"r.csv": csv, "r.json": json.dumps(shape).encode()}, outputs=["out.parquet"], readback=["out.parquet"])
 
 
 def _profile_values() -> st.SearchStrategy:
@@ -333,6 +363,7 @@ def argv_case(draw, raw: bytes) -> Case:
         base[flag] = value
         argv = ["synth", *[x for k, v in base.items() for x in (k, v)], "-o", "{dir}/s.parquet"]
         outputs = ["s.parquet"]
+        return Case("argv", argv, files, bad=bad, outputs=outputs, readback=outputs)
     elif command == "analyze":
         flag = draw(st.sampled_from(["--lookahead", "--seed"]))
         value, bad = _number(draw, ["0", "1", "2"], integer=True)
@@ -387,6 +418,7 @@ def _make_special(path: Path, what: str) -> None:
 def run_case(case: Case, workdir: Path) -> dict[str, Any]:
     """Run one case in this process; returns what happened (the parent judges it)."""
     from sparsesim.experiments.cli import main
+    from sparsesim.tracefile import read_trace
 
     folder = Path(tempfile.mkdtemp(dir=workdir, prefix="case-"))
     for name, data in case.files.items():
@@ -413,12 +445,19 @@ def run_case(case: Case, workdir: Path) -> dict[str, Any]:
     finally:
         os.chdir(cwd)
     left = [o for o in case.outputs if (folder / o).exists()]
+    unreadable = []
+    for name in case.readback if rc == 0 else ():
+        try:
+            read_trace(folder / name)
+        except Exception as e:   # noqa: BLE001 - an InputError here is the finding too
+            unreadable.append(f"{name}: {type(e).__name__}: {e}")
     temporaries = [str(p.relative_to(folder)) for p in folder.rglob(".*.tmp")]
     replaced = [n for n, k in kinds.items() if not os.path.lexists(folder / n)
                 or stat.S_IFMT(os.lstat(folder / n).st_mode) != k]
     shutil.rmtree(folder, ignore_errors=True)
     return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(), "traceback": escaped, "left": left,
-            "temporaries": temporaries, "replaced": replaced, "seconds": time.perf_counter() - start}
+            "temporaries": temporaries, "replaced": replaced, "unreadable": unreadable,
+            "seconds": time.perf_counter() - start}
 
 
 def _worker(conn, workdir: str) -> None:
@@ -455,19 +494,20 @@ class _Pool:
                     slot["conn"].send(slot["case"])
                     busy += 1
                 elif slot["case"] is not None and slot["conn"].poll(0.005):
+                    case = slot["case"]
                     try:
                         result = slot["conn"].recv()
+                        slot["case"] = None
                     except EOFError:     # the worker died (e.g. a segfault): a finding like a traceback
                         result = {"rc": -9, "stdout": "", "stderr": "worker died", "traceback": "worker process died",
-                                  "left": [], "temporaries": [], "replaced": [], "seconds": 0.0}
+                                  "left": [], "temporaries": [], "replaced": [], "unreadable": [], "seconds": 0.0}
                         self.slots[i] = self._restart(slot)
-                        slot = self.slots[i]
-                    judge(slot["case"], result)
-                    slot["case"] = None
+                    judge(case, result)
                     busy -= 1
                 elif slot["case"] is not None and time.monotonic() - slot["since"] > CASE_TIMEOUT_S:
-                    judge(slot["case"], {"hang": True, "seconds": CASE_TIMEOUT_S})
+                    case = slot["case"]
                     self.slots[i] = self._restart(slot)
+                    judge(case, {"hang": True, "seconds": CASE_TIMEOUT_S})
                     busy -= 1
 
     def _restart(self, slot):
@@ -526,6 +566,8 @@ def judge(tally: Tally, references: dict[str, Any], case: Case, result: dict[str
         tally.finding("output left", case, f"{result['left']} exist after a failed run")
     if result["temporaries"] or result["replaced"]:
         tally.finding("output left", case, f"temporaries {result['temporaries']}, replaced {result['replaced']}")
+    if result["unreadable"]:
+        tally.finding("unreadable output", case, "; ".join(result["unreadable"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -549,7 +591,7 @@ def draw_cases(strategy: st.SearchStrategy, n: int, seed: int) -> list[Case]:
 
 def campaign_cases(counts: dict[str, int], seed: int, raw: bytes) -> list[Case]:
     strategies = {"trace-bytes": trace_bytes_case(raw), "trace-meta": trace_meta_case(raw),
-                  "trace-crafted": trace_crafted_case(raw),
+                  "trace-crafted": trace_crafted_case(raw), "import": import_case(),
                   "trace-inspect": trace_inspect_case(raw), "profile": profile_case(), "spec": spec_case(raw),
                   "argv": argv_case(raw), "special": special_case(raw)}
     cases: list[Case] = []
@@ -598,7 +640,8 @@ def run_campaign(counts: dict[str, int] = FULL, seed: int = 0, workers: int = 2,
             "outcomes": {f"{k}/{o}": n for (k, o), n in sorted(tally.outcomes.items())},
             "tracebacks": kinds["traceback"], "hangs": kinds["hang"],
             "exit_0_on_bad_input": kinds["exit 0 on bad input"], "outputs_left": kinds["output left"],
-            "not_one_line": kinds["not one line"], "findings": tally.findings[:50],
+            "not_one_line": kinds["not one line"], "unreadable_outputs": kinds["unreadable output"],
+            "findings": tally.findings[:50],
             "generation_s": round(generated, 1), "wall_s": round(time.perf_counter() - start, 1),
             "case_cpu_s": round(tally.seconds, 1)}
 
@@ -607,7 +650,8 @@ def render(r: dict) -> str:
     lines = [f"fuzz campaign (seed {r['seed']}, {r['workers']} workers on {r['cpus']} CPUs): {r['inputs']:,} inputs "
              f"in {r['wall_s']:.0f} s (generation {r['generation_s']:.0f} s)",
              f"  tracebacks {r['tracebacks']}, hangs {r['hangs']}, exit 0 on bad input {r['exit_0_on_bad_input']}, "
-             f"outputs left {r['outputs_left']}, errors not one line {r['not_one_line']}",
+             f"outputs left {r['outputs_left']}, errors not one line {r['not_one_line']}, "
+             f"unreadable outputs {r['unreadable_outputs']}",
              "  per kind: " + ", ".join(f"{k} {n:,}" for k, n in r["per_kind"].items()),
              "  outcomes: " + ", ".join(f"{k} {n:,}" for k, n in r["outcomes"].items())]
     for f in r["findings"][:10]:
