@@ -341,11 +341,12 @@ class ReferenceCache:
         self.insert_demand(l, misses, g)
         if self.two_phase:
             self.insert_demand(l, gate_hits, g)
-            # READING: a staged gate row is evaluated at its target's FFN and dropped there if
+            # The contract (step 4): a staged gate row is evaluated at the FFN of its target step,
+            # or at the first FFN of its layer after that (it landed late), and dropped there if
             # inactive; one staged for a later step of this layer (lookahead >= L) waits for it.
             for unit in need:
                 self.staged.pop(unit, None)
-            dropped = [u for u, h in self.staged.items() if h == g]
+            dropped = [u for u, h in self.staged.items() if h <= g and u[0] == l]
             self.count("prefetch_gate_dropped", l, len(dropped))
             for unit in dropped:
                 del self.staged[unit]
