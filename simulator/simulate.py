@@ -20,7 +20,7 @@ from sparsesim.simulator.bitset import full
 from sparsesim.simulator.cache import NeuronCache
 from sparsesim.simulator.engine import ReplayEngine
 from sparsesim.errors import InputError
-from sparsesim.numbers import parse_number
+from sparsesim.numbers import SEED, parse_number
 from sparsesim.simulator.metrics import summarize
 from sparsesim.simulator.predictors import PREDICTORS, PredictorContext
 from sparsesim.simulator.profile import HardwareProfile, load_profile
@@ -151,6 +151,7 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     ``stream`` reads the masks row group by row group (bounded memory); by default traces whose
     masks exceed ``IN_MEMORY_LIMIT`` bytes are streamed.
     """
+    seed = SEED.check(seed, "seed")
     from_file = not isinstance(trace, Trace)
     trace = load_trace(trace, stream) if from_file else trace
     if trace.n_tokens == 0:
