@@ -94,19 +94,19 @@ class StorageQueue:
         self.busy += seconds
         self.env.timeout(seconds).callbacks.append(self._finish)
 
-    def _finish(self, _event: simpy.Event) -> None:
-        batch, self._serving = self._serving, None
-        self._start_next()
-        if self.link is None:
-            self._complete(batch)
-            return
-        transfer = self.link(batch)   # after its read, behind the interconnect's earlier transfers
-        self.link_busy += transfer
-        start = max(self.env.now, self._link_free)
-        self._link_free = start + transfer
-        self.env.timeout(self._link_free - self.env.now).callbacks.append(lambda _e, b=batch: self._complete(b))
-
-    def _complete(self, batch: Batch) -> None:
+    def _finish(self, _event: simpy.Event, batch: Batch | None = None) -> None:
+        """The batch being served is read (``batch`` None): the next one starts; with a link, the
+        batch completes after its transfer (this method again, with ``batch``)."""
+        if batch is None:
+            batch, self._serving = self._serving, None
+            self._start_next()
+            if self.link is not None:   # after its read, behind the interconnect's earlier transfers
+                transfer = self.link(batch)
+                self.link_busy += transfer
+                self._link_free = max(self.env.now, self._link_free) + transfer
+                self.env.timeout(self._link_free - self.env.now).callbacks.append(
+                    lambda event, b=batch: self._finish(event, b))
+                return
         batch.end = self.env.now
         if batch.on_done is not None:
             batch.on_done(batch)

@@ -88,6 +88,7 @@ class ReplayEngine:
         self.view = CausalView(masks, tokens, allow_future=predictor.sees_future)
         self.acc = Accounting(self.L)
         self.read_path = ReadPath(store, scenario, profile)
+        self.shaped_reads = not self.read_path.exact
         self.costs = StepCosts(footprint, scenario, profile, predictor.flops, self.acc.totals, dense=predictor.dense,
                                model=model, hot_units=None if hot is None else [h.bit_count() for h in hot],
                                read_path=self.read_path)
@@ -131,7 +132,7 @@ class ReplayEngine:
         else:
             requests = request_sizes(units, fp.row_bytes, rows, sc.layout, sc.coalesce and sc.layout != "bundled",
                                      sc.max_request)
-        if not self.read_path.exact:
+        if self.shaped_reads:
             requests = self._device_requests(layer, units, requests)
         self.acc.requests(layer, requests)
         return self.device.submit(requests, priority, layer, units, on_done, self.step if target is None else target,
@@ -241,7 +242,7 @@ class ReplayEngine:
             for size, n in request_sizes(ready, fp.row_bytes, up_down, sc.layout,
                                          sc.coalesce and sc.layout != "bundled", sc.max_request).items():
                 requests[size] = requests.get(size, 0) + n
-            if not self.read_path.exact:
+            if self.shaped_reads:
                 requests = self._device_requests(layer, miss | ready, requests)
             self.acc.requests(layer, requests)
             waits.append(self.device.completion(self.device.submit(requests, DEMAND, layer, miss | ready,
@@ -298,7 +299,8 @@ class ReplayEngine:
                 # 1. predictions due now: their cost on the critical path (a low-rank predictor of the layer
                 # with predictor_rank, inside the clusters under pipeline=cluster), then the issue
                 targets = self.schedule.targets(step)
-                seconds = costs.predictor(l) if predict_layer else costs.predict * len(targets) if targets else 0.0
+                seconds = costs.predictor(l) if predict_layer else \
+                    costs.predict * len(targets) if targets and costs.predict else 0.0
                 if seconds:
                     yield env.timeout(seconds)
                     compute += seconds
