@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from sparsesim.errors import InputError
-
-PYDOC = "pydoc"
+from sparsesim.tracing.checks import PYDOC, check_text
 
 
 @dataclass(frozen=True)
@@ -52,9 +50,7 @@ def load_text(spec: str) -> TextSource:
     if spec == PYDOC:
         from pydoc_data.topics import topics
         return TextSource(PYDOC, "\n\n".join(topics[k] for k in sorted(topics)))
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise InputError(f"--text {spec}: no such file (or use the built-in 'pydoc')")
+    path = check_text(spec)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
