@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from sparsesim import human
 from sparsesim.simulator.engine import ReplayStats, ffn_read_bytes
 from sparsesim.simulator.scenario import ModelFootprint
 
@@ -83,26 +84,39 @@ def summarize(stats: ReplayStats, fp: ModelFootprint, profile) -> dict[str, Any]
     return out
 
 
-SUMMARY_LINES = (
-    ("time per token", "time_per_token_s", "{:.4g} s  (p50 {time_per_token_p50_s:.4g}, p90 {time_per_token_p90_s:.4g}, p99 {time_per_token_p99_s:.4g})"),
-    ("  compute / I/O stall / cache mgmt", "compute_per_token_s", "{:.4g} / {io_stall_per_token_s:.4g} / {cache_mgmt_per_token_s:.4g} s"),
-    ("tokens/s", "tokens_per_s", "{:.4g}"),
-    ("storage read per token", "storage_bytes_per_token", "{:.4g} B  (useful {useful_bytes:.4g} B, wasted {wasted_bytes:.4g} B in total)"),
-    ("requests", "requests", "{}  (mean {mean_request_bytes:.4g} B)"),
-    ("cache", "hit_rate", "hit rate {:.4f}  (hits {hits}, late {late_hits}, demand misses {demand_misses})"),
-    ("prefetches", "prefetch_issued", "issued {}, useful {prefetch_useful}, useless {prefetch_useless}, unused at end {prefetch_unused_at_end}"),
-    ("pollution", "pollution_bytes", "{:.4g} B evicted unused, {pollution_misses} misses on displaced neurons"),
-    ("predictor", "predictor_precision", "precision {:.4f}, recall {predictor_recall:.4f}, over-prediction {over_prediction:.3f}"),
-    ("energy per token", "energy_per_token_j", "{:.4g} J"),
-    ("speed-up vs dense / vs none", "speedup_vs_dense", "{:.3f}x / {speedup_vs_none:.3f}x"),
-)
+def _summary(r: dict[str, Any]) -> list[tuple[str, str]]:
+    """The lines ``sparsesim simulate`` prints, in human units: per-token values say /token, totals are
+    over the measured tokens (after the warm-up)."""
+    n = r["tokens"]
+    lines = [
+        ("time per token", f"{human.ms(r['time_per_token_s'])}  (p50 {human.ms(r['time_per_token_p50_s'])}, "
+                           f"p90 {human.ms(r['time_per_token_p90_s'])}, p99 {human.ms(r['time_per_token_p99_s'])})"),
+        ("  compute / I/O stall / cache mgmt", f"{human.ms(r['compute_per_token_s'])} / "
+                                               f"{human.ms(r['io_stall_per_token_s'])} / "
+                                               f"{human.ms(r['cache_mgmt_per_token_s'])} per token"),
+        ("tokens/s", human.number(r["tokens_per_s"])),
+        ("flash read per token", f"{human.mb(r['storage_bytes_per_token'])}  (useful {human.mb(r['useful_bytes'] / n)}, "
+                                 f"wasted {human.mb(r['wasted_bytes'] / n)} per token)"),
+        ("requests per token", f"{human.number(r['requests'] / n)}  (mean {human.size(r['mean_request_bytes'])} each)"),
+        ("cache", f"hit rate {r['hit_rate']:.1%}  (over {n} tokens: {r['hits']} hits, {r['late_hits']} late, "
+                  f"{r['demand_misses']} demand misses)"),
+        ("prefetches", f"over {n} tokens: issued {r['prefetch_issued']}, useful {r['prefetch_useful']}, useless "
+                       f"{r['prefetch_useless']}, unused at end {r['prefetch_unused_at_end']}"),
+        ("pollution per token", f"{human.mb(r['pollution_bytes'] / n)} evicted unused  ({human.number(r['pollution_misses'] / n)} "
+                                f"misses on displaced neurons per token)"),
+        ("predictor", f"precision {human.number(r['predictor_precision'])}, recall "
+                      f"{human.number(r['predictor_recall'])}, over-prediction {human.number(r['over_prediction'])}"),
+        ("energy per token", human.mj(r["energy_per_token_j"])),
+    ]
+    if "speedup_vs_dense" in r:
+        lines.append(("speed-up vs dense / vs none", f"{human.ratio(r['speedup_vs_dense'])} / "
+                                                     f"{human.ratio(r['speedup_vs_none'])}"))
+    return lines
 
 
 def format_summary(record: dict[str, Any]) -> str:
-    head = (f"{record['trace_name']} on {record['profile']} | predictor {record['predictor']} | "
-            f"cache {record['cache']} | budget {record['dram_budget']} | {record['precision']} {record['layout']}")
-    lines = [head]
-    for label, key, fmt in SUMMARY_LINES:
-        if key in record:
-            lines.append(f"  {label:<34} " + fmt.format(record[key], **record))
-    return "\n".join(lines)
+    bound = " (sees the future: a bound, not a design)" if record.get("predictor_sees_future") else ""
+    head = (f"{record['trace_name']} on {record['profile']} | predictor {record['predictor']}{bound} | "
+            f"cache {record['cache']} | budget {human.budget(record['dram_budget'])} | "
+            f"{record['precision']} {record['layout']}")
+    return "\n".join([head, *(f"  {label:<34} {text}" for label, text in _summary(record))])
