@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -81,18 +82,24 @@ def _claim(out: Path, wanted: dict[str, Any]) -> None:
 
 
 class Stages:
-    """Numbered stages with their wall times (printed as they end and at the close)."""
+    """Numbered stages with their wall times (printed as they end and at the close) and CPU times
+    (this process and its finished workers: on a shared machine the wall time alone misleads)."""
 
     def __init__(self, total: int):
-        self.total, self.times = total, {}
+        self.total, self.times, self.cpu = total, {}, {}
+
+    @staticmethod
+    def _cpu() -> float:
+        own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
     @contextlib.contextmanager
     def run(self, name: str) -> Iterator[str]:
         label = f"[{len(self.times) + 1}/{self.total}] {name}"
         print(label, file=sys.stderr, flush=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), self._cpu()
         yield label
-        self.times[name] = time.perf_counter() - start
+        self.times[name], self.cpu[name] = time.perf_counter() - start, self._cpu() - cpu
         print(f"{label}: {self.times[name]:.0f} s", file=sys.stderr, flush=True)
 
 
@@ -127,6 +134,8 @@ def demo(out_dir: str | os.PathLike = "demo", model: str = DEFAULT_MODEL, tokens
         lines = summary_lines(build(out / "results")[0].verdict)
         write_text(out / "summary.txt", "\n".join(lines) + "\n")
     total = time.perf_counter() - start
+    write_text(out / "timings.json", json.dumps({"wall_s": {**stages.times, "total": total}, "cpu_s": stages.cpu},
+                                                indent=2) + "\n")
     print(f"\nreport: {Path(paths['page']).resolve()}  (tables beside it; analysis: {analysis})")
     print("\n".join(f"- {line}" for line in lines))
     print("wall time: " + ", ".join(f"{name} {s:.0f} s" for name, s in stages.times.items()) + f"; total {total:.0f} s")

@@ -118,6 +118,14 @@ def _cell(text: str, metric: str, run: Row | None, dense: Row | None = None, css
     return f"<td{attrs}>{html_escape.escape(text)}</td>"
 
 
+def _span(text: str, run: Row, dense: Row | None, css: str = "") -> str:
+    """A speed-up inside a table cell, naming its run and the dense run it is measured against."""
+    attrs = f" data-metric='speedup' data-run='{run['run_id']}'"
+    attrs += f" data-dense-run='{dense['run_id']}'" if dense is not None else ""
+    attrs += f" class='{css}'" if css else ""
+    return f"<span{attrs}>{html_escape.escape(text)}</span>"
+
+
 def _text_cell(text: str) -> str:
     return f"<td class='text'>{html_escape.escape(text)}</td>"
 
@@ -172,13 +180,11 @@ def _verdict_matrix(data: ReportInput, device: str) -> str:
                 continue
             bound = f" ({human.ratio(c.bound_speedup)})" if math.isfinite(c.bound_speedup) else ""
             css = "win" if c.speedup > 1 else "lose"
-            tip = (f"best realisable: {c.design}, {human.ms(c.best['time_per_token_s'])}; dense "
-                   f"{human.ms(c.dense['time_per_token_s'])} ({c.dense_where})")
+            dense = f"{human.ms(c.dense['time_per_token_s'])} ({c.dense_where})" if c.dense else c.dense_where
+            tip = f"best realisable: {c.design}, {human.ms(c.best['time_per_token_s'])}; dense {dense}"
             row.append(f"<td class='{css}' title='{html_escape.escape(tip, quote=True)}'>"
-                       f"<span data-metric='speedup' data-run='{c.best['run_id']}' "
-                       f"data-dense-run='{c.dense['run_id']}'>{human.ratio(c.speedup)}</span>"
-                       + (f"<span class='bound' data-metric='speedup' data-run='{c.bound['run_id']}' "
-                          f"data-dense-run='{c.dense['run_id']}'>{bound}</span>" if bound else "") + "</td>")
+                       + _span(human.ratio(c.speedup), c.best, c.dense)
+                       + (_span(bound, c.bound, c.dense, "bound") if bound else "") + "</td>")
         body.append("<tr>" + "".join(row) + "</tr>")
     return (f"<div class='matrix'><h3><a href='#{_device_anchor(device)}'>{html_escape.escape(device)}</a></h3>"
             + _table(head, body) + "</div>")

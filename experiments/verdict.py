@@ -221,11 +221,23 @@ class Cell:
 
     @property
     def dense_where(self) -> str:
-        return "" if self.dense is None else "in DRAM" if self.dense["storage_bytes_per_token"] == 0 else "streamed"
+        if self.dense is None:
+            return BASELINE if math.isfinite(self.speedup) else ""
+        return "in DRAM" if self.dense["storage_bytes_per_token"] == 0 else "streamed"
+
+
+BASELINE = "each run's own dense baseline"
 
 
 def _speedup(dense: Row | None, other: Row | None) -> float:
-    return dense[TIME] / other[TIME] if dense is not None and other is not None else float("nan")
+    """Dense's time / the run's; without dense runs, the run's own ``speedup_vs_dense`` (a sweep with
+    ``baselines: true``: dense on the same profile, budget and replacement policy)."""
+    if other is None:
+        return float("nan")
+    if dense is not None:
+        return dense[TIME] / other[TIME]
+    value = other.get("speedup_vs_dense")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else float("nan")
 
 
 @dataclass
@@ -243,7 +255,7 @@ class Verdict:
 
 
 def _break_even(noisy: Sequence[Row], dense: Row | None, varying: Sequence[str]) -> BreakEven | None:
-    if dense is None or not noisy:
+    if not noisy or not all(math.isfinite(_speedup(dense, r)) for r in noisy):
         return None
     families: dict[str, list[Row]] = defaultdict(list)
     for r in noisy:
@@ -254,7 +266,7 @@ def _break_even(noisy: Sequence[Row], dense: Row | None, varying: Sequence[str])
                                               -_finite(r.get("predictor_precision")), r.get("run_id", "")))
         last_win = first_loss = None
         for r in ordered:
-            if r[TIME] < dense[TIME]:
+            if _speedup(dense, r) > 1:
                 last_win = r
             else:
                 first_loss = r
@@ -352,10 +364,12 @@ def summary_lines(verdict: Verdict) -> list[str]:
             lines.append(f"{device}: no setting has both a dense and a realisable sparse run to compare.")
             continue
         t = verdict.traces[best.trace]
+        dense = (f"dense {human.ms(best.dense[TIME])} ({best.dense_where})" if best.dense is not None
+                 else f"dense: {best.dense_where}")
         line = (f"{device}: sparse loading beats dense in {len(wins)} of {len(comparable)} settings. Best realisable: "
-                f"{best.design} at {t.level}{_quality(t)}, budget {human.budget(best.budget)}: {human.ms(best.best[TIME])}/token vs "
-                f"dense {human.ms(best.dense[TIME])} ({best.dense_where}), {human.ratio(best.speedup)}")
-        if best.bound is not None:
+                f"{best.design} at {t.level}{_quality(t)}, budget {human.budget(best.budget)}: "
+                f"{human.ms(best.best[TIME])}/token vs {dense}, {human.ratio(best.speedup)}")
+        if best.bound is not None and math.isfinite(best.bound_speedup):
             line += f"; oracle bound there {human.ms(best.bound[TIME])} ({human.ratio(best.bound_speedup)})"
         if best.break_even is not None:
             line += f"; break-even predictor {best.break_even.describe()}"

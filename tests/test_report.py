@@ -144,8 +144,9 @@ def test_every_number_in_the_page_is_a_record(page, records, results):
     assert len(parser.cells) > 100
     for metric, run, dense, text in parser.cells:
         shown = float(re.search(r"[\d.]+", text).group())
-        if metric == "speedup":
-            value = records[dense]["time_per_token_s"] / records[run]["time_per_token_s"]
+        if metric == "speedup":   # against a dense run, or the run's own dense baseline
+            value = (records[dense]["time_per_token_s"] / records[run]["time_per_token_s"] if dense
+                     else records[run]["speedup_vs_dense"])
             assert abs(shown - value) <= 0.005 + 1e-9, (text, value)
         else:
             value = _expected(metric, records[run])
@@ -237,6 +238,30 @@ def test_a_configuration_run_with_seeds_is_shown_by_its_median_run(results):
     shown = _shown(rows)
     runs = {r["run_id"] for r in vd.compute(rows).runs}
     assert runs == {r["run_id"] for r in shown.values()}
+
+
+def test_without_dense_runs_the_verdict_uses_each_runs_own_baseline(tmp_path):
+    """A sweep with ``baselines: true`` and no ``dense`` predictor still gets a verdict, from the
+    records' own ``speedup_vs_dense`` (dense on the same profile, budget and replacement policy)."""
+    _trace(tmp_path / "t.parquet", 0.7, 3, 30.0)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "baselines", "traces": ["t.parquet"], "profiles": ["oneplus-12"],
+                                    "grid": {"predictor": ["none", "oracle", "noisy-oracle:fn=0.2,fp=0.2"],
+                                             "dram_budget": [0.5, 1.0]}, "baselines": True}))
+    run_sweep(spec, tmp_path / "results", workers=1, progress=False)
+    records = {r["run_id"]: r for r in read_results(tmp_path / "results").to_pylist()}
+    verdict = vd.compute(records.values())
+    for cell in verdict.cells:
+        assert cell.dense is None and cell.dense_where == vd.BASELINE
+        assert cell.speedup == cell.best["speedup_vs_dense"] and cell.best["predictor"] == "none"
+        assert cell.bound_speedup == cell.bound["speedup_vs_dense"]
+        assert cell.break_even is not None
+    assert vd.BASELINE in next(x for x in vd.summary_lines(verdict) if x.startswith("oneplus-12: "))
+    parser = _Cells()
+    parser.feed(Path(make_report(tmp_path / "results", tmp_path / "r.html")["page"]).read_text())
+    speedups = [(run, text) for metric, run, dense, text in parser.cells if metric == "speedup"]
+    assert speedups and all(abs(float(re.search(r"[\d.]+", text).group()) - records[run]["speedup_vs_dense"])
+                            <= 0.005 for run, text in speedups)
 
 
 def test_perplexity_from_the_traces_or_from_a_curve(results, page, tmp_path):
