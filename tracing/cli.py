@@ -7,6 +7,7 @@ import math
 import time
 from pathlib import Path
 
+from sparsesim import human
 from sparsesim.atomic import check_writable
 from sparsesim.errors import InputError
 from sparsesim.tracing.checks import (DEFAULT_CALIB_TOKENS, DEFAULT_MODEL, DEFAULT_TOKENS, DEFAULT_WINDOW, METHODS,
@@ -185,8 +186,8 @@ def _ppl(args: argparse.Namespace) -> int:
     print(f"{r0['model']} on {r0['text']}: {r0['eval_tokens']} tokens, window {r0['window']}")
     print(f"{'method':<11} {'target':>7} {'measured':>9} {'perplexity':>11} {'change':>8}")
     for r in rows:
-        print(f"{r['method']:<11} {r['target_sparsity']:>7.0%} {r['measured_sparsity']:>9.1%} {r['ppl']:>11.3f} "
-              f"{r['ppl_increase_pct']:>+7.1f} %")
+        print(f"{r['method']:<11} {human.percent(r['target_sparsity']):>7} "
+              f"{human.percent(r['measured_sparsity'], 1):>9} {r['ppl']:>11.3f} {r['ppl_increase_pct']:>+6.1f} %")
     print(f"wrote {out} and {out.with_suffix('.html')}")
     return 0
 
