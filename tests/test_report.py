@@ -132,7 +132,7 @@ def _expected(metric: str, r: dict) -> float:
             "flash_mb": lambda: r["storage_bytes_per_token"] / 1e6,
             "energy_mj": lambda: r["energy_per_token_j"] * 1000,
             "pollution_mb": lambda: r["pollution_bytes"] / r["tokens"] / 1e6,
-            "miss_ratio": lambda: r["demand_misses"] / r["accesses"],
+            "miss_ratio": lambda: (r["accesses"] - r["hits"]) / r["accesses"],
             "recall": lambda: r["predictor_recall"], "precision": lambda: r["predictor_precision"],
             "budget_pct": lambda: 100 * r["dram_budget"]}[metric]()
 
