@@ -176,7 +176,9 @@ def shown_runs(rows: Sequence[Row], varying: Sequence[str]) -> list[Row]:
 
 
 def fastest(runs: Iterable[Row]) -> Row | None:
-    return min(runs, key=lambda r: (r[TIME], r.get("run_id", "")), default=None)
+    """The fastest run; on a tie the simpler design (no prefetch first, then by name), then the lower run id."""
+    return min(runs, key=lambda r: (r[TIME], r["predictor"] != "none", r["predictor"], r["cache"],
+                                    r.get("run_id", "")), default=None)
 
 
 # ---------------------------------------------------------------------------------------------
