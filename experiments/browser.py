@@ -169,7 +169,8 @@ def visit(page: str | os.PathLike, element_selectors: dict[str, str] | None = No
         if method == "Network.requestWillBeSent":
             result.requests.append(params["request"]["url"])
         elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            result.console_errors.append(" ".join(str(a.get("value", a.get("description", ""))) for a in params["args"]))
+            words = (str(a.get("value", a.get("description", ""))) for a in params["args"])
+            result.console_errors.append(" ".join(words))
         elif method == "Runtime.exceptionThrown":
             result.console_errors.append(params["exceptionDetails"].get("text", "exception"))
         elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
@@ -198,7 +199,8 @@ def _capture(tools: _DevTools, session: str, selector: str | None) -> bytes:
     if selector is not None:
         box = _evaluate(tools, session, f"""(() => {{ const e = document.querySelector({json.dumps(selector)});
             if (!e) return null; const r = e.getBoundingClientRect();
-            return {{x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height}}; }})()""")
+            return {{x: r.left + window.scrollX, y: r.top + window.scrollY,
+                     width: r.width, height: r.height}}; }})()""")
         if box is None:
             raise InputError(f"no element matches {selector!r}")
         params.update(clip={**box, "scale": 1}, captureBeyondViewport=True)

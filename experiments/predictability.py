@@ -377,6 +377,6 @@ def _analyze(args: argparse.Namespace) -> int:
     for r in result["tables"]["predictors"]:
         print(f"{r['predictor']:<34} {r['precision_mean']:>9.3f} {r['precision_worst']:>6.3f} "
               f"{r['recall_mean']:>7.3f} {r['recall_worst']:>6.3f} {r['fetch_bytes_per_token'] / 1e6:>9.3f}")
-    print(f"wrote {result['paths']['report']} and {', '.join(Path(p).name for k, p in result['paths'].items() if k != 'report')} "
-          f"beside it")
+    tables = ", ".join(Path(p).name for k, p in result["paths"].items() if k != "report")
+    print(f"wrote {result['paths']['report']} and {tables} beside it")
     return 0

@@ -433,8 +433,8 @@ def _accuracy_table(data: ReportInput, runs: Sequence[Row], traces: list[str]) -
         for name, rs in sorted(predictors.items(), key=lambda kv: (kv[1][0]["predictor_sees_future"], kv[0])):
             top = max(r["dram_budget"] for r in rs)
             r = vd.fastest(x for x in rs if x["dram_budget"] == top)
-            body.append("<tr>" + _text_cell(_trace_label(t)) + _text_cell(name + (" (bound)" if r["predictor_sees_future"]
-                                                                                 else ""))
+            bound = " (bound)" if r["predictor_sees_future"] else ""
+            body.append("<tr>" + _text_cell(_trace_label(t)) + _text_cell(name + bound)
                         + _cell(f"{r['predictor_recall']:.3f}", "recall", r)
                         + _cell(f"{r['predictor_precision']:.3f}", "precision", r)
                         + _text_cell(r["run_id"]) + "</tr>")
@@ -487,9 +487,9 @@ def quality_section(data: ReportInput) -> list[Section]:
                             f"{t0.window})", xaxis_title="measured FFN activation sparsity (%)",
                       yaxis_title="perplexity", template="plotly_white", height=400)
     table = table_html([{"trace": t.name, "target sparsity": human.percent(t.target),
-                         "measured sparsity": human.percent(t.sparsity, 1), "perplexity dense": human.number(t.ppl_dense),
-                         "perplexity sparse": human.number(t.ppl_sparse), "tokens": t.ppl_tokens, "window": t.window}
-                        for t in traces])
+                         "measured sparsity": human.percent(t.sparsity, 1),
+                         "perplexity dense": human.number(t.ppl_dense), "perplexity sparse": human.number(t.ppl_sparse),
+                         "tokens": t.ppl_tokens, "window": t.window} for t in traces])
     return [Section("Sparsity vs perplexity", "From each trace's own metadata (dense and zero-enforced sparse "
                                               "perplexity on the trace's evaluation tokens).", figures=[fig],
                     tables=[table], anchor="perplexity")]

@@ -95,15 +95,15 @@ def _summary(r: dict[str, Any]) -> list[tuple[str, str]]:
                                                f"{human.ms(r['io_stall_per_token_s'])} / "
                                                f"{human.ms(r['cache_mgmt_per_token_s'])} per token"),
         ("tokens/s", human.number(r["tokens_per_s"])),
-        ("flash read per token", f"{human.mb(r['storage_bytes_per_token'])}  (useful {human.mb(r['useful_bytes'] / n)}, "
-                                 f"wasted {human.mb(r['wasted_bytes'] / n)} per token)"),
+        ("flash read per token", f"{human.mb(r['storage_bytes_per_token'])}  (useful "
+                                 f"{human.mb(r['useful_bytes'] / n)}, wasted {human.mb(r['wasted_bytes'] / n)} per token)"),
         ("requests per token", f"{human.number(r['requests'] / n)}  (mean {human.size(r['mean_request_bytes'])} each)"),
         ("cache", f"hit rate {r['hit_rate']:.1%}  (over {n} tokens: {r['hits']} hits, {r['late_hits']} late, "
                   f"{r['demand_misses']} demand misses)"),
         ("prefetches", f"over {n} tokens: issued {r['prefetch_issued']}, useful {r['prefetch_useful']}, useless "
                        f"{r['prefetch_useless']}, unused at end {r['prefetch_unused_at_end']}"),
-        ("pollution per token", f"{human.mb(r['pollution_bytes'] / n)} evicted unused  ({human.number(r['pollution_misses'] / n)} "
-                                f"misses on displaced neurons per token)"),
+        ("pollution per token", f"{human.mb(r['pollution_bytes'] / n)} evicted unused  "
+                                f"({human.number(r['pollution_misses'] / n)} misses on displaced neurons per token)"),
         ("predictor", f"precision {human.number(r['predictor_precision'])}, recall "
                       f"{human.number(r['predictor_recall'])}, over-prediction {human.number(r['over_prediction'])}"),
         ("energy per token", human.mj(r["energy_per_token_j"])),

@@ -60,4 +60,6 @@ def percent(share: float, decimals: int = 0) -> str:
 
 def budget(value: float) -> str:
     """A ``dram_budget``: a share of the FFN (<= 1) or total bytes of DRAM for weights (> 1)."""
-    return f"{percent(value, 1 if round(value * 100, 6) % 1 else 0)} of the FFN" if value <= 1 else f"{gb(value)} of DRAM"
+    if value > 1:
+        return f"{gb(value)} of DRAM"
+    return f"{percent(value, 1 if round(value * 100, 6) % 1 else 0)} of the FFN"

@@ -99,7 +99,8 @@ def test_one_default_window_for_trace_ppl_and_demo():
     from sparsesim.experiments import demo
     from sparsesim.tracing.checks import DEFAULT_WINDOW
 
-    helps = {name: build_parser()._subparsers._group_actions[0].choices[name].format_help() for name in ("trace", "ppl")}
+    commands = build_parser()._subparsers._group_actions[0].choices
+    helps = {name: commands[name].format_help() for name in ("trace", "ppl")}
     assert all(f"default {DEFAULT_WINDOW}" in " ".join(h.split()) for h in helps.values())
     assert demo.settings("m", 512)["window"] == DEFAULT_WINDOW == 512
     torch = pytest.importorskip("torch")   # noqa: F841 (the tracer's own default)
