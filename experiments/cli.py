@@ -15,7 +15,9 @@ import sys
 
 from sparsesim.errors import InputError
 
-COMMAND_MODULES = ("sparsesim.tracing.cli", "sparsesim.simulator.cli", "sparsesim.experiments.predictability",
+COMMAND_MODULES = ("sparsesim.tracing.cli", "sparsesim.tracing.importers.cli", "sparsesim.simulator.cli",
+                   "sparsesim.simulator.roofline", "sparsesim.experiments.predictability",
+                   "sparsesim.experiments.routing",
                    "sparsesim.experiments.commands", "sparsesim.experiments.fidelity")
 
 

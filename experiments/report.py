@@ -235,17 +235,19 @@ def _colors(rows: Sequence[Row]) -> dict[str, str]:
 
 
 def _series(runs: Sequence[Row], data: ReportInput) -> dict[str, list[Row]]:
-    """Lines of the time chart: per predictor (noisy oracles excluded), its fastest run at each budget."""
+    """Lines of the time chart: per predictor (noisy oracles excluded), its fastest run at each budget.
+    A realisable predictor's runs under a policy that sees the future (Bélády) are a line of their own."""
     by: dict[str, dict[float, list[Row]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         if not vd.is_noisy(r):
-            by[r["predictor"]][r["dram_budget"]].append(r)
+            name = r["predictor"] if r["predictor_sees_future"] or not r["bound"] else f"{r['predictor']} + {r['cache']}"
+            by[name][r["dram_budget"]].append(r)
     return {p: [vd.fastest(rs) for _, rs in sorted(budgets.items())] for p, budgets in by.items()}
 
 
 def _series_order(name: str, runs: Sequence[Row]) -> tuple:
     r = runs[0]
-    return (0 if vd.is_dense(r) else 1 if name == "none" else 3 if r["predictor_sees_future"] else 2, name)
+    return (0 if vd.is_dense(r) else 1 if name == "none" else 3 if r["bound"] else 2, name)
 
 
 def _style(name: str, runs: Sequence[Row], colors: dict[str, str]) -> tuple[str, dict]:
@@ -254,8 +256,9 @@ def _style(name: str, runs: Sequence[Row], colors: dict[str, str]) -> tuple[str,
         return "dense (in DRAM where it fits, else streamed)", {"color": DENSE_COLOR, "width": 3}
     if name == "none":
         return "no prefetch (demand loading)", {"color": NONE_COLOR, "width": 2}
-    if r["predictor_sees_future"]:
-        return f"{name}: bound (sees the future)", {"color": colors[name], "dash": "dash", "width": 2}
+    if r["bound"]:
+        color = colors.get(name, colors.get(r["predictor"], NONE_COLOR))
+        return f"{name}: bound (sees the future)", {"color": color, "dash": "dash", "width": 2}
     return name, {"color": colors[name], "width": 2}
 
 
@@ -433,7 +436,7 @@ def _accuracy_table(data: ReportInput, runs: Sequence[Row], traces: list[str]) -
         for name, rs in sorted(predictors.items(), key=lambda kv: (kv[1][0]["predictor_sees_future"], kv[0])):
             top = max(r["dram_budget"] for r in rs)
             r = vd.fastest(x for x in rs if x["dram_budget"] == top)
-            bound = " (bound)" if r["predictor_sees_future"] else ""
+            bound = " (sees the future)" if r["predictor_sees_future"] else ""
             body.append("<tr>" + _text_cell(_trace_label(t)) + _text_cell(name + bound)
                         + _cell(f"{r['predictor_recall']:.3f}", "recall", r)
                         + _cell(f"{r['predictor_precision']:.3f}", "precision", r)
@@ -625,7 +628,7 @@ SECTIONS: list[Callable[[ReportInput], list[Section]]] = [
 # CSV tables
 
 
-RUN_COLUMNS = ("run_id", "status", "device", "trace", "design", "dram_budget", "predictor_sees_future",
+RUN_COLUMNS = ("run_id", "status", "device", "trace", "design", "dram_budget", "predictor_sees_future", "bound",
                "time_ms", "flash_mb", "energy_mj", "pollution_mb", "miss_ratio", "recall", "precision", "error")
 POINT_COLUMNS = ("figure", "series", "x_metric", "x", "y_metric", "y", "run_id")
 
@@ -640,7 +643,7 @@ def run_rows(data: ReportInput) -> list[Row]:
                "error": r.get("error") or ""}
         if r["run_id"] in flagged:
             ok = flagged[r["run_id"]]
-            row["predictor_sees_future"] = ok["predictor_sees_future"]
+            row.update(predictor_sees_future=ok["predictor_sees_future"], bound=ok["bound"])
             row.update({name: METRICS[name].value(ok) for name in
                         ("time_ms", "flash_mb", "energy_mj", "pollution_mb", "miss_ratio", "recall", "precision")})
         out.append(row)

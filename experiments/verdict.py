@@ -11,17 +11,18 @@ Vocabulary (``docs/experiments.md``, "The verdict"):
   count the faster of the two middle ones): a run that exists, never a median of columns;
 * **dense** — the fastest ``dense`` run at that device, trace and budget: *in DRAM* when it read
   nothing from storage (the FFN fits), *streamed* otherwise;
-* **realisable** — a run whose predictor does not see the future (``predictor_sees_future`` is
-  false) and is not ``dense``: ``none`` (demand loading of the active neurons) included;
-* **bound** — the fastest run whose predictor sees the future (oracle-type), noisy oracles left
-  to the break-even study: an upper bound, never a design;
+* **realisable** — a run that is no bound (its predictor and its replacement policy do not see the
+  future: ``bound`` is false) and is not ``dense``: ``none`` (demand loading of the active neurons)
+  included;
+* **bound** — the fastest run that sees the future (an oracle-type predictor, or an offline policy
+  such as Bélády), noisy oracles left to the break-even study: an upper bound, never a design;
 * **break-even quality** — among the ``noisy-oracle`` runs of one replacement policy, ordered from
   the best predictor (highest recall, then precision) down, the last one that is still faster than
   dense before the first that is not: how good a predictor must be for sparse loading to pay.
 
 Speed-ups are the ratio of two records' ``time_per_token_s`` (dense / the design's); both run ids
-are in the verdict table. Records written before ``predictor_sees_future`` existed get it here,
-from the predictor registry's ``sees_future`` attribute.
+are in the verdict table. Records written before the engine recorded ``predictor_sees_future`` and
+``bound`` get them here, from the registries' ``sees_future`` class attributes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any, Hashable, Iterable, Sequence
 from sparsesim import human
 from sparsesim.errors import InputError
 from sparsesim.simulator.predictors import PREDICTORS
+from sparsesim.simulator.replacement import REPLACEMENT
 from sparsesim.simulator.simulate import parse_policy
 from sparsesim.tracefile import file_sha256, read_meta
 
@@ -59,6 +61,19 @@ def sees_future(row: Row) -> bool:
     return bool(value) if value is not None else bool(_predictor_class(row["predictor"]).sees_future)
 
 
+@functools.lru_cache(maxsize=None)
+def _policy_class(spec: str) -> type:
+    return REPLACEMENT.get(parse_policy(spec)[0])
+
+
+def is_bound(row: Row) -> bool:
+    """The record's ``bound``: its predictor or its replacement policy sees the future."""
+    value = row.get("bound")
+    if value is not None:
+        return bool(value)
+    return sees_future(row) or bool(getattr(_policy_class(row["cache"]), "sees_future", False))
+
+
 def is_dense(row: Row) -> bool:
     return bool(_predictor_class(row["predictor"]).dense)
 
@@ -68,8 +83,9 @@ def is_noisy(row: Row) -> bool:
 
 
 def with_flags(rows: Iterable[Row]) -> list[Row]:
-    """The ``ok`` records, each with ``predictor_sees_future`` filled in where it is missing."""
-    return [{**r, "predictor_sees_future": sees_future(r)} for r in rows if r.get("status", "ok") == "ok"]
+    """The ``ok`` records, each with ``predictor_sees_future`` and ``bound`` filled in where missing."""
+    return [{**r, "predictor_sees_future": sees_future(r), "bound": is_bound(r)}
+            for r in rows if r.get("status", "ok") == "ok"]
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -295,9 +311,8 @@ def compute(rows: Iterable[Row]) -> Verdict:
     out = []
     for (device, sha, budget), mine in sorted(cells.items(), key=lambda kv: (kv[0][0], order[kv[0][1]], kv[0][2])):
         dense = fastest(r for r in mine if is_dense(r))
-        best = fastest(r for r in mine if not is_dense(r) and not r["predictor_sees_future"])
-        bound = fastest(r for r in mine if r["predictor_sees_future"] and not is_noisy(r)) \
-            or fastest(r for r in mine if r["predictor_sees_future"])
+        best = fastest(r for r in mine if not is_dense(r) and not r["bound"])
+        bound = fastest(r for r in mine if r["bound"] and not is_noisy(r)) or fastest(r for r in mine if r["bound"])
         out.append(Cell(device, sha, budget, dense, best, bound,
                         _break_even([r for r in mine if is_noisy(r)], dense, varying),
                         design=design_of(best, varying) if best else ""))

@@ -1,9 +1,8 @@
-"""The neuron cache: which FFN neurons are resident, with capacity enforced per layer or globally.
+"""The neuron cache: which units are resident, with capacity enforced per layer or globally.
 
-State is one neuron set per layer (:mod:`sparsesim.simulator.neuronset`) plus occupancy counts; the
-replacement policy decides victims. The cache never chooses on its own — it asks the policy for
-exactly as many victims as it needs, among the resident neurons that are not protected (the set
-the FFN is using now).
+State is one unit set per layer (:mod:`sparsesim.simulator.neuronset`) plus occupancy counts; the
+replacement policy ranks victims. The cache never chooses on its own and knows nothing of
+protection: :mod:`sparsesim.simulator.residency` tells it which units may not go.
 """
 
 from __future__ import annotations
@@ -23,12 +22,12 @@ class NeuronCache:
         self.capacity = [int(c) for c in geometry.capacity]
         policy.setup(geometry)
 
-    def preload(self, warm: bool) -> None:
-        """Fill the cache before decoding (no I/O charged): the policy's preload set, and with
-        ``warm`` the lowest-index neurons of each layer up to capacity."""
+    def preload(self, warm: bool) -> int:
+        """Fill the cache before decoding (counted, not timed): the policy's preload set, and with
+        ``warm`` the lowest-index units of each layer up to capacity. Returns the units placed."""
         chosen = self.policy.preload()
         if chosen is None and not warm:
-            return
+            return 0
         g = self.geometry
         chosen = [0] * g.n_layers if chosen is None else [neuronset.from_row(row) for row in chosen]
         if warm:
@@ -42,62 +41,49 @@ class NeuronCache:
             self.size[l] = chosen[l].bit_count()
             self.policy.on_fill(l, -1, chosen[l], False)
         self.total = sum(self.size)
+        return self.total
 
     def free(self, layer: int) -> int:
         if self.global_pool:
             return self.capacity[0] - self.total
         return self.capacity[layer] - self.size[layer]
 
-    def _remove(self, layer: int, neurons: int) -> None:
-        n = neurons.bit_count()
-        self.resident[layer] ^= neurons
+    def add(self, layer: int, step: int, units: int, prefetch: bool, n: int) -> None:
+        """Insert ``units`` (``n`` of them, not resident; the caller made room)."""
+        self.resident[layer] |= units
+        self.size[layer] += n
+        self.total += n
+        self.policy.on_fill(layer, step, units, prefetch)
+
+    def remove(self, layer: int, units: int) -> None:
+        n = units.bit_count()
+        self.resident[layer] ^= units
         self.size[layer] -= n
         self.total -= n
-        self.policy.on_evict(layer, neurons)
+        self.policy.on_evict(layer, units)
 
-    def make_room(self, layer: int, step: int, n: int, protect: int) -> dict[int, int]:
-        """Evict up to ``n`` neurons (never from ``protect``, which belongs to ``layer``).
-
-        Returns {layer: evicted set}; fewer than ``n`` are evicted only when too few candidates
-        exist (the caller then bypasses part of the fill).
-        """
+    def evict(self, layer: int, step: int, n: int, keep: dict[int, int]) -> dict[int, int]:
+        """Evict up to ``n`` units to make room in ``layer``'s partition, never one in ``keep``
+        ({layer: set}). Returns {layer: evicted set}; fewer than ``n`` only when too few candidates
+        exist."""
         if n <= 0:
             return {}
         if self.global_pool:
             candidates = list(self.resident)
-            candidates[layer] &= ~protect
-            available = self.total - (self.resident[layer] & protect).bit_count()
-            chosen = self.policy.global_victims(step, min(n, available), candidates)
+            kept = 0
+            for l, units in keep.items():
+                taken = candidates[l] & units
+                if taken:
+                    candidates[l] ^= taken
+                    kept += taken.bit_count()
+            n = min(n, self.total - kept)
+            chosen = self.policy.global_victims(step, n, candidates) if n > 0 else {}
         else:
-            candidates = self.resident[layer] & ~protect
-            if not candidates:
-                return {}
-            chosen = {layer: self.policy.victims(layer, step, min(n, candidates.bit_count()), candidates)}
+            candidates = self.resident[layer]
+            taken = candidates & keep.get(layer, 0)
+            candidates ^= taken
+            n = min(n, self.size[layer] - taken.bit_count())
+            chosen = {layer: self.policy.victims(layer, step, n, candidates)} if n > 0 else {}
         for l, victims in chosen.items():
-            self._remove(l, victims)
+            self.remove(l, victims)
         return chosen
-
-    def insert(self, layer: int, step: int, neurons: int, prefetch: bool, protect: int) -> tuple[int, dict[int, int]]:
-        """Insert ``neurons`` (not yet resident), evicting as needed. Returns (inserted, evicted)."""
-        # Neurons the FFN needs right now are not offered for bypass: it computes from DRAM.
-        neurons = self.policy.admit(layer, step, neurons & ~protect, prefetch) | (neurons & protect)
-        n = neurons.bit_count()
-        if n == 0:
-            return 0, {}
-        evicted = self.make_room(layer, step, n - self.free(layer), protect | neurons)
-        room = self.free(layer)
-        if room < n:  # bypass what does not fit: protected (needed now) first, then lowest index
-            urgent = neurons & protect
-            neurons = urgent | neuronset.first(neurons & ~protect, room - urgent.bit_count())
-            n = neurons.bit_count()
-        self.resident[layer] |= neurons
-        self.size[layer] += n
-        self.total += n
-        self.policy.on_fill(layer, step, neurons, prefetch)
-        return neurons, evicted
-
-    def expire(self, layer: int, step: int) -> int:
-        stale = self.policy.expire(layer, step) & self.resident[layer]
-        if stale:
-            self._remove(layer, stale)
-        return stale

@@ -63,8 +63,6 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from sparsesim.atomic import check_writable, write_text
     from sparsesim.simulator.metrics import format_summary
-    from sparsesim.simulator.predictors import PREDICTORS
-    from sparsesim.simulator.simulate import parse_policy
 
     if args.json and args.json != "-":
         check_writable(args.json)
@@ -82,7 +80,6 @@ def _simulate(args: argparse.Namespace) -> int:
     record = simulate(args.trace, args.profile, args.predictor, args.cache, settings=settings,
                       train_trace=args.train_trace, profile_trace=args.profile_trace, seed=args.seed,
                       baselines=not args.no_baselines, stream=args.stream)
-    record.setdefault("predictor_sees_future", PREDICTORS.get(parse_policy(args.predictor)[0]).sees_future)
     text = json.dumps(record, indent=2, default=float)
     note = f"defaults used: {', '.join(defaulted)} (give them to choose)" if defaulted else ""
     if args.json == "-":

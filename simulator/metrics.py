@@ -1,122 +1,219 @@
-"""Turn a replay's raw counters into the reported metrics (definitions: ``docs/metrics.md``).
+"""The reported metrics: each registered once, by name, with its formula (``docs/metrics.md``).
 
-A run's result is one flat record: configuration, metrics, provenance. Per-layer arrays are kept
-as a JSON string in ``per_layer`` so that the record stays one row of a results table.
+A run's result is one flat record: configuration, metrics, provenance. A metric is a function of
+a replay's counters (:mod:`sparsesim.simulator.accounting`) and the run's constants, registered
+with :func:`metric`; ``tests/test_metrics_registry.py`` checks that every registered name has its
+entry in ``docs/metrics.md``. Per-layer counters are kept as a JSON string in ``per_layer`` so that
+the record stays one row of a results table.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
-from sparsesim import human
-from sparsesim.simulator.engine import ReplayStats, ffn_read_bytes
+from sparsesim.simulator.engine import ReplayResult
 from sparsesim.simulator.scenario import ModelFootprint
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """What a metric may read: totals of every counter, per-token times and the run's constants."""
+
+    tot: dict[str, int]
+    result: ReplayResult
+    b: float                 # bytes per unit
+    b_prefetch: float        # bytes one prefetch reads per unit (b, or a gate row under two-phase)
+    ffn_bytes: float         # bytes of the whole FFN
+    energy_storage: float    # J/B of the backing store the FFN is read from
+    energy_dram: float
+    energy_cache: float
+    energy_flop: float
+
+    @property
+    def T(self) -> int:
+        return self.result.n_tokens
+
+    @property
+    def totals(self):
+        return self.result.counts.totals
+
+    @property
+    def ffn_read(self) -> float:
+        """FFN bytes read, row-level: whole units on demand, what a prefetch reads per unit, and
+        the up/down rows read after a two-phase gate prefetch."""
+        t = self.tot
+        return (t["demand_units"] * self.b + t["prefetch_units"] * self.b_prefetch
+                + t["second_phase_units"] * (self.b - self.b_prefetch))
+
+    @property
+    def storage_bytes(self) -> float:
+        return self.ffn_read + self.totals.nonffn_storage_bytes
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    definition: str
+    compute: Callable[[RunFigures], Any]
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def metric(name: str, definition: str) -> Callable[[Callable[[RunFigures], Any]], Callable[[RunFigures], Any]]:
+    """Register a reported metric: ``definition`` is the one-line formula ``docs/metrics.md`` expands."""
+    def add(fn: Callable[[RunFigures], Any]) -> Callable[[RunFigures], Any]:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} registered twice")
+        METRICS[name] = Metric(name, definition, fn)
+        return fn
+    return add
 
 
 def _ratio(a: float, b: float) -> float:
     return float(a) / float(b) if b else float("nan")
 
 
-def summarize(stats: ReplayStats, fp: ModelFootprint, profile) -> dict[str, Any]:
-    c = {k: v.astype(np.int64) for k, v in stats.layer.items()}
-    tot = {k: int(v.sum()) for k, v in c.items()}
-    T = stats.n_tokens
-    nb = fp.neuron_bytes
-    times = stats.token_time
-    pf = stats.prefetch_neuron_bytes or nb   # a prefetch reads a whole neuron, or its gate row (two-phase)
-    useful = tot["demand_neurons"] * nb + tot["prefetch_useful"] * pf + tot["second_phase_neurons"] * (nb - pf)
-    wasted = (tot["prefetch_useless"] + tot["prefetch_unused_at_end"] + tot["prefetch_bypassed"]
-              + tot["prefetch_gate_dropped"]) * pf
-    ffn_read = ffn_read_bytes(tot, nb, pf)
-    energy = (stats.storage_bytes * profile.storage.energy_per_byte
-              + stats.dram_bytes * profile.dram.energy_per_byte
-              + stats.flops * profile.compute.energy_per_flop)
-    out: dict[str, Any] = {
-        "tokens": T,
-        "layers": stats.n_layers,
-        "time_per_token_s": float(times.mean()),
-        "time_per_token_p50_s": float(np.percentile(times, 50)),
-        "time_per_token_p90_s": float(np.percentile(times, 90)),
-        "time_per_token_p99_s": float(np.percentile(times, 99)),
-        "tokens_per_s": _ratio(1.0, times.mean()),
-        "compute_per_token_s": float(stats.token_compute.mean()),
-        "io_stall_per_token_s": float(stats.token_stall.mean()),
-        "cache_mgmt_per_token_s": float(stats.token_mm.mean()),
-        "io_time_per_token_s": stats.io_busy / T,
-        "storage_bytes": float(stats.storage_bytes),
-        "storage_bytes_per_token": stats.storage_bytes / T,
-        "ffn_storage_bytes": float(ffn_read),
-        "useful_bytes": float(useful),
-        "wasted_bytes": float(wasted),
-        "ffn_bytes_used_per_token": tot["accesses"] * nb / T,
-        "ffn_share_loaded_per_token": _ratio(ffn_read / T, fp.ffn_bytes),
-        "requests": tot["requests"],
-        "mean_request_bytes": _ratio(tot["request_bytes"], tot["requests"]),
-        "accesses": tot["accesses"],
-        "hits": tot["hits"],
-        "late_hits": tot["late"],
-        "demand_misses": tot["misses"],
-        "gate_hits": tot["gate_hits"],
-        "hit_rate": _ratio(tot["hits"], tot["accesses"]),
-        "prefetch_requested": tot["prefetch_requested"],
-        "prefetch_issued": tot["prefetch_issued"],
-        "prefetch_useful": tot["prefetch_useful"],
-        "prefetch_useless": tot["prefetch_useless"],
-        "prefetch_late": tot["late"],
-        "prefetch_unused_at_end": tot["prefetch_unused_at_end"],
-        "prefetch_bypassed": tot["prefetch_bypassed"],
-        "prefetch_dropped": tot["prefetch_dropped"],
-        "prefetch_gate_dropped": tot["prefetch_gate_dropped"],
-        "second_phase_neurons": tot["second_phase_neurons"],
-        "evictions": tot["evictions"],
-        "expired": tot["expired"],
-        "pollution_bytes": float(tot["pollution_neurons"] * nb),
-        "pollution_misses": tot["pollution_misses"],
-        "predictor_precision": _ratio(tot["pred_tp"], tot["pred_tp"] + tot["pred_fp"]),
-        "predictor_recall": _ratio(tot["pred_tp"], tot["pred_tp"] + tot["pred_fn"]),
-        "over_prediction": _ratio(tot["pred_tp"] + tot["pred_fp"], tot["pred_tp"] + tot["pred_fn"]),
-        "energy_per_token_j": energy / T,
-        "per_layer": json.dumps({k: v.tolist() for k, v in c.items()}),
-    }
-    return out
+def _count(name: str, counter: str, definition: str) -> None:
+    metric(name, definition)(lambda f: f.tot[counter])
 
 
-def _summary(r: dict[str, Any]) -> list[tuple[str, str]]:
-    """The lines ``sparsesim simulate`` prints, in human units: per-token values say /token, totals are
-    over the measured tokens (after the warm-up)."""
-    n = r["tokens"]
-    lines = [
-        ("time per token", f"{human.ms(r['time_per_token_s'])}  (p50 {human.ms(r['time_per_token_p50_s'])}, "
-                           f"p90 {human.ms(r['time_per_token_p90_s'])}, p99 {human.ms(r['time_per_token_p99_s'])})"),
-        ("  compute / I/O stall / cache mgmt", f"{human.ms(r['compute_per_token_s'])} / "
-                                               f"{human.ms(r['io_stall_per_token_s'])} / "
-                                               f"{human.ms(r['cache_mgmt_per_token_s'])} per token"),
-        ("tokens/s", human.number(r["tokens_per_s"])),
-        ("flash read per token", f"{human.mb(r['storage_bytes_per_token'])}  (useful "
-                                 f"{human.mb(r['useful_bytes'] / n)}, wasted {human.mb(r['wasted_bytes'] / n)} per token)"),
-        ("requests per token", f"{human.number(r['requests'] / n)}  (mean {human.size(r['mean_request_bytes'])} each)"),
-        ("cache", f"hit rate {r['hit_rate']:.1%}  (over {n} tokens: {r['hits']} hits, {r['late_hits']} late, "
-                  f"{r['demand_misses']} demand misses)"),
-        ("prefetches", f"over {n} tokens: issued {r['prefetch_issued']}, useful {r['prefetch_useful']}, useless "
-                       f"{r['prefetch_useless']}, unused at end {r['prefetch_unused_at_end']}"),
-        ("pollution per token", f"{human.mb(r['pollution_bytes'] / n)} evicted unused  "
-                                f"({human.number(r['pollution_misses'] / n)} misses on displaced neurons per token)"),
-        ("predictor", f"precision {human.number(r['predictor_precision'])}, recall "
-                      f"{human.number(r['predictor_recall'])}, over-prediction {human.number(r['over_prediction'])}"),
-        ("energy per token", human.mj(r["energy_per_token_j"])),
-    ]
-    if "speedup_vs_dense" in r:
-        lines.append(("speed-up vs dense / vs none", f"{human.ratio(r['speedup_vs_dense'])} / "
-                                                     f"{human.ratio(r['speedup_vs_none'])}"))
-    return lines
+# -- time ----------------------------------------------------------------------------------------
+metric("tokens", "measured tokens T")(lambda f: f.T)
+metric("layers", "FFN layers L")(lambda f: f.result.n_layers)
+metric("time_per_token_s", "mean simulated time per measured token")(lambda f: float(f.result.token_time.mean()))
+for _p in (50, 90, 99):
+    metric(f"time_per_token_p{_p}_s", f"{_p}th percentile of the per-token times")(
+        lambda f, p=_p: float(np.percentile(f.result.token_time, p)))
+metric("tokens_per_s", "1 / time_per_token_s")(lambda f: _ratio(1.0, f.result.token_time.mean()))
+metric("compute_per_token_s", "mean compute time per token")(lambda f: float(f.result.token_compute.mean()))
+metric("io_stall_per_token_s", "mean time per token the FFN waited for weights")(
+    lambda f: float(f.result.token_stall.mean()))
+metric("cache_mgmt_per_token_s", "mean cache-management time per token")(lambda f: float(f.result.token_mm.mean()))
+metric("io_time_per_token_s", "storage busy time / T")(lambda f: f.totals.io_busy / f.T)
+
+# -- traffic -------------------------------------------------------------------------------------
+metric("storage_bytes", "FFN bytes read + streamed non-FFN bytes")(lambda f: float(f.storage_bytes))
+metric("storage_bytes_per_token", "storage_bytes / T")(lambda f: f.storage_bytes / f.T)
+metric("ffn_storage_bytes", "demand units·b + prefetched units·b_p + second-phase units·(b − b_p)")(
+    lambda f: float(f.ffn_read))
+metric("useful_bytes", "demand units·b + useful prefetches·b_p + second-phase units·(b − b_p)")(
+    lambda f: float(f.tot["demand_units"] * f.b + f.tot["prefetch_useful"] * f.b_prefetch
+                    + f.tot["second_phase_units"] * (f.b - f.b_prefetch)))
+metric("wasted_bytes", "(useless + unused at end + bypassed + gate-dropped prefetches)·b_p")(
+    lambda f: float((f.tot["prefetch_useless"] + f.tot["prefetch_unused_at_end"] + f.tot["prefetch_bypassed"]
+                     + f.tot["prefetch_gate_dropped"]) * f.b_prefetch))
+metric("ffn_bytes_used_per_token", "accesses·b / T")(lambda f: f.tot["accesses"] * f.b / f.T)
+metric("ffn_share_loaded_per_token", "ffn_storage_bytes / T / FFN bytes")(lambda f: _ratio(f.ffn_read / f.T, f.ffn_bytes))
+metric("preloaded_bytes", "units placed before decoding (static-pin, warm) · b; counted, not timed")(
+    lambda f: float(f.totals.preloaded_units * f.b))
+_count("requests", "requests", "storage requests issued")
+metric("mean_request_bytes", "requested bytes / requests")(lambda f: _ratio(f.tot["request_bytes"], f.tot["requests"]))
+
+# -- cache ---------------------------------------------------------------------------------------
+_count("accesses", "accesses", "Σ|N|: needed units looked up")
+_count("hits", "hits", "needed units resident at lookup")
+_count("late_hits", "late", "needed units in flight at lookup")
+_count("gate_hits", "gate_hits", "two-phase: needed units whose gate row was staged at lookup")
+_count("demand_misses", "misses", "needed units read on demand")
+metric("hit_rate", "(hits + late_hits + gate_hits) / accesses: needed units not read on demand")(
+    lambda f: _ratio(f.tot["hits"] + f.tot["late"] + f.tot["gate_hits"], f.tot["accesses"]))
+metric("timely_hit_rate", "hits / accesses: resident when needed")(lambda f: _ratio(f.tot["hits"], f.tot["accesses"]))
+metric("miss_ratio", "demand_misses / accesses")(lambda f: _ratio(f.tot["misses"], f.tot["accesses"]))
+metric("byte_miss_ratio", "demand-missed bytes / accessed bytes")(
+    lambda f: _ratio(f.tot["misses"] * f.b, f.tot["accesses"] * f.b))
+_count("evictions", "evictions", "units removed from the cache (replacement and expiry)")
+_count("expired", "expired", "units a policy dropped voluntarily (window)")
+metric("preloaded_units", "units placed before decoding")(lambda f: f.totals.preloaded_units)
+
+# -- prefetching ---------------------------------------------------------------------------------
+for _name, _definition in (
+        ("prefetch_requested", "Σ|P|: units the predictor asked for"),
+        ("prefetch_issued", "Σ|P \\ (R ∪ F ∪ S)| sent to storage"),
+        ("prefetch_useful", "prefetched units used before leaving the cache"),
+        ("prefetch_useless", "prefetched units evicted or expired unused"),
+        ("prefetch_unused_at_end", "prefetched units resident (or staged) and unused at the end"),
+        ("prefetch_bypassed", "prefetched units read but not inserted"),
+        ("prefetch_dropped", "predicted units not issued because of prefetch_cap"),
+        ("prefetch_no_room", "predicted units not issued: the cache could not have kept them"),
+        ("prefetch_gate_dropped", "two-phase: staged gate rows of inactive units dropped"),
+        ("second_phase_units", "two-phase: up/down rows read after a gate prefetch")):
+    _count(_name, _name, _definition)
+_count("prefetch_late", "late", "= late_hits")
+
+# -- pollution -----------------------------------------------------------------------------------
+metric("pollution_bytes", "prefetched units evicted unused · b")(lambda f: float(f.tot["pollution_units"] * f.b))
+_count("pollution_misses", "pollution_misses", "misses on units a prefetch fill displaced")
+
+# -- predictor accuracy --------------------------------------------------------------------------
+metric("predictor_precision", "TP / (TP + FP)")(
+    lambda f: _ratio(f.tot["pred_tp"], f.tot["pred_tp"] + f.tot["pred_fp"]))
+metric("predictor_recall", "TP / (TP + FN)")(lambda f: _ratio(f.tot["pred_tp"], f.tot["pred_tp"] + f.tot["pred_fn"]))
+metric("over_prediction", "(TP + FP) / (TP + FN)")(
+    lambda f: _ratio(f.tot["pred_tp"] + f.tot["pred_fp"], f.tot["pred_tp"] + f.tot["pred_fn"]))
+
+# -- energy --------------------------------------------------------------------------------------
+metric("energy_per_token_j", "(storage bytes·E_store + DRAM bytes·E_dram + on-chip bytes·E_cache + FLOPs·E_flop) / T")(
+    lambda f: (f.storage_bytes * f.energy_storage + f.totals.dram_bytes * f.energy_dram
+               + f.totals.cache_bytes * f.energy_cache + f.totals.flops * f.energy_flop) / f.T)
+
+metric("per_layer", "every per-layer counter, as JSON")(
+    lambda f: json.dumps({k: v.tolist() for k, v in f.result.counts.layer.items()}))
+
+
+def summarize(result: ReplayResult, fp: ModelFootprint, profile, store_energy_per_byte: float) -> dict[str, Any]:
+    figures = RunFigures(
+        tot={k: int(v.sum()) for k, v in result.counts.layer.items()}, result=result, b=fp.neuron_bytes,
+        b_prefetch=result.prefetch_unit_bytes, ffn_bytes=fp.ffn_bytes, energy_storage=store_energy_per_byte,
+        energy_dram=profile.dram.energy_per_byte,
+        energy_cache=profile.cache.energy_per_byte if profile.cache is not None else 0.0,
+        energy_flop=profile.compute.energy_per_flop)
+    return {name: m.compute(figures) for name, m in METRICS.items()}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.2f} ms"
+
+
+def _mb(nbytes: float) -> str:
+    return f"{nbytes / 1e6:,.2f} MB"
+
+
+SUMMARY_LINES: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("time per token", lambda r: f"{_ms(r['time_per_token_s'])}  (p50 {_ms(r['time_per_token_p50_s'])}, "
+                                 f"p90 {_ms(r['time_per_token_p90_s'])}, p99 {_ms(r['time_per_token_p99_s'])})"),
+    ("  compute / I/O stall / cache mgmt", lambda r: f"{_ms(r['compute_per_token_s'])} / "
+                                                     f"{_ms(r['io_stall_per_token_s'])} / {_ms(r['cache_mgmt_per_token_s'])}"),
+    ("tokens/s", lambda r: f"{r['tokens_per_s']:,.2f}"),
+    ("storage read per token", lambda r: f"{_mb(r['storage_bytes_per_token'])}  (useful "
+                                         f"{_mb(r['useful_bytes'] / r['tokens'])}, wasted {_mb(r['wasted_bytes'] / r['tokens'])})"),
+    ("requests per token", lambda r: f"{r['requests'] / r['tokens']:,.1f}  (mean {r['mean_request_bytes'] / 1e3:,.1f} kB)"),
+    ("cache", lambda r: f"hit rate {r['hit_rate']:.3f} (timely {r['timely_hit_rate']:.3f}), miss ratio "
+                        f"{r['miss_ratio']:.3f}  (hits {r['hits']:,}, late {r['late_hits']:,}, misses {r['demand_misses']:,})"),
+    ("prefetches", lambda r: f"issued {r['prefetch_issued']:,}, useful {r['prefetch_useful']:,}, useless "
+                             f"{r['prefetch_useless']:,}, bypassed {r['prefetch_bypassed']:,}, unused at end "
+                             f"{r['prefetch_unused_at_end']:,}"),
+    ("pollution per token", lambda r: f"{_mb(r['pollution_bytes'] / r['tokens'])} evicted unused; "
+                                      f"{r['pollution_misses']:,} misses on displaced units in total"),
+    ("predictor", lambda r: f"precision {r['predictor_precision']:.3f}, recall {r['predictor_recall']:.3f}, "
+                            f"over-prediction {r['over_prediction']:.2f}"),
+    ("energy per token", lambda r: f"{r['energy_per_token_j'] * 1e3:,.2f} mJ"),
+    ("speed-up vs dense / vs none", lambda r: f"{r['speedup_vs_dense']:.2f}x / {r['speedup_vs_none']:.2f}x"),
+)
 
 
 def format_summary(record: dict[str, Any]) -> str:
-    bound = " (sees the future: a bound, not a design)" if record.get("predictor_sees_future") else ""
-    head = (f"{record['trace_name']} on {record['profile']} | predictor {record['predictor']}{bound} | "
-            f"cache {record['cache']} | budget {human.budget(record['dram_budget'])} | "
-            f"{record['precision']} {record['layout']}")
-    return "\n".join([head, *(f"  {label:<34} {text}" for label, text in _summary(record))])
+    bound = "  [a bound: sees the future]" if record.get("bound") else ""
+    head = (f"{record['trace_name']} on {record['profile']} | predictor {record['predictor']} | "
+            f"cache {record['cache']} | budget {record['dram_budget']} | {record['precision']} {record['layout']}{bound}")
+    lines = [head]
+    for label, fmt in SUMMARY_LINES:
+        try:
+            lines.append(f"  {label:<34} {fmt(record)}")
+        except KeyError:   # e.g. no baselines were run
+            continue
+    return "\n".join(lines)

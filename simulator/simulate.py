@@ -25,6 +25,8 @@ from sparsesim.simulator.predictors import PREDICTORS, PredictorContext
 from sparsesim.simulator.profile import HardwareProfile, load_profile
 from sparsesim.simulator.reorder import apply_order, neuron_order
 from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
+from sparsesim.simulator.requirements import check_time_model, refuse_unapplied
+from sparsesim.simulator.residency import Residency
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
 from sparsesim.simulator.storage import BackingStore
 from sparsesim.simulator.streaming import open_streamed
@@ -91,8 +93,11 @@ def load_trace(path: str | os.PathLike, stream: bool | None = None) -> Trace:
 
 
 def _load(path: str, stream: bool | None) -> Trace:
+    meta, pf = read_meta(path)
+    if isinstance(meta.get("units"), dict) and meta["units"].get("kind") != "neuron":
+        raise InputError(f"{path}: a trace of {meta['units'].get('kind')} units; the simulator replays neuron "
+                         f"traces only until expert replay lands (issue 16, phase 2)")
     if stream is None:
-        meta, pf = read_meta(path)
         stream = pf.metadata.num_rows * mask_bytes(meta["model"]["d_ff"]) > IN_MEMORY_LIMIT
     return open_streamed(path) if stream else read_trace(path)
 
@@ -115,18 +120,19 @@ def _needed_sets(trace: Trace, dense: bool) -> np.ndarray:
 
 
 def _capacity(trace: Trace, fp: ModelFootprint, scenario: Scenario, dense: bool) -> np.ndarray:
-    """Neuron-cache capacity per partition; refuses a budget that cannot hold one layer step's needed set."""
+    """The cache's capacity per partition (the one rule: ``ModelFootprint.cache_units``); refuses a
+    budget that cannot hold one layer step's needed set."""
     need = _need(trace, fp, dense)
-    total = fp.cache_neurons(scenario)
+    capacity = fp.cache_units(scenario)
     if scenario.partition == "global":
-        capacity, ok, minimum = np.array([total]), total >= need.max(), int(need.max())
-    else:  # LLM in a Flash's preallocated per-layer matrices: capacity in proportion to d_ff
-        share = np.array(fp.d_ff) / sum(fp.d_ff)
-        capacity = np.floor(share * total).astype(np.int64)
-        ok, minimum = bool(np.all(capacity >= need)), int(np.max(np.ceil(need / share)))
+        ok, minimum = capacity[0] >= need.max(), int(need.max())
+    else:
+        units = sum(fp.d_ff)
+        ok = bool(np.all(capacity >= need))
+        minimum = int(max(-(-int(n) * units // d) for n, d in zip(need, fp.d_ff)))   # smallest C with ⌊C·U_l/U⌋ ≥ need_l
     if not ok:
         need_bytes = minimum * fp.neuron_bytes
-        raise InputError(f"dram_budget {scenario.dram_budget}: the neuron cache ({total} neurons) cannot hold one "
+        raise InputError(f"dram_budget {scenario.dram_budget}: the cache ({int(capacity.sum())} units) cannot hold one "
                          f"layer's needed set; the minimum for this trace and predictor is "
                          f"{need_bytes / fp.ffn_bytes:.4f} of the FFN ({need_bytes:.4g} B, partition {scenario.partition})")
     return capacity
@@ -164,6 +170,8 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
             raise InputError("profile overrides need a profile name or file, not a loaded profile")
     else:
         hw = load_profile(profile, profile_overrides)
+    check_time_model(scenario, hw)
+    refuse_unapplied(scenario)
     fp = ModelFootprint.from_meta(trace.model, scenario)
     train = _companion(train_trace, trace, "training")
     profile_trace = _companion(profile_trace, trace, "profiling")
@@ -189,9 +197,12 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
                              profile_masks=None if profile_trace is None else profile_trace.masks)
     store = BackingStore.flash(hw.storage) if scenario.ffn_in == "flash" else BackingStore.dram(hw.dram)
     engine = ReplayEngine(trace.masks, trace.token, fp, scenario, hw, store,
-                          NeuronCache(geometry, policy), pred, io_log)
+                          Residency(NeuronCache(geometry, policy)), pred, io_log)
     record = _config(trace, hw, requested, predictor, cache, seed, train, profile_trace)
-    record.update(summarize(engine.run(), fp, hw))
+    record["predictor_sees_future"] = bool(pred.sees_future)
+    record["policy_sees_future"] = bool(policy.sees_future)
+    record["bound"] = record["predictor_sees_future"] or record["policy_sees_future"]
+    record.update(summarize(engine.run(), fp, hw, store.energy_per_byte))
     if baselines:
         for name in ("dense", "none"):
             key = (trace.path, trace.sha256, hw.sha256, requested, cache, name, seed,

@@ -13,13 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from sparsesim.errors import InputError
-from sparsesim.tracefile import extra_columns, mask_bytes, read_meta
+from sparsesim.tracecolumns import DECODE, PREFILL, optional_columns
+from sparsesim.tracefile import extra_columns, mask_bytes, read_meta, read_trace
+from sparsesim.traceunits import EXPERT, TraceUnits
 
 
 def inspect_trace(path: str | os.PathLike) -> dict:
     """Everything ``inspect`` shows, as a JSON-ready dict."""
     p = Path(path)
     meta, pf = read_meta(p)
+    if TraceUnits.from_meta(meta, str(p)).kind == EXPERT:
+        return _inspect_experts(p, meta, pf)
     model = meta["model"]
     n_layers, d_ff = int(model["n_layers"]), [int(d) for d in model["d_ff"]]
     try:
@@ -53,7 +57,32 @@ def inspect_trace(path: str | os.PathLike) -> dict:
     }
 
 
+def _inspect_experts(p: Path, meta: dict, pf) -> dict:
+    """An expert trace: its units, the token cycle, and per layer how many experts the rows touched."""
+    trace = read_trace(p)
+    units = trace.units
+    touched = [int(np.unique(trace.route[:, layer][trace.route[:, layer] >= 0]).size) if trace.route is not None
+               else int(np.count_nonzero(np.bitwise_or.reduce(trace.masks[:, layer], axis=0)))
+               for layer in range(units.n_layers)]
+    sizes = [units.unit_bytes[l] for l in range(units.n_layers)]
+    return {
+        "path": str(p), "format_version": meta["format_version"], "file_bytes": p.stat().st_size,
+        "rows": pf.metadata.num_rows, "tokens": trace.n_tokens,
+        "sequences": int(len(np.unique(trace.seq))), "row_groups": pf.metadata.num_row_groups,
+        "mask_bytes": units.mask_bytes, "unit": EXPERT, "model": meta["model"], "units": units.to_meta(),
+        "dense_layers": list(units.dense_layers),
+        "cycle_bytes": units.cycle_bytes() if all(s is not None for s, k in zip(sizes, units.top_k) if k) else None,
+        "phases": None if trace.phase is None else {"prefill": int((trace.phase == PREFILL).sum()),
+                                                    "decode": int((trace.phase == DECODE).sum())},
+        "columns": optional_columns(pf.schema_arrow),
+        "experts_touched": touched,
+        "source": meta.get("source"), "capture_summary": (meta.get("capture") or {}).get("metrics", {}).get("summary"),
+    }
+
+
 def format_summary(info: dict) -> str:
+    if info.get("unit") == EXPERT:
+        return _format_experts(info)
     m, s, ppl = info["model"], info["sparsity"], info["perplexity"]
     lines = [
         f"trace      {info['path']}  (format v{info['format_version']}, {info['file_bytes'] / 1e6:.1f} MB, "
@@ -82,6 +111,34 @@ def format_summary(info: dict) -> str:
         lines.append(f"{i:>5}  {v:17.4f}{t}")
     if info["measured_sparsity_mean"] is not None:
         lines.append(f" mean  {info['measured_sparsity_mean']:17.4f}")
+    return "\n".join(lines)
+
+
+def _format_experts(info: dict) -> str:
+    m, u = info["model"], info["units"]
+    routed = [i for i, c in enumerate(u["count"]) if c]
+    lines = [
+        f"trace      {info['path']}  (format v{info['format_version']}, {info['file_bytes'] / 1e6:.1f} MB, "
+        f"{info['row_groups']} row groups)",
+        f"rows       {info['rows']:,} = {info['tokens']:,} tokens x {m['n_layers']} layers in "
+        f"{info['sequences']} sequences; unit expert, mask {info['mask_bytes']} bytes/row",
+        f"model      {m['name']} ({m.get('architecture', '?')}): {len(routed)} MoE layers of "
+        f"{_compact([u['count'][i] for i in routed])} experts, top-{_compact([u['top_k'][i] for i in routed])}"
+        + (f", shared {_compact(u['shared'])}" if any(u["shared"]) else "")
+        + (f"; dense layers {info['dense_layers']}" if info["dense_layers"] else ""),
+    ]
+    if info["cycle_bytes"] is not None:
+        lines.append(f"cycle      {info['cycle_bytes'] / 2**20:.1f} MiB: one token's routed experts over all layers")
+    if info["phases"]:
+        lines.append(f"phases     {info['phases']['prefill']} prefill, {info['phases']['decode']} decode tokens")
+    if info["source"]:
+        lines.append(f"source     {info['source']['format']}: "
+                     + ", ".join(f['name'] for f in info["source"].get("files", [])))
+    if info["capture_summary"]:
+        lines.append("summary    " + " ".join(f"{k}={v:g}" for k, v in info["capture_summary"].items()))
+    lines.append(f"columns    {', '.join(info['columns']) or '-'}")
+    lines.append("layer  experts touched")
+    lines += [f"{i:>5}  {info['experts_touched'][i]:>15}" for i in range(m["n_layers"])]
     return "\n".join(lines)
 
 

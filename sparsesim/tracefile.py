@@ -15,14 +15,22 @@ Columns, in order (rows sorted by sequence, position, layer; every token has all
                                            neuron i is byte i // 8, bit i % 8
 ``active``   int32                         popcount of ``mask``
 ``pred:X``   fixed_size_binary(n_bytes)    optional: a learned predictor's predicted mask
+``phase``    int8                          optional: 0 prefill, 1 decode (the same on all of a token's rows)
+``batch``    int32                         optional: the engine step that processed the token
+``route``    fixed_size_list<int16>[k]     optional (experts): routed unit ids by rank, -1 padding
+``route_weight`` fixed_size_list<float32>[k] optional (experts): their router weights, NaN padding
+``capture:X`` fixed_size_list<number>[k]   optional (experts): per-lookup values an engine recorded
 =========== ============================= ===============================================
 
-``n_bytes = ceil(max(d_ff) / 8)``; layers narrower than the widest have zero padding bits.
+The unit a mask bit stands for (an FFN neuron, or an expert) and the mask width come from
+:mod:`sparsesim.traceunits`: ``n_bytes = ceil(max units per layer / 8)`` (``max(d_ff)`` for
+neurons); layers narrower than the widest have zero padding bits. ``k`` is the largest top-k.
 File metadata holds one JSON document under the key ``sparsesim``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -36,13 +44,18 @@ import pyarrow.parquet as pq
 
 from sparsesim.atomic import atomic_path
 from sparsesim.errors import InputError
+from sparsesim.tracecolumns import check_optional_columns, optional_column, read_optional_columns
+from sparsesim.traceunits import EXPERT, NEURON, TraceUnits, check_expert_rows
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2           # 2: units (neuron or expert), phase/batch/route columns; version 1 still reads
+READABLE_VERSIONS = (1, 2)
 META_KEY = b"sparsesim"
 PRED_PREFIX = "pred:"
 
-# Keys the simulator needs to interpret a trace; the reader refuses a file without them.
+# Keys the simulator needs to interpret a neuron trace; the reader refuses a file without them. An expert
+# trace needs only name and n_layers: its units metadata sizes everything.
 REQUIRED_MODEL_KEYS = ("name", "n_layers", "d_model", "d_ff", "glu", "non_ffn_params")
+REQUIRED_EXPERT_MODEL_KEYS = ("name", "n_layers")
 MAX_D_FF = 1 << 20   # far above any published model; guards against corrupt metadata
 
 
@@ -70,7 +83,7 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _schema(n_bytes: int, extra: tuple[str, ...]) -> pa.Schema:
+def _schema(n_bytes: int, extra: tuple[str, ...], columns: Mapping[str, pa.DataType] | None = None) -> pa.Schema:
     fields = [
         pa.field("seq", pa.int32()),
         pa.field("pos", pa.int32()),
@@ -80,6 +93,7 @@ def _schema(n_bytes: int, extra: tuple[str, ...]) -> pa.Schema:
         pa.field("active", pa.int32()),
     ]
     fields += [pa.field(PRED_PREFIX + name, pa.binary(n_bytes)) for name in extra]
+    fields += [pa.field(name, t) for name, t in (columns or {}).items()]
     return pa.schema(fields)
 
 
@@ -100,23 +114,25 @@ class TraceWriter:
     """
 
     def __init__(self, path: str | os.PathLike, meta: Mapping[str, Any], extra: tuple[str, ...] = (),
-                 compression: str | None = None):
+                 compression: str | None = None, columns: Mapping[str, pa.DataType] | None = None):
         model = meta["model"]
         self.n_layers = int(model["n_layers"])
-        self.n_bytes = mask_bytes(list(model["d_ff"]))
+        self.n_bytes = TraceUnits.from_meta(meta, str(path)).mask_bytes
         self.extra = tuple(extra)
+        self.columns = dict(columns or {})     # optional columns (column_types) written by every write()
         self.meta = dict(meta)
         self.meta["format_version"] = FORMAT_VERSION
         self.rows = 0
         self.path = Path(path)
         self._atomic = atomic_path(path)
         self._tmp = self._atomic.__enter__()
-        self._writer = pq.ParquetWriter(self._tmp, _schema(self.n_bytes, self.extra),
+        self._writer = pq.ParquetWriter(self._tmp, _schema(self.n_bytes, self.extra, self.columns),
                                         compression=compression or "none")
 
     def write(self, seq: np.ndarray, pos: np.ndarray, token: np.ndarray, masks: np.ndarray,
-              extra: Mapping[str, np.ndarray] | None = None) -> None:
-        """Append T tokens: ``seq/pos/token`` of shape [T], ``masks`` uint8 [T, n_layers, n_bytes]."""
+              extra: Mapping[str, np.ndarray] | None = None, columns: Mapping[str, np.ndarray] | None = None) -> None:
+        """Append T tokens: ``seq/pos/token`` of shape [T], ``masks`` uint8 [T, n_layers, n_bytes];
+        ``columns`` the optional columns' values, [T] for token columns and [T, n_layers, k] for lists."""
         t = len(token)
         if masks.shape != (t, self.n_layers, self.n_bytes):
             raise ValueError(f"masks shape {masks.shape} != {(t, self.n_layers, self.n_bytes)}")
@@ -132,6 +148,8 @@ class TraceWriter:
         for name in self.extra:
             cols[PRED_PREFIX + name] = _binary_column(
                 np.asarray(extra[name]).reshape(t * self.n_layers, self.n_bytes), self.n_bytes)
+        for name, arrow_type in self.columns.items():
+            cols[name] = optional_column(np.asarray(columns[name]), arrow_type, t, self.n_layers)
         try:
             self._writer.write_table(pa.table(cols, schema=self._writer.schema))
         except OSError as e:
@@ -175,6 +193,7 @@ class Trace:
     active: np.ndarray         # [T, L] int32 popcounts
     extra: dict[str, np.ndarray] = field(default_factory=dict)   # name -> [T, L, n_bytes]
     sha256: str = ""
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # optional columns: [T] or [T, L, k]
 
     @property
     def model(self) -> dict:
@@ -195,6 +214,21 @@ class Trace:
     @property
     def n_bytes(self) -> int:
         return self.masks.shape[-1]
+
+    @property
+    def route(self) -> np.ndarray | None:
+        """Expert traces: routed unit ids [T, L, k] by rank, -1 padding (None when not recorded)."""
+        return self.columns.get("route")
+
+    @property
+    def phase(self) -> np.ndarray | None:
+        """[T] PREFILL (0) or DECODE (1), when recorded."""
+        return self.columns.get("phase")
+
+    @functools.cached_property
+    def units(self) -> TraceUnits:
+        """Unit counts, sizes, always-active units and dense layers (neurons for a format-1 trace)."""
+        return TraceUnits.from_meta(self.meta, str(self.path))
 
 
 def read_meta(path: str | os.PathLike) -> tuple[dict, pq.ParquetFile]:
@@ -219,9 +253,9 @@ def read_meta(path: str | os.PathLike) -> tuple[dict, pq.ParquetFile]:
     if not isinstance(meta, dict):
         raise InputError(f"{p}: metadata '{META_KEY.decode()}' must be a JSON object")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise InputError(f"{p}: trace format_version {version!r} is not supported "
-                         f"(this sparsesim reads version {FORMAT_VERSION})")
+                         f"(this sparsesim reads versions {', '.join(map(str, READABLE_VERSIONS))})")
     _validate_meta(p, meta, pf)
     return meta, pf
 
@@ -230,33 +264,41 @@ def _validate_meta(p: Path, meta: dict, pf: pq.ParquetFile) -> None:
     model = meta.get("model")
     if not isinstance(model, dict):
         raise InputError(f"{p}: metadata field 'model' missing or not an object")
-    for key in REQUIRED_MODEL_KEYS:
+    if meta.get("format_version") == 1 and "units" in meta:
+        raise InputError(f"{p}: metadata field 'units' needs format_version 2 (this file says 1)")
+    neurons = not isinstance(meta.get("units"), dict) or meta["units"].get("kind", NEURON) == NEURON
+    for key in REQUIRED_MODEL_KEYS if neurons else REQUIRED_EXPERT_MODEL_KEYS:
         if key not in model:
             raise InputError(f"{p}: metadata field 'model.{key}' is missing")
     n_layers = model["n_layers"]
     if not isinstance(n_layers, int) or isinstance(n_layers, bool) or not 0 < n_layers <= 4096:
         raise InputError(f"{p}: metadata field 'model.n_layers' must be a positive integer, got {n_layers!r}")
-    d_ff = model["d_ff"]
-    if (not isinstance(d_ff, list) or len(d_ff) != n_layers
-            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= MAX_D_FF for x in d_ff)):
+    d_ff = model.get("d_ff")
+    if (neurons or d_ff is not None) and (
+            not isinstance(d_ff, list) or len(d_ff) != n_layers
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_D_FF for x in d_ff)
+            or (neurons and min(d_ff) == 0)):
         raise InputError(f"{p}: metadata field 'model.d_ff' must list {n_layers} integers in 1..{MAX_D_FF}")
-    d_model = model["d_model"]
-    if not isinstance(d_model, int) or isinstance(d_model, bool) or not 0 < d_model < 1 << 31:
+    d_model = model.get("d_model")
+    if (neurons or d_model is not None) and (
+            not isinstance(d_model, int) or isinstance(d_model, bool) or not 0 < d_model < 1 << 31):
         raise InputError(f"{p}: metadata field 'model.d_model' must be a positive 32-bit integer, got {d_model!r}")
-    if not isinstance(model["glu"], bool):
-        raise InputError(f"{p}: metadata field 'model.glu' must be true or false, got {model['glu']!r}")
+    if (neurons or "glu" in model) and not isinstance(model.get("glu"), bool):
+        raise InputError(f"{p}: metadata field 'model.glu' must be true or false, got {model.get('glu')!r}")
     for key in ("non_ffn_params", "attention_params", "embedding_params", "lm_head_params"):
         value = model.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e15:
             raise InputError(f"{p}: metadata field 'model.{key}' must be a parameter count >= 0, got {value!r}")
+    units = TraceUnits.from_meta(meta, str(p))
     schema = pf.schema_arrow
-    expected = _schema(mask_bytes(d_ff), ())
+    expected = _schema(units.mask_bytes, ())
     for f in expected:
         if f.name not in schema.names:
             raise InputError(f"{p}: column '{f.name}' is missing")
         if schema.field(f.name).type != f.type:
             raise InputError(f"{p}: column '{f.name}' has type {schema.field(f.name).type}, expected {f.type} "
-                             f"(mask width must be ceil(max d_ff / 8) = {mask_bytes(d_ff)} bytes)")
+                             f"(mask width must be ceil(max units per layer / 8) = {units.mask_bytes} bytes)")
+    check_optional_columns(p, schema, units)
     if pf.metadata.num_rows % n_layers:
         raise InputError(f"{p}: {pf.metadata.num_rows} rows is not a multiple of {n_layers} layers")
 
@@ -286,6 +328,7 @@ def _table_to_arrays(p: Path, table: pa.Table, n_layers: int, n_bytes: int, extr
         "active": table.column("active").to_numpy().reshape(t, n_layers).astype(np.int32),
         "extra": {name: _mask_array(table.column(PRED_PREFIX + name), n_bytes).reshape(t, n_layers, n_bytes)
                   for name in extra},
+        "columns": read_optional_columns(p, table, n_layers),
     }
     return out
 
@@ -295,19 +338,22 @@ def extra_columns(pf: pq.ParquetFile) -> list[str]:
 
 
 def read_trace(path: str | os.PathLike, *, verify: bool = True) -> Trace:
-    """Load a whole trace. ``verify`` checks that ``active`` matches the masks' popcounts."""
+    """Load a whole trace. ``verify`` checks that ``active`` matches the masks' popcounts and an expert
+    trace's rows against its units (:func:`check_expert_rows`)."""
     p = Path(path)
     meta, pf = read_meta(p)
     n_layers = int(meta["model"]["n_layers"])
-    n_bytes = mask_bytes(meta["model"]["d_ff"])
+    units = TraceUnits.from_meta(meta, str(p))
     extra = extra_columns(pf)
     try:
         table = pf.read()
     except Exception as e:
         raise read_failure(p, "trace data", e) from None
-    arrays = _table_to_arrays(p, table, n_layers, n_bytes, extra)
+    arrays = _table_to_arrays(p, table, n_layers, units.mask_bytes, extra)
     if verify and not np.array_equal(popcount_rows(arrays["masks"]), arrays["active"]):
         raise InputError(f"{p}: column 'active' disagrees with the popcount of 'mask' (corrupt file)")
+    if verify and units.kind == EXPERT:
+        check_expert_rows(p, units, arrays["masks"], arrays["active"], arrays["columns"].get("route"))
     return Trace(path=p, meta=meta, sha256=file_sha256(p), **arrays)
 
 
@@ -324,7 +370,7 @@ def iter_trace_blocks(path: str | os.PathLike) -> Iterator[dict]:
     p = Path(path)
     meta, pf = read_meta(p)
     n_layers = int(meta["model"]["n_layers"])
-    n_bytes = mask_bytes(meta["model"]["d_ff"])
+    n_bytes = TraceUnits.from_meta(meta, str(p)).mask_bytes
     extra = extra_columns(pf)
     for i in range(pf.num_row_groups):
         try:

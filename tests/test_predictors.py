@@ -270,3 +270,45 @@ def test_realisable_predictors_never_trip_causality(random_pair, settings):
         _, c = run(trace, spec, train, lookahead=lookahead, schedule=schedule)
         assert (engine["pred_tp"], engine["pred_fp"], engine["pred_fn"]) == \
             (c.tp.tolist(), c.fp.tolist(), c.fn.tolist()), spec
+
+
+class IndexArithmetic(Predictor):
+    """Cheats by index arithmetic that numpy would wrap around to the end of the trace."""
+
+    def __init__(self, how: str = "negative-token"):
+        self.how = how
+
+    def predict(self, view, token, layer):
+        if self.how == "negative-token":      # mask(token - T): numpy reads the same row T tokens "back"
+            return view.mask(token - view.n_tokens, layer)
+        if self.how == "negative-layer":      # layer -1 of this token: numpy reads the last layer
+            return view.mask(token, layer - view.n_layers)
+        if self.how == "wrapped-union":       # a union over a layer index past the end
+            return view.union(layer + view.n_layers, 0, token)
+        if self.how == "token-id":            # the id of token -1: numpy reads the last token's id
+            view.token_id(-1)
+            return None
+        return view.mask(float(token), layer)  # a float index
+
+
+@pytest.mark.parametrize("how", ["negative-token", "negative-layer", "wrapped-union", "token-id", "float"])
+def test_no_index_arithmetic_reaches_beyond_the_issue_point(monkeypatch, random_pair, how):
+    monkeypatch.setitem(PREDICTORS._classes, "test-index", IndexArithmetic)
+    with pytest.raises(CausalityError):
+        simulate(random_pair[0], "apple-m1-max", f"test-index:how={how}", "lru", settings=["dram_budget=1.0"],
+                 baselines=False)
+
+
+@pytest.mark.parametrize("predictor, cache, sees, policy_sees", [
+    ("oracle", "lru", True, False), ("noisy-oracle", "lru", True, False), ("previous-token", "lru", False, False),
+    ("none", "belady", False, True), ("none", "static-pin", False, True)])
+def test_records_say_which_runs_see_the_future(random_pair, predictor, cache, sees, policy_sees):
+    r = simulate(random_pair[0], "apple-m1-max", predictor, cache, settings=["dram_budget=1.0"], baselines=False)
+    assert (r["predictor_sees_future"], r["policy_sees_future"], r["bound"]) == (sees, policy_sees, sees or policy_sees)
+
+
+def test_static_pin_profiled_on_other_text_is_a_design(random_pair):
+    trace, train = random_pair
+    r = simulate(trace, "apple-m1-max", "none", "static-pin", settings=["dram_budget=1.0"], profile_trace=train,
+                 baselines=False)
+    assert not r["policy_sees_future"] and not r["bound"]

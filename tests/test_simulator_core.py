@@ -52,9 +52,13 @@ def test_dense_moves_every_ffn_byte(random_trace):
     fp = ModelFootprint.from_meta({"n_layers": 3, "d_model": 128, "d_ff": [256] * 3, "glu": True,
                                    "non_ffn_params": 0}, Scenario())
     assert r["ffn_bytes_used_per_token"] == pytest.approx(fp.ffn_bytes)
-    # LRU over a cyclic scan larger than the cache never hits: every byte comes from flash.
-    assert r["hit_rate"] == 0
-    assert r["ffn_storage_bytes"] / r["tokens"] == pytest.approx(fp.ffn_bytes)
+    # LRU over a cyclic scan larger than the cache keeps almost nothing until its next use: a layer's
+    # units are all used at one step, so only the few that the lowest-index tie rule leaves behind in
+    # the cache's slack (capacity 261 units, one layer 256) survive to the next token. Every other
+    # unit is read again for the step that uses it, and nothing read is wasted.
+    per_token = r["ffn_storage_bytes"] / r["tokens"]
+    assert 0.99 * fp.ffn_bytes <= per_token <= fp.ffn_bytes and r["wasted_bytes"] == 0
+    assert r["hits"] + r["late_hits"] - r["prefetch_useful"] <= 5 * r["tokens"]   # at most the slack per token
 
 
 def test_all_cached_is_compute_bound(tmp_path):
@@ -112,3 +116,25 @@ def test_same_inputs_same_record(random_trace):
     a = simulate(random_trace, "oneplus-12", "oracle", "lru", settings=["dram_budget=0.5"], baselines=False)
     b = simulate(random_trace, "oneplus-12", "oracle", "lru", settings=["dram_budget=0.5"], baselines=False)
     assert a == b
+
+
+def test_capacity_follows_from_the_budget_exactly():
+    """0.35 of 860 units is 301: floating point (0.35 * 860 = 300.99999999999994) would lose one."""
+    model = {"n_layers": 4, "d_model": 64, "d_ff": [215] * 4, "glu": True, "non_ffn_params": 1000}
+    fp = ModelFootprint.from_meta(model, Scenario())
+    assert fp.cache_units(Scenario(dram_budget=0.35)).tolist() == [301]
+    assert fp.cache_units(Scenario(dram_budget=0.35, partition="per-layer")).tolist() == [75] * 4   # ⌊301·215/860⌋
+    # A budget in bytes: what is left after the resident non-FFN weights, in whole units.
+    unit = 3 * 64 * 2
+    assert fp.cache_units(Scenario(dram_budget=1000 * 2 + 10 * unit + unit - 1)).tolist() == [10]
+
+
+def test_ffn_in_dram_charges_no_flash_energy(random_trace):
+    """With the FFN in DRAM nothing is read from flash, so flash's energy per byte cannot matter."""
+    runs = [simulate(random_trace, "apple-m1-max", "oracle", "lru", baselines=False,
+                     settings=["ffn_in=dram", "dram_budget=0.5", f"storage.energy_per_byte={e} J/B"])
+            for e in ("1e-10", "1e-3")]
+    assert runs[0]["energy_per_token_j"] == runs[1]["energy_per_token_j"] > 0
+    flash = [simulate(random_trace, "apple-m1-max", "oracle", "lru", baselines=False,
+                      settings=["dram_budget=0.5", f"storage.energy_per_byte={e} J/B"]) for e in ("1e-10", "1e-3")]
+    assert flash[1]["energy_per_token_j"] > flash[0]["energy_per_token_j"]

@@ -87,7 +87,7 @@ def test_two_phase_by_hand(tmp_path):
     assert (two["requests"], two["ffn_storage_bytes"], two["useful_bytes"], two["wasted_bytes"]) == (11, 448, 288, 160)
     assert (two["hits"], two["late_hits"], two["gate_hits"], two["demand_misses"]) == (1, 1, 2, 0)
     assert (two["prefetch_issued"], two["prefetch_useful"], two["prefetch_gate_dropped"],
-            two["second_phase_neurons"]) == (8, 3, 5, 3)
+            two["second_phase_units"]) == (8, 3, 5, 3)
 
 
 @pytest.fixture(scope="module")

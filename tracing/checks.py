@@ -18,6 +18,7 @@ SITES = ("intermediate", "gate")
 
 DEFAULT_MODEL = "gemma-3-270m"
 STORIES_NAME = "stories260K"
+BUILTIN_MODELS = (DEFAULT_MODEL, STORIES_NAME)     # both dense: traced by FFN neuron
 STORIES_ENV = "SPARSESIM_STORIES260K"
 # The repository's sibling ../shared holds the llama2.c checkpoint for tests (DESIGN §2).
 STORIES_DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "llama2c-stories260K"

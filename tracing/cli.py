@@ -10,20 +10,23 @@ from pathlib import Path
 from sparsesim import human
 from sparsesim.atomic import check_writable
 from sparsesim.errors import InputError
-from sparsesim.tracing.checks import (DEFAULT_CALIB_TOKENS, DEFAULT_MODEL, DEFAULT_TOKENS, DEFAULT_WINDOW, METHODS,
-                                      PYDOC, SITES, STORIES_NAME, check_choice, check_count, check_span,
-                                      check_sparsity, check_text, model_kind, parse_levels)
+from sparsesim.tracing.checks import (BUILTIN_MODELS, DEFAULT_CALIB_TOKENS, DEFAULT_MODEL, DEFAULT_TOKENS,
+                                      DEFAULT_WINDOW, METHODS, PYDOC, SITES, STORIES_NAME, check_choice, check_count,
+                                      check_span, check_sparsity, check_text, model_kind, parse_levels)
 
 DEFAULTS = dict(model=DEFAULT_MODEL, text=PYDOC, tokens=DEFAULT_TOKENS, calib_tokens=DEFAULT_CALIB_TOKENS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("trace", help="trace FFN activation masks of a model on a text into a Parquet trace",
+    p = sub.add_parser("trace", help="trace FFN activation masks (or a MoE model's expert routing) into a trace",
                        description="Calibrate thresholds on a calibration span, then record zero-enforced FFN "
                                    "activation masks over the evaluation span (docs/tracing.md). With --perturb, "
-                                   "re-trace a trace's own windows with some tokens replaced.")
+                                   "re-trace a trace's own windows with some tokens replaced. A mixture-of-experts "
+                                   "model is traced by expert instead: the router's top-k per token and layer, no "
+                                   "--sparsity (docs/moe.md).")
     _model_text_args(p, explicit=True)
-    p.add_argument("--sparsity", type=float, help="target FFN activation sparsity in [0, 1), e.g. 0.5")
+    p.add_argument("--sparsity", type=float,
+                   help="target FFN activation sparsity in [0, 1), e.g. 0.5 (dense models; MoE models take none)")
     p.add_argument("--method", choices=METHODS, help="threshold method (default percentile)")
     p.add_argument("--site", choices=SITES,
                    help="thresholded value: down_proj input h (default) or act(gate(x))")
@@ -83,7 +86,7 @@ TRACE_ONLY = (("--text", "text"), ("--tokens", "tokens"), ("--window", "window")
 
 
 def _trace(args: argparse.Namespace) -> int:
-    # Cheap checks before importing torch (~3 s), so a mistyped flag fails at once.
+    # Cheap checks before importing torch and loading the model, so a mistyped flag fails at once.
     start = time.perf_counter()
     if args.perturb is not None:
         return _perturb(args, start)
@@ -97,7 +100,7 @@ def _trace(args: argparse.Namespace) -> int:
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.sparsity is None and args.thresholds is None:
+    if args.sparsity is None and args.thresholds is None and args.model in BUILTIN_MODELS:   # dense: by neuron
         raise InputError("--sparsity is required unless --thresholds gives saved thresholds")
     if args.sparsity is not None:
         check_sparsity(args.sparsity)
@@ -115,9 +118,17 @@ def _trace(args: argparse.Namespace) -> int:
                        thresholds=args.thresholds, save_thresholds=args.save_thresholds, ppl=args.ppl,
                        learned_rank=args.learned_rank,
                        learned_epochs=LEARNED_EPOCHS if args.learned_epochs is None else args.learned_epochs)
-    s, ppl = meta["sparsity"], meta["perplexity"]
-    line = (f"wrote {args.out}: {meta['text']['evaluation']['tokens']} tokens x {meta['model']['n_layers']} layers, "
-            f"measured sparsity {s['measured_mean']:.3f} (layers {min(s['measured']):.3f}-{max(s['measured']):.3f})")
+    ppl = meta["perplexity"]
+    line = f"wrote {args.out}: {meta['text']['evaluation']['tokens']} tokens x {meta['model']['n_layers']} layers, "
+    if "units" in meta:   # a mixture-of-experts model: the router's choices
+        u = meta["units"]
+        routed = [i for i, c in enumerate(u["count"]) if c]
+        line += (f"{len(routed)} MoE layers of {max(u['count'])} experts, top-{max(u['top_k'])}"
+                 + (f", {sum(u['shared'])} always-active units" if any(u["shared"]) else ""))
+    else:
+        s = meta["sparsity"]
+        line += (f"measured sparsity {s['measured_mean']:.3f} "
+                 f"(layers {min(s['measured']):.3f}-{max(s['measured']):.3f})")
     if ppl:
         line += f", ppl dense {ppl['dense']:.3f} sparse {ppl['sparse']:.3f} (window {ppl['window']})"
     if "learned" in meta:

@@ -28,6 +28,7 @@ from sparsesim.errors import InputError  # noqa: E402
 from sparsesim.tracing.checks import DEFAULT_MODEL, model_kind, stories_dir  # noqa: E402
 from sparsesim.tracing.ffn import FFN, find_ffns, model_info  # noqa: E402
 from sparsesim.tracing.llama2c import load_llama2c  # noqa: E402
+from sparsesim.tracing.moe import MoELayer, RouteRecorder, find_moe_layers, moe_model_info  # noqa: E402
 
 # A staging directory left by a killed conversion is removed once it is this old (seconds).
 STALE_STAGING_S = 3600
@@ -38,8 +39,9 @@ class LoadedModel:
     name: str                               # what the user asked for (built-in name or path)
     model: PreTrainedModel                  # fp32, eval mode
     tokenizer: PreTrainedTokenizerBase
-    ffns: list[FFN]                         # one per decoder layer, in order
+    ffns: list[FFN]                         # one per decoder layer, in order (empty for a MoE model)
     info: dict                              # trace metadata "model" section
+    moe: list[MoELayer] | None = None       # a mixture-of-experts model's layers (traced by expert)
 
     @property
     def bos_id(self) -> int:
@@ -82,8 +84,20 @@ def load_model(spec: str = DEFAULT_MODEL) -> LoadedModel:
         model, tok = _load_hf_dir(path)
     else:
         model, tok = load_llama2c(path)
-    ffns = find_ffns(model, spec)
-    return LoadedModel(name=spec, model=model, tokenizer=tok, ffns=ffns, info=model_info(model, ffns, spec))
+    return describe(model, tok, spec)
+
+
+def describe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str) -> LoadedModel:
+    """A loaded model with its FFNs, or its expert layers, found by structure (an in-memory model too)."""
+    layers = find_moe_layers(model, name)
+    if layers is None:
+        ffns = find_ffns(model, name)
+        return LoadedModel(name=name, model=model, tokenizer=tokenizer, ffns=ffns, info=model_info(model, ffns, name))
+    with RouteRecorder(layers) as recorder, torch.inference_mode():   # the router's top-k, as the model runs it
+        model.base_model(input_ids=torch.zeros((1, 2), dtype=torch.int64), use_cache=False)
+        top_k = recorder.top_k()
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, ffns=[],
+                       info=moe_model_info(model, layers, name, top_k), moe=layers)
 
 
 def _load_hf_dir(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

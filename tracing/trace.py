@@ -23,10 +23,11 @@ from sparsesim.tracefile import TraceWriter, popcount_rows
 from sparsesim.tracing.forward import batch_inputs, check_head, hidden_states, nll_sum, windows
 from sparsesim.tracing.lowrank import HiddenCapture, LowRankPredictor, accuracy, check_rank, lowrank_meta, predict_lowrank, \
     train_lowrank
+from sparsesim.tracing.expert_trace import trace_experts
 from sparsesim.tracing.models import LoadedModel, load_model
 from sparsesim.tracing.perplexity import CALIBRATION_PASSES, Perplexity, evaluate, progress_bar, resolve_window
-from sparsesim.tracing.checks import (DEFAULT_CALIB_TOKENS, DEFAULT_MODEL, DEFAULT_TOKENS, METHODS, PYDOC, SITES,
-                                      check_choice, check_sparsity, check_span)
+from sparsesim.tracing.checks import (BUILTIN_MODELS, DEFAULT_CALIB_TOKENS, DEFAULT_MODEL, DEFAULT_TOKENS, METHODS,
+                                      PYDOC, SITES, check_choice, check_sparsity, check_span)
 from sparsesim.tracing.sparsify import SparseFFN
 from sparsesim.tracing.text import load_text, split_tokens, tokenize
 from sparsesim.tracing.thresholds import Thresholds, calibrate, load_thresholds, topk_keep
@@ -74,7 +75,7 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
             check_choice(value, choices, flag)
     if sparsity is not None:
         check_sparsity(sparsity)
-    elif thresholds is None:
+    elif thresholds is None and model in BUILTIN_MODELS:
         raise InputError("--sparsity is required unless --thresholds gives saved thresholds")
     if learned_rank is not None and (isinstance(learned_epochs, bool) or not isinstance(learned_epochs, int)
                                      or learned_epochs < 1):
@@ -82,6 +83,10 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
     check_span(tokens, window, calib_tokens)
     source = load_text(text)
     lm = model if isinstance(model, LoadedModel) else load_model(model)
+    if lm.moe is not None:
+        return _trace_experts(lm, out, source, tokens, window, ppl, config)
+    if sparsity is None and thresholds is None:
+        raise InputError("--sparsity is required unless --thresholds gives saved thresholds")
     if learned_rank is not None:   # before calibration: a bad rank fails at once
         check_rank(learned_rank, lm.info["d_model"])
         if len(lm.ffns) < 2:
@@ -142,6 +147,20 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
                                                                   train_text=train_text, heldout=heldout)}
             meta = writer.meta
         return meta
+
+
+def _trace_experts(lm: LoadedModel, out: Path, source, tokens: int | None, window: int | None, ppl: bool,
+                   config: dict) -> dict:
+    """A mixture-of-experts model's trace records its router's choices: the neuron-sparsity flags do not apply."""
+    given = [flag for flag, key in (("--sparsity", "sparsity"), ("--method", "method"), ("--site", "site"),
+                                    ("--thresholds", "thresholds"), ("--save-thresholds", "save_thresholds"),
+                                    ("--learned-rank", "learned_rank")) if config.get(key) is not None]
+    if given:
+        raise InputError(f"model {lm.name} is a mixture-of-experts model: its trace records the router's top-k per "
+                         f"token and layer, so {', '.join(given)} (FFN neuron sparsity) do not apply")
+    if ppl:
+        check_head(lm)
+    return trace_experts(lm, out, source, tokens, resolve_window(lm, window), ppl, config, tool_versions())
 
 
 def _write_windows(writer: TraceWriter, lm: LoadedModel, th: Thresholds, ids: np.ndarray, window: int,

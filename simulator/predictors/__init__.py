@@ -14,6 +14,7 @@ declare ``sees_future = True`` and are reported as upper bounds, never as realis
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,37 +34,54 @@ class CausalView:
 
     ``frontier`` is the global layer step ``token * n_layers + layer`` at which the current
     prediction is issued: masks of steps strictly before it are visible, and token ids up to and
-    including the current token.
+    including the current token. Every index is checked before it is used, so no arithmetic on
+    indices (negative numbers, which numpy would wrap to the end of the trace, layers outside
+    0 … L−1, ranges that run past the frontier) reaches a mask that does not exist yet.
     """
 
     def __init__(self, masks: np.ndarray, tokens: np.ndarray, allow_future: bool = False):
         self._masks = masks
         self._tokens = tokens
-        self.n_layers = masks.shape[1]
+        self.n_tokens, self.n_layers = masks.shape[0], masks.shape[1]
         self.allow_future = allow_future
         self.frontier = 0
 
-    def _check(self, token: int, layer: int, what: str) -> None:
+    def _index(self, token, layer, what: str) -> tuple[int, int]:
+        try:
+            token, layer = operator.index(token), operator.index(layer)   # ints only: no 1.5, no arrays
+        except TypeError:
+            raise CausalityError(f"predictor read {what} of token {token!r} layer {layer!r}: not integers") from None
+        if not (0 <= token < self.n_tokens and 0 <= layer < self.n_layers):
+            raise CausalityError(f"predictor read {what} of token {token} layer {layer}, outside the trace's "
+                                 f"0 … {self.n_tokens - 1} tokens and 0 … {self.n_layers - 1} layers")
         if token * self.n_layers + layer >= self.frontier and not self.allow_future:
             t, l = divmod(self.frontier, self.n_layers)
             raise CausalityError(f"predictor read {what} of token {token} layer {layer}, which does not exist "
                                  f"yet when predicting at token {t} layer {l}")
+        return token, layer
 
     def mask(self, token: int, layer: int) -> np.ndarray:
         """The true mask of an earlier (token, layer), as a copy."""
-        self._check(token, layer, "the mask")
+        token, layer = self._index(token, layer, "the mask")
         return self._masks[token, layer].copy()
 
     def union(self, layer: int, start: int, stop: int) -> np.ndarray:
-        """OR of the masks of ``layer`` over tokens ``start .. stop-1``."""
+        """OR of the masks of ``layer`` over tokens ``start .. stop-1`` (``start`` below 0 reads from 0)."""
         start = max(start, 0)
         if stop <= start:
+            self._index(0, layer, "the masks")   # still refuses a layer outside the model
             return np.zeros(self._masks.shape[2], dtype=np.uint8)
-        self._check(stop - 1, layer, "the mask")
+        _, layer = self._index(stop - 1, layer, "the masks")
         return np.bitwise_or.reduce(self._masks[start:stop, layer], axis=0)
 
     def token_id(self, token: int) -> int:
         current = self.frontier // self.n_layers
+        try:
+            token = operator.index(token)
+        except TypeError:
+            raise CausalityError(f"predictor read the id of token {token!r}: not an integer") from None
+        if not 0 <= token < self.n_tokens:
+            raise CausalityError(f"predictor read the id of token {token}, outside 0 … {self.n_tokens - 1}")
         if token > current and not self.allow_future:
             raise CausalityError(f"predictor read the id of token {token}, which is not known yet at token {current}")
         return int(self._tokens[token])

@@ -15,15 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsesim.simulator.predictors import CausalView, Predictor
+from sparsesim.simulator.schedule import PrefetchSchedule
 
-SCHEDULES = ("layer", "token")
-
-
-def issue_step(step: int, n_layers: int, lookahead: int, schedule: str) -> int:
-    """The engine step at which the prediction for global step ``step`` is issued."""
-    if schedule == "token":
-        return step - step % n_layers
-    return max(step - lookahead, 0)
+SCHEDULES = ("layer", "token")   # the schedules that issue predictions
 
 
 def replay(masks: np.ndarray, tokens: np.ndarray, predictor: Predictor, *, lookahead: int = 1,
@@ -36,15 +30,17 @@ def replay(masks: np.ndarray, tokens: np.ndarray, predictor: Predictor, *, looka
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     T, L, _ = masks.shape
     view = CausalView(masks, tokens, allow_future=predictor.sees_future)
+    plan = PrefetchSchedule(schedule, lookahead, L, T * L)
     predicted = np.zeros_like(masks)
     issued = np.zeros((T, L), dtype=bool)
     for step in range(T * L):
-        view.frontier = issue_step(step, L, lookahead, schedule)
-        token, layer = divmod(step, L)
-        pred = predictor.predict(view, token, layer)
-        if pred is not None:
-            predicted[token, layer] = pred
-            issued[token, layer] = True
+        view.frontier = step
+        for target in plan.targets(step):
+            token, layer = divmod(target, L)
+            pred = predictor.predict(view, token, layer)
+            if pred is not None:
+                predicted[token, layer] = pred
+                issued[token, layer] = True
     return predicted, issued
 
 

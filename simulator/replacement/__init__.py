@@ -11,7 +11,7 @@ implements any of these hooks; the engine calls them and never changes to add a 
 ``global_victims(step, n, candidates)``  the same over all layers (global capacity partition)
 ``on_evict(layer, evicted)``             neurons that left the cache (evicted or expired)
 ``expire(layer, step)``                  neurons to drop voluntarily now (e.g. a token window)
-``admit(layer, step, filled, prefetch)`` the subset of a fill worth inserting (bypass the rest)
+``admit(layer, step, filled, prefetch, free)`` the subset of a prefetch worth inserting (bypass the rest)
 ``preload()``                            [L, n_bytes] packed rows of neurons resident before decoding
 
 A neuron set of one layer is a Python int, bit i = neuron i (:mod:`sparsesim.simulator.neuronset`);
@@ -54,6 +54,7 @@ class ReplacementPolicy:
     """Base class: hooks default to doing nothing; subclasses implement ``victims``."""
 
     name = "base"
+    sees_future = False   # an offline policy that reads the replayed trace's future is a bound, not a design
 
     def setup(self, geometry: CacheGeometry) -> None:
         self.geometry = geometry
@@ -70,7 +71,7 @@ class ReplacementPolicy:
     def expire(self, layer: int, step: int) -> int:
         return 0
 
-    def admit(self, layer: int, step: int, filled: int, prefetch: bool) -> int:
+    def admit(self, layer: int, step: int, filled: int, prefetch: bool, free: int) -> int:
         return filled
 
     def preload(self) -> np.ndarray | None:

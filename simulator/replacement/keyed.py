@@ -1,4 +1,5 @@
-"""Policies that rank resident neurons and evict the lowest: LRU, FIFO (by recency class) and LFU.
+"""Policies that rank resident units by recency: LRU and FIFO (by recency class), the bypass record
+every online policy may use, and :class:`KeyedReplacement`, the simplest base for a new policy.
 
 Ties break towards the lowest neuron index (then lowest layer), so results are exact and
 reproducible and small cases can be computed by hand.
@@ -42,14 +43,12 @@ class PrefetchRecord(ReplacementPolicy):
             self.speculative = np.zeros(shape, dtype=bool)
             self.record = np.zeros(shape, dtype=np.int8)
             self.filled_at = np.zeros(shape, dtype=np.int64)
-            self.occupancy = [0] * geometry.n_layers
             self._now = -1   # the latest step seen (on_evict has none)
 
     def _track_fill(self, layer: int, filled: int, prefetch: bool, step: int) -> None:
         bits = neuronset.to_bool(filled, self.geometry.width)
         self.speculative[layer][bits] = prefetch
         self.filled_at[layer][bits] = step
-        self.occupancy[layer] += filled.bit_count()
         self._now = max(self._now, step)
 
     def _track_use(self, layer: int, used: int, step: int) -> None:
@@ -61,24 +60,20 @@ class PrefetchRecord(ReplacementPolicy):
     def _track_evict(self, layer: int, evicted: int) -> None:
         # Unused for a whole token counts against the neuron; evicted sooner, the replacement policy
         # (not the prediction) decided, since a prefetch is at most one token ahead of its use.
-        self.occupancy[layer] -= evicted.bit_count()
         dead = neuronset.to_bool(evicted, self.geometry.width) & self.speculative[layer] \
             & (self.filled_at[layer] <= self._now - self.geometry.n_layers)
         self.record[layer][dead] = np.maximum(self.record[layer][dead] - 1, -_RECORD_MAX)
         self.speculative[layer][dead] = False
 
-    def admit(self, layer, step, filled, prefetch):
-        if not (self.bypass and prefetch):
+    def admit(self, layer, step, filled, prefetch, free):
+        if not (self.bypass and prefetch) or filled.bit_count() <= free:
             return filled
-        g = self.geometry
-        used = sum(self.occupancy) if g.partition == "global" else self.occupancy[layer]
-        room = max(int(g.capacity[0 if g.partition == "global" else layer]) - used, 0)
-        bits = neuronset.to_bool(filled, g.width)
+        bits = neuronset.to_bool(filled, self.geometry.width)
         doubtful = bits & (self.record[layer] < 0)
-        if filled.bit_count() <= room or not doubtful.any():
+        if not doubtful.any():
             return filled
         trusted = neuronset.from_bool(bits & ~doubtful)
-        spare = room - trusted.bit_count()   # room the trusted ones leave over
+        spare = free - trusted.bit_count()   # room the trusted ones leave over
         return trusted | neuronset.first(neuronset.from_bool(doubtful), spare)
 
 
@@ -239,30 +234,3 @@ class KeyedReplacement(PrefetchRecord):
         chosen[flat] = True
         chosen = chosen.reshape(len(candidates), width)
         return {int(l): neuronset.from_bool(chosen[l]) for l in np.unique(flat // width)}
-
-
-@REPLACEMENT.register("lfu")
-class LeastFrequentlyUsed(KeyedReplacement):
-    """Least frequently used since insertion; ties go to the least recently used."""
-
-    def setup(self, geometry):
-        super().setup(geometry)
-        self.uses = np.zeros_like(self.key)
-
-    def _rekey(self, layer: int, idx: np.ndarray, step: int) -> None:
-        # Row views and integer indices: a 2-D boolean index costs ~10x more on rows this size.
-        self.key[layer][idx] = (self.uses[layer][idx] << 32) | step
-
-    def on_fill(self, layer, step, filled, prefetch):
-        if self.bypass:
-            self._track_fill(layer, filled, prefetch, step)
-        idx = np.flatnonzero(self._bits(filled))
-        self.uses[layer][idx] = 0
-        self._rekey(layer, idx, step)
-
-    def on_access(self, layer, step, used):
-        if self.bypass:
-            self._track_use(layer, used, step)
-        idx = np.flatnonzero(self._bits(used))
-        self.uses[layer][idx] += 1
-        self._rekey(layer, idx, step)

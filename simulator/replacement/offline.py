@@ -1,4 +1,4 @@
-"""Policies that use offline knowledge: a frequency profile (static-pin) or the future (belady)."""
+"""static-pin: a policy that uses offline knowledge, a frequency profile (Bélády is in ``ranked.py``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 
 from sparsesim.simulator import bitset, neuronset
 from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
-from sparsesim.simulator.replacement.keyed import KeyedReplacement, LeastRecentlyUsed, _NEVER
+from sparsesim.simulator.replacement.keyed import LeastRecentlyUsed
 
 
 @REPLACEMENT.register("static-pin")
@@ -26,6 +26,7 @@ class StaticPin(LeastRecentlyUsed):
 
     def setup(self, geometry: CacheGeometry) -> None:
         super().setup(geometry)
+        self.sees_future = geometry.profile_masks is None   # profiled on the replayed trace itself: a bound
         source = geometry.profile_masks if geometry.profile_masks is not None else geometry.masks
         freq = bitset.frequency(np.asarray(source)).astype(float)          # [L, width]
         for l, d in enumerate(geometry.d_ff):
@@ -72,73 +73,3 @@ class StaticPin(LeastRecentlyUsed):
             if need == 0:
                 break
         return out
-
-
-@REPLACEMENT.register("belady")
-class Belady(KeyedReplacement):
-    """Bélády's MIN: evict the neuron whose next use is farthest in the future (offline optimum).
-
-    It reads the replayed trace's future, so it is a bound no online policy can beat, not a
-    design. Next uses are found by scanning forward in growing blocks, only for the neurons just
-    used or filled.
-    """
-
-    def __init__(self):
-        # No bypass parameter: MIN is the bound on hits without bypass; a bypassing MIN would
-        # decide by the incoming neuron's next use, not by the online track record.
-        super().__init__()
-
-    def setup(self, geometry: CacheGeometry) -> None:
-        super().setup(geometry)
-        self.masks = np.asarray(geometry.masks)    # the whole future: materialised even when streamed
-        self.L = geometry.n_layers
-
-    def preload(self) -> np.ndarray:
-        """The optimal initial content: the neurons referenced first, up to capacity.
-
-        Policies that preload (static-pin) start warm; MIN starts with the best warm cache so that
-        it stays an upper bound on hits.
-        """
-        g = self.geometry
-        first = np.full((g.n_layers, g.width), _NEVER, dtype=np.int64)
-        for start in range(0, self.masks.shape[0], 256):
-            bits = np.unpackbits(self.masks[start:start + 256], axis=-1, bitorder="little").astype(bool)
-            seen = bits.any(axis=0) & (first == _NEVER)
-            when = (start + bits.argmax(axis=0)) * self.L + np.arange(self.L)[:, None]
-            first[seen] = when[seen]
-        chosen = np.zeros(first.shape, dtype=bool)
-        if g.partition == "global":
-            order = np.lexsort((np.arange(first.size), first.reshape(-1)))[:int(g.capacity[0])]
-            chosen.reshape(-1)[order] = True
-        else:
-            for l in range(g.n_layers):
-                chosen[l, np.lexsort((np.arange(g.width), first[l]))[:int(g.capacity[l])]] = True
-        return np.packbits(chosen & (first != _NEVER), axis=1, bitorder="little")
-
-    def _next_use(self, layer: int, after_token: int, bits: np.ndarray) -> np.ndarray:
-        """Global step of each neuron's first use in a token > ``after_token`` (or never)."""
-        idx = np.flatnonzero(bits)
-        out = np.full(idx.size, _NEVER // 2, dtype=np.int64)   # never used again: the farthest
-        start, width, todo = after_token + 1, 8, np.arange(idx.size)
-        T = self.masks.shape[0]
-        while todo.size and start < T:
-            stop = min(T, start + width)
-            block = np.unpackbits(self.masks[start:stop, layer], axis=1, bitorder="little")[:, idx[todo]]
-            found = block.any(axis=0)
-            out[todo[found]] = (start + block.argmax(axis=0)[found]) * self.L + layer
-            todo = todo[~found]
-            start, width = stop, width * 4
-        return out
-
-    def _rekey(self, layer: int, step: int, neurons: int) -> None:
-        bits = self._bits(neurons)
-        token, current = divmod(max(step, 0), self.L)
-        # Before this layer has run in the current token, the current token's use still counts.
-        after = token - 1 if current < layer or step < 0 else token
-        self.key[layer, bits] = -self._next_use(layer, after, bits)
-
-    def on_fill(self, layer, step, filled, prefetch):
-        self._rekey(layer, step, filled)
-
-    def on_access(self, layer, step, used):
-        self._rekey(layer, step + 1, used)   # used now: the next use is in a later token

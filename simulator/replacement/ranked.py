@@ -1,0 +1,289 @@
+"""Policies whose key is not a recency: LFU and Bélády, on classes of units with equal keys.
+
+A class holds the units of one layer that share a key; a victim search walks the classes in key
+order and takes whole classes, cutting only the last one by unit index — integer set operations
+per class, never per unit, and no sort over the cache (``docs/policies.md`` gives each policy's
+key; ties go to the lower layer, then the lower index). :class:`ClassOrder` keeps the classes of
+one partition: per *major* key a bucket of classes sorted by (minor key, layer), the majors in a
+sorted list. LFU's key is (uses, step of the last fill or use): a use moves a unit to the newest
+class of the next bucket. Bélády's is its next use (farthest first): a use empties the class of
+that very step, and a fill or use files units by scanning the future masks as integers.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from sparsesim.simulator import neuronset
+from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
+from sparsesim.simulator.replacement.keyed import PrefetchRecord
+
+
+class ClassOrder:
+    """Classes ``[major, minor, layer, units]`` of one partition, walked in key order: majors
+    ascending; within a major, (minor, layer) ascending, or descending with ``descending=True``.
+    Each bucket is stored ascending, so the usual insertion — the newest key — is an append."""
+
+    def __init__(self, descending: bool = False) -> None:
+        self.descending = descending
+        self.majors: list = []
+        self.buckets: dict = {}
+        self.index: dict[tuple, list] = {}
+
+    def add(self, major, minor, layer: int, units: int) -> None:
+        key = (major, minor, layer)
+        cls = self.index.get(key)
+        if cls is not None:
+            cls[3] |= units
+            return
+        cls = self.index[key] = [major, minor, layer, units]
+        bucket = self.buckets.get(major)
+        if bucket is None:
+            self.buckets[major] = [cls]
+            bisect.insort(self.majors, major)
+        elif (bucket[-1][1], bucket[-1][2]) <= (minor, layer):
+            bucket.append(cls)
+        else:
+            bisect.insort(bucket, cls, key=lambda c: (c[1], c[2]))
+
+    def remove(self, key: tuple, units: int) -> None:
+        """Take ``units`` out of the class ``key`` (if it exists)."""
+        cls = self.index.get(key)
+        if cls is not None:
+            self.cut(cls, cls[3] & units)
+
+    def pop(self, key: tuple) -> int:
+        """Empty the class ``key``; returns its units."""
+        cls = self.index.get(key)
+        if cls is None:
+            return 0
+        units = cls[3]
+        self.cut(cls, units)
+        return units
+
+    def cut(self, cls: list, units: int) -> None:
+        """Take ``units`` (members of ``cls``) out of it; an emptied class leaves the index at once
+        and its bucket when the bucket is next walked."""
+        cls[3] ^= units
+        if not cls[3]:
+            del self.index[(cls[0], cls[1], cls[2])]
+
+    def select(self, n: int, candidates: Sequence[int]) -> dict[int, int]:
+        """Remove and return the ``n`` smallest-keyed units among ``candidates`` (one set per layer)."""
+        out: dict[int, int] = {}
+        emptied = []
+        for major in self.majors:
+            bucket = self.buckets[major]
+            dead = False
+            for cls in (reversed(bucket) if self.descending else bucket):
+                units = cls[3]
+                if not units:
+                    dead = True
+                    continue
+                layer = cls[2]
+                take = units & candidates[layer]
+                if not take:
+                    continue
+                size = take.bit_count()
+                if size >= n:
+                    take = neuronset.first(take, n)
+                    n = 0
+                else:
+                    n -= size
+                out[layer] = out.get(layer, 0) | take
+                self.cut(cls, take)
+                if n == 0:
+                    break
+            if dead or not bucket[-1][3] or not bucket[0][3]:
+                live = [c for c in bucket if c[3]]
+                if live:
+                    self.buckets[major] = live
+                else:
+                    emptied.append(major)
+            if n == 0:
+                break
+        for major in emptied:   # a walk visits the buckets where classes die: keep them clean
+            del self.buckets[major]
+            self.majors.remove(major)
+        return out
+
+    def layer_classes(self, layer: int) -> list[list]:
+        return [c for c in self.index.values() if c[2] == layer]
+
+
+class RankedClasses(PrefetchRecord):
+    """Base of LFU and Bélády: one :class:`ClassOrder` per partition (one, or one per layer).
+
+    Victims are cut out of their classes as they are chosen; ``on_evict`` then finds them gone.
+    A removal the policy did not choose (none today: neither policy expires units) falls back to
+    :meth:`_forget`, which the subclass implements from its own per-unit state.
+    """
+
+    descending_minor = False
+
+    def setup(self, geometry: CacheGeometry) -> None:
+        super().setup(geometry)
+        self.global_order = geometry.partition == "global"
+        descending = self.descending_minor
+        self.orders = ([ClassOrder(descending)] if self.global_order else
+                       [ClassOrder(descending) for _ in range(geometry.n_layers)])
+        self._chosen: dict[int, int] = {}
+
+    def order(self, layer: int) -> ClassOrder:
+        return self.orders[0] if self.global_order else self.orders[layer]
+
+    def victims(self, layer, step, n, candidates):
+        chosen = self.orders[layer].select(n, _OneLayer(layer, candidates))
+        self._chosen = chosen
+        return chosen.get(layer, 0)
+
+    def global_victims(self, step, n, candidates):
+        self._chosen = self.orders[0].select(n, candidates)
+        return dict(self._chosen)
+
+    def on_evict(self, layer, evicted):
+        if self.bypass:
+            self._track_evict(layer, evicted)
+        if self._chosen.get(layer) == evicted:
+            del self._chosen[layer]
+        else:
+            self._forget(layer, evicted)
+
+    def _forget(self, layer: int, units: int) -> None:
+        raise NotImplementedError
+
+
+class _OneLayer:
+    """``candidates[layer]`` for a per-layer order: the one layer's set, nothing elsewhere."""
+
+    __slots__ = ("layer", "units")
+
+    def __init__(self, layer: int, units: int):
+        self.layer, self.units = layer, units
+
+    def __getitem__(self, layer: int) -> int:
+        return self.units if layer == self.layer else 0
+
+
+@REPLACEMENT.register("lfu")
+class LeastFrequentlyUsed(RankedClasses):
+    """Least frequently used since insertion; ties go to the least recently used."""
+
+    def setup(self, geometry):
+        super().setup(geometry)
+        shape = (geometry.n_layers, geometry.width)
+        self.uses = np.zeros(shape, dtype=np.int64)
+        self.stamp = np.zeros(shape, dtype=np.int64)
+
+    def _indices(self, units: int) -> np.ndarray:
+        return np.flatnonzero(neuronset.to_bool(units, self.geometry.width))
+
+    def on_fill(self, layer, step, filled, prefetch):
+        if self.bypass:
+            self._track_fill(layer, filled, prefetch, step)
+        idx = self._indices(filled)
+        self.uses[layer][idx] = 0
+        self.stamp[layer][idx] = step
+        self.order(layer).add(0, step, layer, filled)
+
+    def on_access(self, layer, step, used):
+        if self.bypass:
+            self._track_use(layer, used, step)
+        idx = self._indices(used)
+        uses, stamps = self.uses[layer], self.stamp[layer]
+        order = self.order(layer)
+        # Each used unit leaves its class (uses, stamp) for (uses + 1, step): one pass per class.
+        moved: dict[int, int] = {}
+        for u, s in _pairs(uses[idx], stamps[idx]):
+            cls = order.index.get((u, s, layer))
+            if cls is None:
+                continue
+            take = cls[3] & used
+            order.cut(cls, take)
+            moved[u + 1] = moved.get(u + 1, 0) | take
+        for u, units in moved.items():
+            order.add(u, step, layer, units)
+        uses[idx] += 1
+        stamps[idx] = step
+
+    def _forget(self, layer, units):
+        idx = self._indices(units)
+        order = self.order(layer)
+        for u, s in _pairs(self.uses[layer][idx], self.stamp[layer][idx]):
+            order.remove((u, s, layer), units)
+
+
+def _pairs(uses: np.ndarray, stamps: np.ndarray) -> list[tuple[int, int]]:
+    """The distinct (uses, stamp) pairs (stamps >= -1: a preload is stamped -1)."""
+    keys = np.unique((uses << 40) | (stamps + 1))
+    return list(zip((keys >> 40).tolist(), ((keys & ((1 << 40) - 1)) - 1).tolist()))
+
+
+_NEVER = -(1 << 62)   # the major key of units never used again: first to go
+
+
+@REPLACEMENT.register("belady")
+class Belady(RankedClasses):
+    """Bélády's MIN: evict the unit whose next use is farthest in the future (offline optimum).
+
+    It reads the replayed trace's future, so it is a bound, not a design. The next use of a unit of
+    layer l is the first later step of l whose FFN has not started and that needs it; the policy
+    learns which FFNs have started from ``on_access``. It starts cold, as every policy does.
+    """
+
+    sees_future = True
+    descending_minor = True   # within a token, the later layer's use is farther: it goes first
+
+    def __init__(self):
+        # No bypass parameter: MIN is the bound on hits without bypass; a bypassing MIN would
+        # decide by the incoming unit's next use, not by the online track record.
+        super().__init__()
+
+    def setup(self, geometry: CacheGeometry) -> None:
+        super().setup(geometry)
+        masks = np.asarray(geometry.masks)          # the whole future: materialised even when streamed
+        T, L, nb = masks.shape
+        data = np.ascontiguousarray(masks).tobytes()
+        self.rows = [[int.from_bytes(data[(t * L + l) * nb:(t * L + l + 1) * nb], "little") for t in range(T)]
+                     for l in range(L)]                          # rows[layer][token]
+        self.alive_from = []                                     # alive_from[layer][t]: used at t or later
+        for l in range(L):
+            acc, alive = 0, [0] * (T + 1)
+            for t in range(T - 1, -1, -1):
+                acc |= self.rows[l][t]
+                alive[t] = acc
+            self.alive_from.append(alive)
+        self.T = T
+        self.done = [-1] * L                   # per layer: the last token whose FFN has started
+
+    def _file(self, layer: int, units: int) -> None:
+        """File ``units`` of ``layer`` by next use: the first token after ``done[layer]`` needing it."""
+        order, t = self.order(layer), self.done[layer] + 1
+        later = units & self.alive_from[layer][min(t, self.T)]
+        never = units ^ later
+        if never:
+            order.add(_NEVER, layer, layer, never)
+        rows = self.rows[layer]
+        while later:
+            found = later & rows[t]
+            if found:
+                order.add(-t, layer, layer, found)      # farther token first, then the later layer
+                later ^= found
+            t += 1
+
+    def on_fill(self, layer, step, filled, prefetch):
+        self._file(layer, filled)
+
+    def on_access(self, layer, step, used):
+        token = step // self.geometry.n_layers
+        self.order(layer).pop((-token, layer, layer))   # every unit filed under this step is used now
+        self.done[layer] = token
+        self._file(layer, used)
+
+    def _forget(self, layer, units):
+        order = self.order(layer)
+        for cls in order.layer_classes(layer):
+            order.cut(cls, cls[3] & units)

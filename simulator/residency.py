@@ -1,0 +1,143 @@
+"""Where every unit is — resident, in flight, staged — and which units may not be evicted.
+
+This module implements the residency contract of ``docs/simulator.md``: a step's needed set is
+*in use* from its lookup to the end of its FFN; a target step's predicted set is *predicted* from
+the moment it is issued to the end of that step's FFN. A prefetch insertion may evict neither; a
+demand insertion (units the running FFN needs) may evict predicted units when nothing else is
+left, never units in use. Protection is global: under the global partition an insertion for one
+layer never evicts another layer's protected units.
+"""
+
+from __future__ import annotations
+
+from sparsesim.simulator import neuronset
+from sparsesim.simulator.cache import NeuronCache
+
+
+def _merge(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+    for layer, units in b.items():
+        a[layer] = a.get(layer, 0) | units
+    return a
+
+
+class Residency:
+    def __init__(self, cache: NeuronCache):
+        n_layers = cache.geometry.n_layers
+        self.cache = cache
+        self.resident = cache.resident            # the cache's own list: resident[layer] is a set
+        self.inflight = [0] * n_layers            # prefetched, read not complete
+        self._inflight_layers: set[int] = set()
+        self.staged = [0] * n_layers              # two-phase: gate row arrived, unit not cached
+        self._by_target: list[dict[int, int]] = [{} for _ in range(n_layers)]   # layer -> {target step: P}
+        self.predicted = [0] * n_layers           # union of the outstanding predicted sets
+        self.in_use_layer, self.in_use = -1, 0
+        self.protected: dict[int, int] = {}       # layer -> in use | predicted, only where non-empty
+
+    # -- protection ----------------------------------------------------------------------------
+    def predict(self, layer: int, target: int, units: int) -> None:
+        """``units`` are predicted for ``target``: protected until its FFN ends."""
+        by_target = self._by_target[layer]
+        by_target[target] = by_target.get(target, 0) | units
+        self.predicted[layer] |= units
+        self.protected[layer] = self.protected.get(layer, 0) | units
+
+    def begin_use(self, layer: int, need: int) -> None:
+        self.in_use_layer, self.in_use = layer, need
+        if need:
+            self.protected[layer] = self.protected.get(layer, 0) | need
+
+    def end_step(self, layer: int, step: int) -> None:
+        """The FFN of ``step`` (a step of ``layer``) ended: its needed and predicted sets are free."""
+        by_target = self._by_target[layer]
+        if by_target.pop(step, None) is not None:
+            union = 0
+            for units in by_target.values():
+                union |= units
+            self.predicted[layer] = union
+        self.in_use_layer, self.in_use = -1, 0
+        if self.predicted[layer]:
+            self.protected[layer] = self.predicted[layer]
+        else:
+            self.protected.pop(layer, None)
+
+    # -- movement ------------------------------------------------------------------------------
+    def fetch_set(self, layer: int, predicted: int) -> int:
+        """The predicted units that must be read: neither resident, in flight nor staged."""
+        present = self.resident[layer] | self.inflight[layer] | self.staged[layer]
+        return predicted & ~present
+
+    def room_for_prefetch(self, layer: int, n_fetch: int) -> int:
+        """How many of ``n_fetch`` units just predicted for ``layer`` (and already counted in its
+        protected set) the cache could keep: capacity less every other unit that is protected or
+        in flight in the partition, whether resident yet or not — those claims came first."""
+        cache = self.cache
+        if cache.global_pool:
+            inflight, claimed = self.inflight, 0
+            for l, units in self.protected.items():
+                claimed += (units | inflight[l]).bit_count()
+            for l in self._inflight_layers:
+                if l not in self.protected:
+                    claimed += inflight[l].bit_count()
+            return cache.capacity[0] - claimed + n_fetch
+        claimed = (self.protected.get(layer, 0) | self.inflight[layer]).bit_count()
+        return cache.capacity[layer] - claimed + n_fetch
+
+    def send(self, layer: int, units: int) -> None:
+        """A prefetch of ``units`` was issued."""
+        self.inflight[layer] |= units
+        self._inflight_layers.add(layer)
+
+    def land(self, layer: int, units: int) -> None:
+        """A prefetch read of ``units`` completed (the caller stages or inserts them)."""
+        self.inflight[layer] ^= units
+        if not self.inflight[layer]:
+            self._inflight_layers.discard(layer)
+
+    def insert_prefetch(self, layer: int, step: int, units: int, n_units: int) -> tuple[int, int, dict[int, int]]:
+        """An arrival of ``units`` (``n_units`` of them): units the running FFN needs are inserted
+        with demand rights; the rest may displace only unprotected units, after the policy's
+        ``admit``; what does not fit is bypassed (lowest index first kept). Returns (inserted, how
+        many, evicted)."""
+        cache = self.cache
+        urgent = units & self.in_use if layer == self.in_use_layer else 0
+        n_urgent = urgent.bit_count() if urgent else 0
+        optional = units ^ urgent if urgent else units
+        free = cache.free(layer)
+        if n_units > free:
+            optional = cache.policy.admit(layer, step, optional, True, free)
+        n_optional = optional.bit_count() if optional is not units else n_units
+        evicted = cache.evict(layer, step, n_urgent + n_optional - free, self.protected) if n_urgent + n_optional > free \
+            else {}
+        free = cache.free(layer)
+        if n_urgent > free:
+            _merge(evicted, cache.evict(layer, step, n_urgent - free, {layer: self.in_use}))
+            free = cache.free(layer)
+        room = free - n_urgent
+        if n_optional > room:
+            optional, n_optional = neuronset.first(optional, room), room
+        inserted = urgent | optional
+        if inserted:
+            cache.add(layer, step, inserted, True, n_urgent + n_optional)
+        return inserted, n_urgent + n_optional, evicted
+
+    def insert_demand(self, layer: int, step: int, units: int) -> dict[int, int]:
+        """Units the running FFN needs: evict unprotected units first, then predicted ones, never
+        units in use. Always succeeds (a partition holds the largest needed set). Returns evicted."""
+        cache = self.cache
+        n = units.bit_count()
+        evicted = cache.evict(layer, step, n - cache.free(layer), self.protected) if n > cache.free(layer) else {}
+        if n > cache.free(layer):
+            _merge(evicted, cache.evict(layer, step, n - cache.free(layer), {self.in_use_layer: self.in_use}))
+        if n > cache.free(layer):
+            raise AssertionError(f"layer {layer}: no room for {n} units in use (capacity rule broken)")
+        cache.add(layer, step, units, False, n)
+        return evicted
+
+    def expire(self, layer: int, step: int) -> int:
+        """Units the policy drops now (the window policy), except protected ones."""
+        stale = self.cache.policy.expire(layer, step)
+        if stale:
+            stale &= self.resident[layer] & ~self.protected.get(layer, 0)
+            if stale:
+                self.cache.remove(layer, stale)
+        return stale
