@@ -145,17 +145,15 @@ def demo(out_dir: str | os.PathLike = "demo", model: str = DEFAULT_MODEL, tokens
 
 def _traces(out: Path, model: str, tokens: int, label: str) -> dict[float, tuple[Path, Path]]:
     """(trace, training trace) per level; the model is loaded only if a trace is missing."""
-    from sparsesim.tracing.perplexity import CALIBRATION_PASSES
-
     folder = out / "traces"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {lv: (folder / f"pydoc-{_level_name(lv)}.parquet", folder / f"train-{_level_name(lv)}.parquet")
              for lv in LEVELS}
-    trace_work = CALIBRATION_PASSES * DEFAULT_CALIB_TOKENS + 2 * tokens   # tokens through the model
     todo = [(lv, kind) for lv in LEVELS for kind, path in zip(("trace", "train"), paths[lv]) if not path.exists()]
     if not todo:
         return paths
     from sparsesim.tracing.models import load_model
+    from sparsesim.tracing.perplexity import CALIBRATION_PASSES
     from sparsesim.tracing.text import load_text
     from sparsesim.tracing.trace import trace_model
 
@@ -163,7 +161,7 @@ def _traces(out: Path, model: str, tokens: int, label: str) -> dict[float, tuple
     if not second_half.exists():
         text = load_text(PYDOC).text
         write_text(second_half, text[len(text) // 2:])
-    weights = {"trace": trace_work, "train": TRAIN_TOKENS}
+    weights = {"trace": CALIBRATION_PASSES * DEFAULT_CALIB_TOKENS + 2 * tokens, "train": TRAIN_TOKENS}   # tokens
     with tqdm(total=sum(weights[k] for _, k in todo), desc=label, unit="tok", unit_scale=True, disable=None,
               dynamic_ncols=True) as bar:
         bar.set_postfix_str(f"loading {model}")
