@@ -35,6 +35,7 @@ from tqdm import tqdm
 from sparsesim import human
 from sparsesim.atomic import write_text
 from sparsesim.errors import InputError
+from sparsesim.inputs import read_text
 from sparsesim.tracing.checks import DEFAULT_CALIB_TOKENS, DEFAULT_MODEL, DEFAULT_WINDOW, PYDOC
 
 PROFILES = ("oneplus-12", "raspberry-pi-5-nvme", "laptop-nvme")
@@ -69,8 +70,8 @@ def _claim(out: Path, wanted: dict[str, Any]) -> None:
     stamp = out / "demo.json"
     if stamp.is_file():
         try:
-            found = json.loads(stamp.read_text())
-        except (OSError, ValueError):
+            found = json.loads(read_text(stamp))
+        except (InputError, ValueError):
             found = None
         if found != wanted:
             raise InputError(f"{out}: holds a demo run with other settings ({stamp}); use a new directory "

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from sparsesim import human
 from sparsesim.atomic import check_writable, write_text
 from sparsesim.errors import InputError
+from sparsesim.inputs import read_text
 from sparsesim.tracefile import file_sha256
 
 from sparsesim.experiments import verdict as vd
@@ -499,11 +500,7 @@ def quality_section(data: ReportInput) -> list[Section]:
 
 
 def _ppl_curve_section(path: Path) -> Section:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise InputError(f"--ppl {path}: cannot read: {e.strerror}") from None
+    rows = list(csv.DictReader(io.StringIO(read_text(path, f"--ppl {path}"), newline="")))
     columns = set(rows[0]) if rows else set()
     level = next((c for c in PPL_LEVEL_COLUMNS if c in columns), None)
     if level is None or "ppl" not in columns:
@@ -670,6 +667,16 @@ def point_rows(sections: Sequence[Section]) -> list[Row]:
 # The page
 
 
+def _sweep_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(read_text(path))
+    except (ValueError, RecursionError):
+        raise InputError(f"{path}: not valid JSON (sweep.json is written by sparsesim sweep)") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{path}: expected a JSON object (sweep.json is written by sparsesim sweep)")
+    return record
+
+
 def build(results_dir: str | os.PathLike, ppl_csv: str | os.PathLike | None = None,
           stem: str = "report", progress: bool = False) -> tuple[ReportInput, list[Section]]:
     """The report's input and sections, without writing anything (the tests read the figures)."""
@@ -695,7 +702,7 @@ def make_report(results_dir: str | os.PathLike, out_html: str | os.PathLike,
     write_text(paths["points"], csv_text(point_rows(sections), POINT_COLUMNS))
     write_text(paths["runs"], csv_text(run_rows(data), RUN_COLUMNS))
     sweep_file = results_dir / "sweep.json"
-    sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else {}
+    sweep = _sweep_record(sweep_file) if sweep_file.is_file() else {}
     ok = [r for r in data.rows if r["status"] == "ok"]
     provenance = {"results_dir": str(results_dir.resolve()), "sweep": sweep.get("name"),
                   "spec_file": sweep.get("spec_file"), "spec_sha256": sweep.get("spec_sha256"),

@@ -63,8 +63,10 @@ def _simulate(args: argparse.Namespace) -> int:
     import json
 
     from sparsesim.atomic import check_writable, write_text
+    from sparsesim.numbers import SEED
     from sparsesim.simulator.metrics import format_summary
 
+    SEED.check(args.seed, "--seed")
     if args.json and args.json != "-":
         check_writable(args.json)
     # No silent answer-changing default: every default taken is named with the result.

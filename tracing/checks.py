@@ -12,8 +12,11 @@ import os
 from pathlib import Path
 
 from sparsesim.errors import InputError
+from sparsesim.inputs import regular_file
+from sparsesim.numbers import Number
 
 METHODS = ("percentile", "global", "topk")
+EPOCHS = Number(minimum=1, maximum=10_000, integer=True)   # --learned-epochs: each is a pass over the calibration span
 SITES = ("intermediate", "gate")
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -22,6 +25,7 @@ BUILTIN_MODELS = (DEFAULT_MODEL, STORIES_NAME)     # both dense: traced by FFN n
 STORIES_ENV = "SPARSESIM_STORIES260K"
 # The repository's sibling ../shared holds the llama2.c checkpoint for tests (DESIGN §2).
 STORIES_DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "llama2c-stories260K"
+HF_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".gguf")   # files transformers reads
 PYDOC = "pydoc"                 # the built-in text: the Python reference topics (tracing/text.py)
 # One window for trace, ppl and the demo: Gemma 3's sliding-attention span, short enough that the
 # demo's traces take seconds on 2 cores. Perplexity depends on it (Gemma 3 270M on WikiText-2:
@@ -48,14 +52,6 @@ def parse_levels(text: str) -> list[float]:
     return sorted({check_sparsity(v, "--levels value") for v in levels})
 
 
-def _inspect(args: argparse.Namespace) -> int:
-    from sparsesim.inspect_trace import format_summary, inspect_trace, to_json
-
-    info = inspect_trace(args.trace)
-    print(to_json(info) if args.json else format_summary(info))
-    return 0
-
-
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
         raise InputError(f"{what} {value!r}: expected one of {', '.join(choices)}")
@@ -79,9 +75,12 @@ def model_kind(spec: str) -> str:
     if not path.exists():
         raise InputError(f"--model {spec}: no such file or directory, and not a built-in model "
                          f"(built-ins: {DEFAULT_MODEL}, {STORIES_NAME})")
-    if path.is_file() and path.suffix == ".gguf":
+    if path.suffix == ".gguf" and regular_file(path, f"--model {spec}"):
         return "gguf"
     if path.is_dir() and (path / "config.json").exists():
+        for part in path.iterdir():   # what transformers reads: regular files only (a pipe would hang it)
+            if part.suffix in HF_FILE_SUFFIXES:
+                regular_file(part, f"--model {part}")
         return "hf"
     if path.is_dir() and list(path.glob("tok*.bin")):
         return "llama2c"
@@ -94,9 +93,9 @@ def check_text(spec: str) -> Path | None:
     if spec == PYDOC:
         return None
     path = Path(spec).expanduser()
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise InputError(f"--text {spec}: no such file (or use the built-in '{PYDOC}')")
-    return path
+    return regular_file(path, f"--text {spec}")
 
 
 def check_count(value: int | None, flag: str, minimum: int) -> int | None:

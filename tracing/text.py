@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsesim.errors import InputError
+from sparsesim.inputs import TEXT_BYTES, read_text
 from sparsesim.tracing.checks import PYDOC, check_text
 
 
@@ -51,10 +52,7 @@ def load_text(spec: str) -> TextSource:
         from pydoc_data.topics import topics
         return TextSource(PYDOC, "\n\n".join(topics[k] for k in sorted(topics)))
     path = check_text(spec)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"--text {spec}: not UTF-8 text (byte {e.start})") from None
+    text = read_text(path, f"--text {spec}", TEXT_BYTES)
     if not text.strip():
         raise InputError(f"--text {spec}: file is empty")
     return TextSource(spec, text)

@@ -26,8 +26,8 @@ from sparsesim.tracing.lowrank import HiddenCapture, LowRankPredictor, accuracy,
 from sparsesim.tracing.expert_trace import trace_experts
 from sparsesim.tracing.models import LoadedModel, load_model
 from sparsesim.tracing.perplexity import CALIBRATION_PASSES, Perplexity, evaluate, progress_bar, resolve_window
-from sparsesim.tracing.checks import (BUILTIN_MODELS, DEFAULT_CALIB_TOKENS, DEFAULT_MODEL, DEFAULT_TOKENS, METHODS,
-                                      PYDOC, SITES, check_choice, check_sparsity, check_span)
+from sparsesim.tracing.checks import (BUILTIN_MODELS, DEFAULT_CALIB_TOKENS, DEFAULT_MODEL, DEFAULT_TOKENS, EPOCHS,
+                                      METHODS, PYDOC, SITES, check_choice, check_sparsity, check_span)
 from sparsesim.tracing.sparsify import SparseFFN
 from sparsesim.tracing.text import load_text, split_tokens, tokenize
 from sparsesim.tracing.thresholds import Thresholds, calibrate, load_thresholds, topk_keep
@@ -77,9 +77,8 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
         check_sparsity(sparsity)
     elif thresholds is None and model in BUILTIN_MODELS:
         raise InputError("--sparsity is required unless --thresholds gives saved thresholds")
-    if learned_rank is not None and (isinstance(learned_epochs, bool) or not isinstance(learned_epochs, int)
-                                     or learned_epochs < 1):
-        raise InputError(f"--learned-epochs {learned_epochs}: must be an integer >= 1")
+    if learned_rank is not None:
+        EPOCHS.check(learned_epochs, "--learned-epochs")
     check_span(tokens, window, calib_tokens)
     source = load_text(text)
     lm = model if isinstance(model, LoadedModel) else load_model(model)
