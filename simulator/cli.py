@@ -27,6 +27,8 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictor", default="oracle", help="name[:key=value,...] (sparsesim policies)")
     p.add_argument("--cache", default="lru", help="replacement policy name[:key=value,...]")
     p.add_argument("--dram-budget", help="<= 1: share of the FFN for the neuron cache; else total bytes ('6.5 GB')")
+    p.add_argument("--cache-budget", help="bytes of the unit cache itself, resident weights apart ('4000MiB'); "
+                                          "overrides --dram-budget")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8", "int4"))
     p.add_argument("--layout", choices=("per-matrix", "bundled"))
     p.add_argument("--lookahead", type=int, help="prefetch issued k layers ahead")
@@ -44,8 +46,16 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_simulate)
 
 
+def cycle_warning(record: dict) -> str:
+    """The one line printed when an expert cache is below one token cycle (``docs/moe.md``, "The cliff")."""
+    return (f"warning: the expert cache ({record['cache_capacity_bytes'] / 2**20:,.1f} MiB) is below one token cycle "
+            f"({record['cycle_bytes'] / 2**20:,.1f} MiB: every layer's top-k experts); a global LRU cache hits "
+            f"nothing there (docs/moe.md, 'The cliff')")
+
+
 def _simulate(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from sparsesim.atomic import check_writable, write_text
     from sparsesim.simulator.metrics import format_summary
@@ -54,13 +64,16 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.json and args.json != "-":
         check_writable(args.json)
     settings = list(args.settings)
-    for field, value in (("dram_budget", args.dram_budget), ("precision", args.precision),
+    for field, value in (("dram_budget", args.dram_budget), ("cache_budget", args.cache_budget),
+                         ("precision", args.precision),
                          ("layout", args.layout), ("lookahead", args.lookahead)):
         if value is not None:
             settings.append(f"{field}={value}")
     record = simulate(args.trace, args.profile, args.predictor, args.cache, settings=settings,
                       train_trace=args.train_trace, profile_trace=args.profile_trace, seed=args.seed,
                       baselines=not args.no_baselines, stream=args.stream)
+    if record["budget_below_cycle"]:
+        print(cycle_warning(record), file=sys.stderr)
     text = json.dumps(record, indent=2, default=float)
     if args.json == "-":
         print(text)

@@ -33,10 +33,12 @@ class StaticPin(LeastRecentlyUsed):
             freq[l, d:] = -1.0                                 # padding bits are never pinned
         need = geometry.need_max if geometry.need_max is not None else np.zeros(geometry.n_layers, int)
         pinned = np.zeros(freq.shape, dtype=bool)
-        if geometry.partition == "global":
-            n = int(max(geometry.capacity[0] - need.max(), 0) * self.share)
-            order = np.lexsort((np.arange(freq.size), -freq.reshape(-1)))[:n]
-            pinned.reshape(-1)[order] = True
+        if geometry.partition == "global":   # hottest first, as many as their weights fit
+            weight = np.asarray(geometry.weight)
+            room = int(max(geometry.capacity[0] - (need * weight).max(), 0) * self.share)
+            order = np.lexsort((np.arange(freq.size), -freq.reshape(-1)))
+            reach = np.cumsum(np.repeat(weight, freq.shape[1])[order])
+            pinned.reshape(-1)[order[:int(np.searchsorted(reach, room, side="right"))]] = True
         else:
             for l in range(geometry.n_layers):
                 n = int(max(geometry.capacity[l] - need[l], 0) * self.share)
@@ -60,16 +62,17 @@ class StaticPin(LeastRecentlyUsed):
         return cold | neuronset.first(candidates & self.pinned[layer], n - n_cold)
 
     def global_victims(self, step, n, candidates):
+        weight = self.geometry.weight
         cold = [c & k for c, k in zip(candidates, self._cold)]
-        n_cold = sum(c.bit_count() for c in cold)
+        n_cold = sum(c.bit_count() * w for c, w in zip(cold, weight))
         if n_cold >= n:
             return super().global_victims(step, n, cold)
         out, need = {l: c for l, c in enumerate(cold) if c}, n - n_cold
-        for layer, c in enumerate(candidates):   # pinned neurons go lowest layer, lowest index first
-            take = neuronset.first(c & self.pinned[layer], need)
+        for layer, c in enumerate(candidates):   # pinned units go lowest layer, lowest index first
+            take = neuronset.first(c & self.pinned[layer], -(-need // weight[layer]))
             if take:
                 out[layer] = out.get(layer, 0) | take
-                need -= take.bit_count()
-            if need == 0:
+                need -= take.bit_count() * weight[layer]
+            if need <= 0:
                 break
         return out
