@@ -50,7 +50,8 @@ def cycle_warning(record: dict) -> str:
     """The one line printed when an expert cache is below one token cycle (``docs/moe.md``, "The cliff")."""
     return (f"warning: the expert cache ({record['cache_capacity_bytes'] / 2**20:,.1f} MiB) is below one token cycle "
             f"({record['cycle_bytes'] / 2**20:,.1f} MiB: every layer's top-k experts); a global LRU cache hits "
-            f"nothing there (docs/moe.md, 'The cliff')")
+            f"nothing below {record['flooding_bytes'] / 2**20:,.1f} MiB and little up to the cycle (docs/moe.md, "
+            f"'The cliff')")
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -160,9 +160,10 @@ def _cycle(trace: Trace, fp: ModelFootprint, capacity_bytes: float) -> dict[str,
     """The token cycle of an expert trace — every layer's top-k experts — and whether the budget is below
     it (global LRU then hits nothing: ``docs/moe.md``); not defined for neuron traces."""
     if fp.kind == NEURON:
-        return {"cycle_bytes": float("nan"), "budget_below_cycle": False}
+        return {"cycle_bytes": float("nan"), "flooding_bytes": float("nan"), "budget_below_cycle": False}
     cycle = trace.units.cycle_bytes(fp.bytes_per_weight)
-    return {"cycle_bytes": cycle, "budget_below_cycle": bool(capacity_bytes < cycle)}
+    return {"cycle_bytes": cycle, "flooding_bytes": trace.units.flooding_bytes(fp.bytes_per_weight),
+            "budget_below_cycle": bool(capacity_bytes < cycle)}
 
 
 def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = "apple-m1-max",
