@@ -48,8 +48,9 @@ def expert_rows(rows: Sequence[Row]) -> list[Row]:
             and r.get("cache_budget")]
 
 
-def _mib(row: Row) -> float:
-    return round(row["cache_budget"] / MIB, 1)
+def _budget(row: Row) -> int:
+    """The cache budget in bytes: the key of every table (shown in MiB)."""
+    return int(row["cache_budget"])
 
 
 def _by_trace(rows: Sequence[Row]) -> dict[str, list[Row]]:
@@ -59,13 +60,13 @@ def _by_trace(rows: Sequence[Row]) -> dict[str, list[Row]]:
     return out
 
 
-def hit_rate_table(rows: Sequence[Row]) -> dict[str, dict[str, dict[float, float]]]:
-    """model -> policy -> budget MiB -> decode hit rate (%), demand paging only."""
-    out: dict[str, dict[str, dict[float, float]]] = {}
+def hit_rate_table(rows: Sequence[Row]) -> dict[str, dict[str, dict[int, float]]]:
+    """model -> policy -> budget (bytes) -> decode hit rate (%), demand paging only."""
+    out: dict[str, dict[str, dict[int, float]]] = {}
     for model, runs in _by_trace(expert_rows(rows)).items():
         for r in runs:
             if r["predictor"] == DEMAND:
-                out.setdefault(model, {}).setdefault(policy_name(r), {})[_mib(r)] = 100 * r["decode_hit_rate"]
+                out.setdefault(model, {}).setdefault(policy_name(r), {})[_budget(r)] = 100 * r["decode_hit_rate"]
     return out
 
 
@@ -91,13 +92,13 @@ def predictor_accuracy(rows: Sequence[Row]) -> dict[str, dict[str, dict[str, Any
     return out
 
 
-def time_table(rows: Sequence[Row]) -> dict[str, dict[str, dict[float, float]]]:
-    """model -> predictor -> budget MiB -> time per decode token (ms), global LRU."""
-    out: dict[str, dict[str, dict[float, float]]] = {}
+def time_table(rows: Sequence[Row]) -> dict[str, dict[str, dict[int, float]]]:
+    """model -> predictor -> budget (bytes) -> time per decode token (ms), global LRU."""
+    out: dict[str, dict[str, dict[int, float]]] = {}
     for model, runs in _by_trace(expert_rows(rows)).items():
         for r in runs:
             if r["cache"] == "lru" and r.get("partition") == "global":
-                out.setdefault(model, {}).setdefault(r["predictor"], {})[_mib(r)] = 1e3 * r["decode_time_per_token_s"]
+                out.setdefault(model, {}).setdefault(r["predictor"], {})[_budget(r)] = 1e3 * r["decode_time_per_token_s"]
     return out
 
 
@@ -157,9 +158,9 @@ def _hit_rate_figure(numbers: dict, models: list[str]) -> go.Figure | None:
     for col, model in enumerate(models, start=1):
         for name, series in sorted(numbers["hit_rate"][model].items()):
             x = sorted(series)
-            fig.add_trace(go.Scatter(x=x, y=[series[b] for b in x], name=name, legendgroup=name, showlegend=col == 1,
-                                     mode="lines+markers", line=dict(dash=_dash(name), color=colors[name])),
-                          row=1, col=col)
+            fig.add_trace(go.Scatter(x=[b / MIB for b in x], y=[series[b] for b in x], name=name, legendgroup=name,
+                                     showlegend=col == 1, mode="lines+markers",
+                                     line=dict(dash=_dash(name), color=colors[name])), row=1, col=col)
         if model in numbers["cycle_MiB"]:
             fig.add_vline(x=numbers["cycle_MiB"][model], line=dict(dash="dot", color="#888"), row=1, col=col)
         fig.update_xaxes(title_text="expert cache (MiB)", row=1, col=col)
@@ -194,8 +195,8 @@ def _time_figure(numbers: dict, models: list[str]) -> go.Figure | None:
     for col, model in enumerate(models, start=1):
         for name, series in sorted(numbers["time_ms"][model].items()):
             x = sorted(series)
-            fig.add_trace(go.Scatter(x=x, y=[series[b] for b in x], name=name, legendgroup=name, showlegend=col == 1,
-                                     mode="lines+markers",
+            fig.add_trace(go.Scatter(x=[b / MIB for b in x], y=[series[b] for b in x], name=name, legendgroup=name,
+                                     showlegend=col == 1, mode="lines+markers",
                                      line=dict(dash="dash" if name in bounds else "solid", color=colors[name])),
                           row=1, col=col)
         fig.update_xaxes(title_text="expert cache (MiB)", row=1, col=col)
@@ -215,13 +216,17 @@ def _accuracy_html(numbers: dict) -> str:
 def _hit_rate_html(numbers: dict, model: str) -> str:
     table = numbers["hit_rate"][model]
     budgets = sorted({b for series in table.values() for b in series})
-    rows = [{"budget (MiB)": b, **{p: _pct(table[p].get(b)) for p in sorted(table)}} for b in budgets]
+    rows = [{"budget (MiB)": _mib_text(b), **{p: _pct(table[p].get(b)) for p in sorted(table)}} for b in budgets]
     return table_html(rows, caption=f"{model}: decode hit rate (%) by policy; '—' where the partition cannot hold "
                                     f"one step (token cycle {numbers['cycle_MiB'].get(model, math.nan):,.1f} MiB)")
 
 
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
+
+
+def _mib_text(nbytes: int) -> str:
+    return f"{nbytes / MIB:,.0f}" if nbytes >= MIB else f"{nbytes / MIB:.6f}"
 
 
 def markdown(numbers: dict) -> str:
@@ -233,7 +238,7 @@ def markdown(numbers: dict) -> str:
         out.append(f"**{model}** (token cycle {numbers['cycle_MiB'][model]:,.1f} MiB), decode hit rate %:\n")
         out.append("| budget (MiB) | " + " | ".join(policies) + " |")
         out.append("|---:|" + "---:|" * len(policies))
-        out += [f"| {b:,.0f} | " + " | ".join(_pct(table[p].get(b)) for p in policies) + " |" for b in budgets]
+        out += [f"| {_mib_text(b)} | " + " | ".join(_pct(table[p].get(b)) for p in policies) + " |" for b in budgets]
         out.append("")
     out.append("| model | predictor | decode precision % | decode recall % |\n|---|---|---:|---:|")
     for model, preds in numbers["predictor_accuracy"].items():
@@ -245,8 +250,8 @@ def markdown(numbers: dict) -> str:
         out.append(f"**{model}**, time per decode token (ms), global LRU:\n")
         out.append("| budget (MiB) | " + " | ".join(sorted(table)) + " |")
         out.append("|---:|" + "---:|" * len(table))
-        out += [f"| {b:,.0f} | " + " | ".join(f"{table[p][b]:.1f}" if b in table[p] else "—" for p in sorted(table))
-                + " |" for b in budgets]
+        out += [f"| {_mib_text(b)} | " + " | ".join(f"{table[p][b]:.1f}" if b in table[p] else "—"
+                                                    for p in sorted(table)) + " |" for b in budgets]
         out.append("")
     return "\n".join(out)
 
