@@ -189,10 +189,11 @@ class _Routed(Exception):
 class RouterAhead:
     """Context manager: the router-ahead prediction, layer l's router applied one layer early.
 
-    Sources: Hwang et al., "Pre-gated MoE", ISCA 2024 (arXiv 2308.12066), and the expert prefetchers
-    after it (e.g. HOBBIT, arXiv 2411.01433; ProMoE, arXiv 2410.22134): the hidden state entering layer
-    l-1's MoE block goes through layer l's routing, so layer l's experts can be fetched while layer
-    l-1 computes. Here layer l's own MoE block is called on that hidden state and stopped at its
+    Sources: Hwang et al., "Pre-gated MoE", ISCA 2024 (arXiv 2308.12066), which selects layer l's
+    experts one block early (with a trained pre-gate), and expert-offloading systems that prefetch by
+    running a later layer's own gate on the current hidden state (e.g. HOBBIT's layer-level prefetching,
+    arXiv 2411.01433): the hidden state entering layer l-1's MoE block goes through layer l's routing,
+    so layer l's experts can be fetched while layer l-1 computes. Here layer l's own MoE block is called on that hidden state and stopped at its
     expert bank, so the prediction is exactly what layer l's router (softmax, sigmoid, groups, biases)
     chooses for it. Layers whose block is not called as ``block(hidden_states)`` (Gemma 4 routes
     inside the decoder layer), the first MoE layer and a layer after a dense one get no prediction.
