@@ -139,34 +139,39 @@ def moe_section(rows: Sequence[Row]) -> tuple[Section, dict[str, Any]]:
     return section, numbers
 
 
-def _dash(name: str) -> str:
-    return "dash" if name == BOUND_POLICY else "solid"
-
-
 def _colors(tables: dict[str, dict[str, Any]]) -> dict[str, str]:
     """One colour per series name, the same in every subplot."""
     names = sorted({name for table in tables.values() for name in table})
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
 
 
-def _hit_rate_figure(numbers: dict, models: list[str]) -> go.Figure | None:
-    models = [m for m in models if m in numbers["hit_rate"]]
+def _lines_figure(tables: dict[str, dict[str, dict[int, float]]], models: list[str], title: str, y_title: str,
+                  dashed: set[str], marks: dict[str, float]) -> go.Figure | None:
+    """One subplot per model: a line per series over the budget (MiB), ``dashed`` series dashed (bounds),
+    a dotted vertical line at ``marks[model]`` MiB."""
+    models = [m for m in models if m in tables]
     if not models:
         return None
     fig = make_subplots(rows=1, cols=len(models), subplot_titles=models, shared_yaxes=True)
-    colors = _colors(numbers["hit_rate"])
+    colors = _colors(tables)
     for col, model in enumerate(models, start=1):
-        for name, series in sorted(numbers["hit_rate"][model].items()):
+        for name, series in sorted(tables[model].items()):
             x = sorted(series)
             fig.add_trace(go.Scatter(x=[b / MIB for b in x], y=[series[b] for b in x], name=name, legendgroup=name,
                                      showlegend=col == 1, mode="lines+markers",
-                                     line=dict(dash=_dash(name), color=colors[name])), row=1, col=col)
-        if model in numbers["cycle_MiB"]:
-            fig.add_vline(x=numbers["cycle_MiB"][model], line=dict(dash="dot", color="#888"), row=1, col=col)
+                                     line=dict(dash="dash" if name in dashed else "solid", color=colors[name])),
+                          row=1, col=col)
+        if model in marks:
+            fig.add_vline(x=marks[model], line=dict(dash="dot", color="#888"), row=1, col=col)
         fig.update_xaxes(title_text="expert cache (MiB)", row=1, col=col)
-    fig.update_yaxes(title_text="decode hit rate (%)", row=1, col=1)
-    fig.update_layout(title="Hit rate vs cache budget, demand paging", template="plotly_white", height=420)
+    fig.update_yaxes(title_text=y_title, row=1, col=1)
+    fig.update_layout(title=title, template="plotly_white", height=420)
     return fig
+
+
+def _hit_rate_figure(numbers: dict, models: list[str]) -> go.Figure | None:
+    return _lines_figure(numbers["hit_rate"], models, "Hit rate vs cache budget, demand paging", "decode hit rate (%)",
+                         {BOUND_POLICY}, numbers["cycle_MiB"])
 
 
 def _concentration_figure(numbers: dict, models: list[str]) -> go.Figure | None:
@@ -186,24 +191,10 @@ def _concentration_figure(numbers: dict, models: list[str]) -> go.Figure | None:
 
 
 def _time_figure(numbers: dict, models: list[str]) -> go.Figure | None:
-    models = [m for m in models if m in numbers["time_ms"]]
-    if not models:
-        return None
-    fig = make_subplots(rows=1, cols=len(models), subplot_titles=models, shared_yaxes=True)
     bounds = {p for m in numbers["predictor_accuracy"].values() for p, v in m.items() if v["bound"]}
-    colors = _colors(numbers["time_ms"])
-    for col, model in enumerate(models, start=1):
-        for name, series in sorted(numbers["time_ms"][model].items()):
-            x = sorted(series)
-            fig.add_trace(go.Scatter(x=[b / MIB for b in x], y=[series[b] for b in x], name=name, legendgroup=name,
-                                     showlegend=col == 1, mode="lines+markers",
-                                     line=dict(dash="dash" if name in bounds else "solid", color=colors[name])),
-                          row=1, col=col)
-        fig.update_xaxes(title_text="expert cache (MiB)", row=1, col=col)
-    fig.update_yaxes(title_text="time per decode token (ms)", row=1, col=1)
-    fig.update_layout(title="Time per decode token vs cache budget (global LRU, prefetch into the same cache)",
-                      template="plotly_white", height=420)
-    return fig
+    return _lines_figure(numbers["time_ms"], models,
+                         "Time per decode token vs cache budget (global LRU, prefetch into the same cache)",
+                         "time per decode token (ms)", bounds, {})
 
 
 def _accuracy_html(numbers: dict) -> str:

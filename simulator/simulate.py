@@ -283,7 +283,8 @@ def _first_tokens(trace: Trace, n: int) -> Trace:
         raise InputError(f"{trace.path}: the 'max_tokens' limit needs the trace in memory (it is streamed)")
     return dataclasses.replace(trace, seq=trace.seq[:n], pos=trace.pos[:n], token=trace.token[:n],
                                masks=trace.masks[:n], active=trace.active[:n],
-                               extra={k: v[:n] for k, v in trace.extra.items()})
+                               extra={k: v[:n] for k, v in trace.extra.items()},
+                               columns={k: v[:n] for k, v in trace.columns.items()})
 
 
 def _companion(other: str | os.PathLike | Trace | None, trace: Trace, role: str) -> Trace | None:

@@ -249,3 +249,9 @@ def test_capture_check_plot(captures, tmp_path):
 
     png = plot_step_hit_rate([capture_check(captures["gemma"])], tmp_path / "hit.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_max_tokens_cuts_the_phase_and_batch_columns_too(tmp_path):
+    path, _ = _prefill_trace(tmp_path)
+    r = simulate(path, "oneplus-15r", "none", "lru", settings=["cache_budget=800", "max_tokens=6"], baselines=False)
+    assert (r["prefill_tokens"], r["decode_tokens"]) == (4, 2)
