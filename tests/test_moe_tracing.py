@@ -124,7 +124,7 @@ def test_trace_cli_on_a_checkpoint_directory(saved_moe, wikitext, tmp_path):
     out = tmp_path / "t.parquet"
     r = _cli("trace", "--model", saved_moe, "--text", wikitext, "--tokens", TOKENS, "--window", WINDOW, "-o", out)
     assert r.returncode == 0, r.stderr
-    assert "experts" in r.stdout and "top-2" in r.stdout
+    assert "experts" in r.stdout and "top-2" in r.stdout and "pred:router-ahead for layers 2;" in r.stdout
     trace = read_trace(out)
     assert trace.units.kind == "expert" and trace.n_tokens == TOKENS
     assert trace.meta["perplexity"]["dense"] == trace.meta["perplexity"]["sparse"] > 1
