@@ -16,7 +16,8 @@ import sys
 from sparsesim.errors import InputError
 
 COMMAND_MODULES = ("sparsesim.tracing.cli", "sparsesim.tracing.importers.cli", "sparsesim.simulator.cli",
-                   "sparsesim.experiments.predictability", "sparsesim.experiments.routing", "sparsesim.experiments.capture",
+                   "sparsesim.simulator.roofline", "sparsesim.experiments.predictability",
+                   "sparsesim.experiments.routing", "sparsesim.experiments.capture",
                    "sparsesim.experiments.commands", "sparsesim.experiments.fidelity")
 
 

@@ -17,6 +17,7 @@ from sparsesim.errors import InputError
 
 # name -> module with make_trace(path) -> path and run(trace) -> [records]
 REPRODUCTIONS = {"llm-in-flash": "sparsesim.experiments.reproductions.llm_in_flash",
+                 "powerinfer-2": "sparsesim.experiments.reproductions.powerinfer_2",
                  "seed-paper": "sparsesim.experiments.reproductions.seed_paper"}
 REPRODUCTION_COLUMNS = ("row", "published_ms", "simulated_ms", "error")
 
@@ -81,7 +82,7 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
 
 def _register_reproduce(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "reproduce", help="reproduce a published result and compare (llm-in-flash, seed-paper)",
+        "reproduce", help="reproduce a published result and compare (llm-in-flash, powerinfer-2, seed-paper)",
         description="Rebuild a published table with the simulator and print published vs simulated. Writes "
                     "the trace it needs and NAME.csv into DIR.")
     p.add_argument("name", choices=sorted(REPRODUCTIONS), help="which result")
@@ -119,7 +120,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def reproduce(name: str, out_dir: str | Path) -> list[dict[str, Any]]:
-    """Run reproduction ``name``; writes its trace and ``<name>.csv`` into ``out_dir``; returns its rows."""
+    """Run reproduction ``name``; writes its trace, ``<name>.csv`` and (where the reproduction has one)
+    ``<name>.md`` into ``out_dir``; returns its rows."""
     if name not in REPRODUCTIONS:
         raise InputError(f"reproduce {name!r}: unknown; known: {', '.join(sorted(REPRODUCTIONS))}")
     from sparsesim.experiments.report import csv_text
@@ -128,6 +130,8 @@ def reproduce(name: str, out_dir: str | Path) -> list[dict[str, Any]]:
     out_dir = Path(out_dir)
     rows = module.run(module.make_trace(str(out_dir / f"{name}-trace.parquet")))
     write_text(out_dir / f"{name}.csv", csv_text(rows))
+    if hasattr(module, "markdown"):   # the tables docs/time-model.md quotes
+        write_text(out_dir / f"{name}.md", module.markdown(rows))
     return rows
 
 

@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersA
     _register_simulate(sub)
     _register_synth(sub)
     _register_policies(sub)
+    _register_export(sub)
     return {"profiles": _register_profiles(sub)}
 
 
@@ -132,6 +133,27 @@ def _policies(args: argparse.Namespace) -> int:
         for name, doc, params in registry.describe():
             shown = ", ".join(f"{k}={v}" for k, v in params.items())
             print(f"  {name:<18} {doc}" + (f"  [{shown}]" if shown else ""))
+    return 0
+
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-requests", help="write a trace's needed sets as a cache request sequence",
+                       description="One request per needed neuron of every layer step (time = layer step, "
+                                   "object = (layer, neuron), size = its bytes), for cross-checks with other "
+                                   "cache simulators: csv, or libCacheSim's binary oracleGeneral "
+                                   "(simulator/export.py, docs/validation.md).")
+    p.add_argument("trace", help="trace .parquet file")
+    p.add_argument("--format", required=True, metavar="FORMAT", help="csv or oracle-general")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--precision", default="fp16", help="bytes per weight of the object sizes (default fp16)")
+    p.set_defaults(func=_export_requests)
+
+
+def _export_requests(args: argparse.Namespace) -> int:
+    from sparsesim.simulator.export import export_requests
+
+    n = export_requests(args.trace, args.format, args.output, precision=args.precision)
+    print(f"wrote {n} requests to {args.output}")
     return 0
 
 

@@ -21,15 +21,15 @@ DEMAND, PREFETCH = 0, 1
 
 
 class Batch:
-    """One storage batch: its requests ({size in bytes: count}) and, for FFN reads, the layer and
-    neuron set it brings in."""
+    """One storage batch: its requests ({size in bytes: count}) and, for FFN reads, the layer, the
+    unit set it brings in and the step it is read for (the target of a prefetch)."""
 
-    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done")
+    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done", "target")
 
     def __init__(self, requests: dict[float, int], priority: int, layer: int, neurons: int,
-                 on_done: Callable[["Batch"], None] | None, issued: float):
+                 on_done: Callable[["Batch"], None] | None, issued: float, target: int):
         self.requests, self.priority, self.layer, self.neurons = requests, priority, layer, neurons
-        self.on_done, self.issued = on_done, issued
+        self.on_done, self.issued, self.target = on_done, issued, target
         self.start = self.end = -1.0
         self._done: simpy.Event | None = None
 
@@ -46,8 +46,8 @@ class StorageQueue:
         self.busy = 0.0                     # s spent serving batches
 
     def submit(self, requests: dict[float, int], priority: int, layer: int = -1, neurons: int = 0,
-               on_done: Callable[[Batch], None] | None = None) -> Batch:
-        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now)
+               on_done: Callable[[Batch], None] | None = None, target: int = -1) -> Batch:
+        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now, target)
         if self._serving is None and priority == DEMAND:
             self._start(batch)
         else:

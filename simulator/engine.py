@@ -116,7 +116,8 @@ class ReplayEngine:
         return rows
 
     # -- storage ------------------------------------------------------------------------------
-    def _read(self, layer: int, units: int, priority: int, on_done=None, rows: int | None = None) -> Batch:
+    def _read(self, layer: int, units: int, priority: int, on_done=None, rows: int | None = None,
+              target: int | None = None) -> Batch:
         """Submit the reads of ``rows`` of each unit's rows (None: all). Bundled, a partial read of
         one unit is not adjacent to the next one's (the rest of its record lies between), so
         partial reads never coalesce there."""
@@ -127,14 +128,14 @@ class ReplayEngine:
             requests = request_sizes(units, self._slice[layer], rows, sc.layout, sc.coalesce and sc.layout != "bundled",
                                      sc.max_request)
         self.acc.requests(layer, requests)
-        return self.device.submit(requests, priority, layer, units, on_done)
+        return self.device.submit(requests, priority, layer, units, on_done, self.step if target is None else target)
 
     def _log(self, batch: Batch) -> None:
         """The exact read schedule, for replay against real storage."""
         sizes = np.array(list(batch.requests), dtype=float)
         counts = np.array(list(batch.requests.values()), dtype=np.int64)
         units = None if batch.layer < 0 else neuronset.to_row(batch.neurons, self.nb)
-        self.io_log.append(IoBatch(self.step // self.L, batch.layer,
+        self.io_log.append(IoBatch(batch.target // self.L, batch.layer,
                                    "demand" if batch.priority == DEMAND else "prefetch", units, sizes, counts,
                                    batch.issued, batch.start, batch.end))
 
@@ -176,7 +177,7 @@ class ReplayEngine:
             return
         self.res.send(layer, fetch)
         self.inflight_weight += n * self.weight[layer]
-        self.pending[layer].append(self._read(layer, fetch, PREFETCH, self._arrived, self.prefetch_rows))
+        self.pending[layer].append(self._read(layer, fetch, PREFETCH, self._arrived, self.prefetch_rows, target))
 
     def _arrived(self, batch: Batch) -> None:
         """A prefetch batch is in: staged (two-phase gate rows) or inserted, evicting as allowed."""
@@ -187,7 +188,7 @@ class ReplayEngine:
         self.inflight_weight -= n_fetched * self.weight[layer]
         self.pending[layer].remove(batch)
         if self.sc.two_phase:  # gate rows wait in a staging buffer for the layer's input; not cached
-            res.staged[layer] |= fetched
+            res.stage(layer, batch.target, fetched)
             return
         inserted, n_inserted, evicted = res.insert_prefetch(layer, self.step, fetched, n_fetched)
         n_evicted = self.acc.arrived(layer, n_fetched, inserted, n_inserted, evicted)
@@ -212,7 +213,8 @@ class ReplayEngine:
                                          sc.coalesce and sc.layout != "bundled", sc.max_request).items():
                 requests[size] = requests.get(size, 0) + n
             self.acc.requests(layer, requests)
-            waits.append(self.device.completion(self.device.submit(requests, DEMAND, layer, miss | ready)))
+            waits.append(self.device.completion(self.device.submit(requests, DEMAND, layer, miss | ready,
+                                                                    target=self.step)))
         if late_gates:
             waits.append(env.process(self._up_down_after(late_gates, layer, late, up_down)))
         return waits
@@ -226,11 +228,8 @@ class ReplayEngine:
         """Every staged gate row of the layer is evaluated on this token's input: needed units
         (their up/down rows just read) enter the cache whole, the rest are dropped. Returns the
         compute seconds of evaluating the dropped rows (the kept ones are part of the FFN)."""
-        staged = self.res.staged[layer]
-        kept = staged & need
-        dropped = staged ^ kept
+        kept, dropped = self.res.evaluate_staged(layer, step, need)
         n_dropped = dropped.bit_count()
-        self.res.staged[layer] = 0
         self.acc.gates_evaluated(layer, kept.bit_count(), n_dropped)
         if kept:
             _, n_kept, evicted = self.res.insert_demand(layer, step, kept, kept.bit_count())
@@ -325,7 +324,7 @@ class ReplayEngine:
         stall = 0.0
         if self.sc.nonffn_in == "flash":
             t0 = env.now
-            yield self.device.completion(self.device.submit(self._stream_requests(nbytes), DEMAND))
+            yield self.device.completion(self.device.submit(self._stream_requests(nbytes), DEMAND, target=self.step))
             stall = env.now - t0
         yield env.timeout(seconds)
         return stall, seconds

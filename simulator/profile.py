@@ -10,6 +10,14 @@ A profile is a YAML file (the presets live in the ``hw_profiles`` package; refer
 Loading validates everything up front and reports the first problem as one
 :class:`~sparsesim.errors.InputError` line naming the file and the dotted field. Values are
 converted to base units (B, B/s, s, FLOP/s, J/B, J/FLOP) by :mod:`sparsesim.simulator.units`.
+
+The time model's optional parts (``docs/time-model.md``) add the sections ``cpu``, ``gpu``, ``npu``
+(compute units: peak rates per precision, bandwidth, dispatch overhead, kernel efficiencies),
+``interconnect`` (host <-> device memory) and ``os`` (pages, faults), and the fields
+``dram.shared_bandwidth`` and ``storage.multi_thread_factor``. Every field of them may be absent;
+a scenario setting that needs one asks for it through :func:`require`, which names the field and
+the setting in its error. Absent optional values are left out of the hash, so a profile that
+gives none of them hashes as it did before they existed.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import yaml
 
 from sparsesim.errors import InputError
 from sparsesim.simulator.units import (
-    BANDWIDTH, BYTES, COUNT, ENERGY_PER_BYTE, ENERGY_PER_FLOP, FLOPS, TIME, Dimension, UnitError,
+    BANDWIDTH, BYTES, COUNT, ENERGY_PER_BYTE, ENERGY_PER_FLOP, FLOPS, FRACTION, TIME, Dimension, UnitError,
     format_quantity, parse_quantity,
 )
 
@@ -53,6 +61,7 @@ class MemorySpec:
     bandwidth: float             # B/s, sustained read
     latency: float               # s
     energy_per_byte: float       # J/B
+    shared_bandwidth: float | None = None   # dram only: B/s all compute units reach streaming together
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class StorageSpec:
     queue_depth: int             # outstanding requests the device and I/O stack sustain
     energy_per_byte: float       # J/B
     read_curve: tuple[tuple[float, float], ...]  # ((request bytes, B/s), ...) at queue_depth; may be empty
+    multi_thread_factor: float | None = None     # read-bandwidth factor when several cores submit reads
 
     def bandwidth_at(self, request_bytes: Union[float, np.ndarray]) -> Union[float, np.ndarray]:
         """Effective read bandwidth (B/s) for requests of ``request_bytes`` at full queue depth.
@@ -84,6 +94,40 @@ class StorageSpec:
 
 
 @dataclass(frozen=True)
+class UnitSpec:
+    """A compute unit (``cpu``, ``gpu``, ``npu``): what its kernels' rooflines need. Any field may
+    be absent (None); :func:`require` asks for the ones a setting uses."""
+    flops_fp32: float | None = None          # FLOP/s, peak at fp32
+    flops_fp16: float | None = None          # FLOP/s, peak at fp16 / bf16
+    ops_int8: float | None = None            # OP/s, peak of int8 (and int4, unpacked to int8) dot products
+    bandwidth: float | None = None           # B/s this unit reads its weights at, alone
+    capacity: float | None = None            # bytes of the unit's own memory (discrete GPU); None: shares DRAM
+    dispatch: float | None = None            # s of fixed overhead per kernel call (launch, dispatch)
+    dense_efficiency: float | None = None    # achieved / roofline, dense matrix-vector product
+    gather_efficiency: float | None = None   # sparse row gather: the selected neurons' gate/up rows
+    scatter_efficiency: float | None = None  # sparse column scatter: the selected neurons' down columns
+    copy_efficiency: float | None = None     # memcpy (cache management) / bandwidth
+
+
+@dataclass(frozen=True)
+class InterconnectSpec:
+    """The link between host DRAM and a discrete unit's memory (PCIe)."""
+    bandwidth: float | None = None           # B/s, host -> device
+    latency: float | None = None             # s per transfer
+
+
+@dataclass(frozen=True)
+class OsSpec:
+    """What the operating system adds to reads through the page cache (mmap)."""
+    page_size: float | None = None           # bytes
+    fault_overhead: float | None = None      # s per page fault beyond the read itself
+    readahead: float | None = None           # bytes a fault reads (read-around); >= page_size
+
+
+UNIT_NAMES = ("cpu", "gpu", "npu")
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     name: str
     description: str
@@ -94,11 +138,19 @@ class HardwareProfile:
     sources: dict[str, str]      # dotted field -> URL text, "estimate: <reason>", "override", ...
     path: str                    # the file it came from ("" when built from a mapping)
     sha256: str                  # of the hardware values only: renaming or re-citing keeps the hash
+    cpu: UnitSpec | None = None
+    gpu: UnitSpec | None = None
+    npu: UnitSpec | None = None
+    interconnect: InterconnectSpec | None = None
+    os: OsSpec | None = None
 
     def to_dict(self) -> dict:
         """Resolved values in base units (plain floats), with name and hash, for result records."""
-        return {"name": self.name, "sha256": self.sha256,
-                **_hardware_values(self.compute, self.dram, self.cache, self.storage)}
+        return {"name": self.name, "sha256": self.sha256, **_hardware_values(self)}
+
+    def unit(self, name: str) -> UnitSpec | None:
+        """The compute unit ``name`` (one of :data:`UNIT_NAMES`), or None if the profile has none."""
+        return getattr(self, name) if name in UNIT_NAMES else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +163,7 @@ class _Number:
     minimum: float
     inclusive: bool              # minimum allowed itself (">=") or not (">")
     integer: bool = False
+    maximum: float | None = None  # allowed itself
 
 
 class _Kind:
@@ -130,12 +183,27 @@ _MEMORY = {
     "latency": _LATENCY,
     "energy_per_byte": _Number(ENERGY_PER_BYTE, 0.0, True),
 }
+_POSITIVE_FLOPS = _Number(FLOPS, 0.0, False)
+_POSITIVE_TIME = _Number(TIME, 0.0, False)
+_EFFICIENCY = _Number(FRACTION, 0.0, False, maximum=1.0)   # a share of the roofline: (0, 1]
+_UNIT = {
+    "flops_fp32": _POSITIVE_FLOPS,
+    "flops_fp16": _POSITIVE_FLOPS,
+    "ops_int8": _POSITIVE_FLOPS,
+    "bandwidth": _POSITIVE_BANDWIDTH,
+    "capacity": _POSITIVE_BYTES,
+    "dispatch": _POSITIVE_TIME,
+    "dense_efficiency": _EFFICIENCY,
+    "gather_efficiency": _EFFICIENCY,
+    "scatter_efficiency": _EFFICIENCY,
+    "copy_efficiency": _EFFICIENCY,
+}
 _SCHEMA: dict[str, dict[str, Union[_Number, _Kind, _Curve]]] = {
     "compute": {
-        "flops": _Number(FLOPS, 0.0, False),
+        "flops": _POSITIVE_FLOPS,
         "energy_per_flop": _Number(ENERGY_PER_FLOP, 0.0, True),
     },
-    "dram": _MEMORY,
+    "dram": {**_MEMORY, "shared_bandwidth": _POSITIVE_BANDWIDTH},
     "cache": _MEMORY,
     "storage": {
         "kind": _Kind(),
@@ -144,9 +212,22 @@ _SCHEMA: dict[str, dict[str, Union[_Number, _Kind, _Curve]]] = {
         "queue_depth": _Number(COUNT, 1.0, True, integer=True),
         "energy_per_byte": _Number(ENERGY_PER_BYTE, 0.0, True),
         "read_curve": _Curve(),
+        "multi_thread_factor": _EFFICIENCY,
+    },
+    **{unit: _UNIT for unit in UNIT_NAMES},
+    "interconnect": {"bandwidth": _POSITIVE_BANDWIDTH, "latency": _POSITIVE_TIME},
+    "os": {
+        "page_size": _Number(BYTES, 0.0, False, integer=True),
+        "fault_overhead": _POSITIVE_TIME,
+        "readahead": _Number(BYTES, 0.0, False, integer=True),
     },
 }
-_OPTIONAL = {"cache", "storage.read_curve"}   # may be absent or null (null drops an inherited one)
+# Sections whose every field may be absent: the time model's optional parts.
+_PARTIAL_SECTIONS = (*UNIT_NAMES, "interconnect", "os")
+# May be absent or null (null drops an inherited one).
+_OPTIONAL = {"cache", "storage.read_curve", "dram.shared_bandwidth", "storage.multi_thread_factor",
+             *_PARTIAL_SECTIONS,
+             *(f"{section}.{field}" for section in _PARTIAL_SECTIONS for field in _SCHEMA[section])}
 _TOP_LEVEL = ("name", "description", "extends", *_SCHEMA)
 _LEAF_KEYS = ("value", "source", "estimate")
 _CURVE_KEYS = ("points", "source", "estimate")
@@ -196,6 +277,23 @@ def profile_from_dict(data: Any, origin: str) -> HardwareProfile:
     """Validate a profile mapping (as read from YAML; ``extends`` allowed). ``origin`` names it in errors."""
     name, description, values, sources = _resolve(_with_base(data, origin, ()), origin)
     return _assemble(name, description, values, sources, "")
+
+
+def require(profile: HardwareProfile, field: str, needed_by: str) -> Any:
+    """The value of dotted ``field``, or a one-line error naming it and the setting that needs it.
+
+    ``needed_by`` names the setting, e.g. ``"scenario field 'hot_unit' = npu"``.
+    """
+    section, _, key = field.partition(".")
+    if field not in SETTABLE_FIELDS:
+        raise ValueError(f"no profile field {field!r}")   # a caller bug, not input
+    spec = getattr(profile, section)
+    value = getattr(spec, key) if spec is not None else None
+    if value is None:
+        raise InputError(_LINE_BREAKS.sub(" ", (
+            f"profile {profile.name}: {field} is missing; {needed_by} needs it (give it in a YAML file "
+            f"that extends the profile, or --set '{field}=...')")))
+    return value
 
 
 def format_field(field: str, value: Any) -> str:
@@ -344,6 +442,8 @@ def _quantity(raw: Any, spec: _Number, origin: str, field: str) -> float:
     if value < spec.minimum or (value == spec.minimum and not spec.inclusive):
         bound = f"{'>=' if spec.inclusive else '>'} {spec.minimum:g}"
         raise _fail(origin, field, f"must be {bound}, got {_show(raw)}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise _fail(origin, field, f"must be <= {spec.maximum:g}, got {_show(raw)}")
     return int(value) if spec.integer else value
 
 
@@ -426,6 +526,8 @@ def _resolve(data: Mapping, origin: str) -> tuple[str, str, dict[str, Any], dict
         if not isinstance(raw_section, Mapping):
             raise _fail(origin, section, f"must be a mapping of {', '.join(fields)}, got {_show(raw_section)}")
         _check_keys(raw_section, list(fields), origin, section)
+        if section in _PARTIAL_SECTIONS and not raw_section:
+            raise _fail(origin, section, f"is empty; give at least one of {', '.join(fields)} or drop the section")
         for key, spec in fields.items():
             field = f"{section}.{key}"
             raw = raw_section.get(key)
@@ -440,7 +542,16 @@ def _resolve(data: Mapping, origin: str) -> tuple[str, str, dict[str, Any], dict
                 sources.update(curve_sources)
             else:
                 values[field], sources[field] = _number_leaf(raw, spec, origin, field)
+    _check_consistency(values, origin)
     return name, description, values, sources
+
+
+def _check_consistency(values: Mapping[str, Any], origin: str) -> None:
+    """Relations between fields that each look valid alone."""
+    page, readahead = values.get("os.page_size"), values.get("os.readahead")
+    if page is not None and readahead is not None and readahead < page:
+        raise _fail(origin, "os.readahead", f"must be >= os.page_size ({format_quantity(page, BYTES)}): a fault "
+                                            f"reads at least the page, got {format_quantity(readahead, BYTES)}")
 
 
 def _apply_overrides(values: dict[str, Any], sources: dict[str, str], overrides: Sequence[str]) -> None:
@@ -458,6 +569,8 @@ def _apply_overrides(values: dict[str, Any], sources: dict[str, str], overrides:
             raise _fail("--set", field, "missing value after '='")
         values[field] = _kind(raw, "--set", field) if isinstance(spec, _Kind) else _quantity(raw, spec, "--set", field)
         sources[field] = "override"
+    if overrides:
+        _check_consistency(values, "--set")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,22 +578,38 @@ def _apply_overrides(values: dict[str, Any], sources: dict[str, str], overrides:
 
 
 def _spec_values(spec: Any) -> dict[str, Any]:
-    values = dataclasses.asdict(spec)
+    """A section's values; absent optional ones are left out, so adding an optional field to the
+    schema does not change the hash of a profile that does not give it."""
+    values = {key: value for key, value in dataclasses.asdict(spec).items() if value is not None}
     if "read_curve" in values:
         values["read_curve"] = [list(point) for point in values["read_curve"]]
     return values
 
 
-def _hardware_values(compute: ComputeSpec, dram: MemorySpec, cache: MemorySpec | None,
-                     storage: StorageSpec) -> dict[str, Any]:
-    return {"compute": _spec_values(compute), "dram": _spec_values(dram),
-            "cache": _spec_values(cache) if cache is not None else None, "storage": _spec_values(storage)}
+_EXTRA_SECTIONS = (*UNIT_NAMES, "interconnect", "os")
+
+
+def _hardware_values(profile: HardwareProfile) -> dict[str, Any]:
+    values = {"compute": _spec_values(profile.compute), "dram": _spec_values(profile.dram),
+              "cache": _spec_values(profile.cache) if profile.cache is not None else None,
+              "storage": _spec_values(profile.storage)}
+    values.update({name: _spec_values(getattr(profile, name)) for name in _EXTRA_SECTIONS
+                   if getattr(profile, name) is not None})
+    return values
+
+
+_SECTION_TYPES = {**{unit: UnitSpec for unit in UNIT_NAMES}, "interconnect": InterconnectSpec, "os": OsSpec}
 
 
 def _assemble(name: str, description: str, values: Mapping[str, Any], sources: Mapping[str, str],
               path: str) -> HardwareProfile:
     def section(prefix: str, cls: type) -> Any:
-        return cls(**{f.name: values[f"{prefix}.{f.name}"] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: values.get(f"{prefix}.{f.name}") for f in dataclasses.fields(cls)
+                      if f"{prefix}.{f.name}" in values or f.default is dataclasses.MISSING})
+
+    def partial(prefix: str, cls: type) -> Any:
+        given = any(key.startswith(f"{prefix}.") for key in values)
+        return section(prefix, cls) if given else None
 
     compute = section("compute", ComputeSpec)
     dram = section("dram", MemorySpec)
@@ -488,9 +617,10 @@ def _assemble(name: str, description: str, values: Mapping[str, Any], sources: M
     storage = StorageSpec(
         kind=values["storage.kind"], latency=values["storage.latency"],
         peak_bandwidth=values["storage.peak_bandwidth"], queue_depth=values["storage.queue_depth"],
-        energy_per_byte=values["storage.energy_per_byte"], read_curve=values.get("storage.read_curve", ()))
-    canonical = json.dumps(_hardware_values(compute, dram, cache, storage), sort_keys=True,
-                           separators=(",", ":"), allow_nan=False)
-    return HardwareProfile(name=name, description=description, compute=compute, dram=dram,
-                           storage=storage, cache=cache, sources=dict(sources), path=path,
-                           sha256=hashlib.sha256(canonical.encode()).hexdigest())
+        energy_per_byte=values["storage.energy_per_byte"], read_curve=values.get("storage.read_curve", ()),
+        multi_thread_factor=values.get("storage.multi_thread_factor"))
+    extras = {key: partial(key, cls) for key, cls in _SECTION_TYPES.items()}
+    profile = HardwareProfile(name=name, description=description, compute=compute, dram=dram,
+                              storage=storage, cache=cache, sources=dict(sources), path=path, sha256="", **extras)
+    canonical = json.dumps(_hardware_values(profile), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return dataclasses.replace(profile, sha256=hashlib.sha256(canonical.encode()).hexdigest())

@@ -6,9 +6,10 @@ import dataclasses
 import json
 from typing import Sequence
 
-from sparsesim.simulator.profile import HardwareProfile, format_field, list_profiles, load_profile
+from sparsesim.simulator.profile import UNIT_NAMES, HardwareProfile, format_field, list_profiles, load_profile
 
 _SECTIONS = ("compute", "dram", "cache", "storage")
+_OPTIONAL_SECTIONS = (*UNIT_NAMES, "interconnect", "os")   # shown only when the profile has them
 
 
 def profiles_table() -> str:
@@ -36,14 +37,17 @@ def profile_json(profile: HardwareProfile) -> str:
 
 def profile_text(profile: HardwareProfile) -> str:
     rows = [("FIELD", "VALUE", "SOURCE")]
-    for section in _SECTIONS:
+    for section in (*_SECTIONS, *_OPTIONAL_SECTIONS):
         spec = getattr(profile, section)
         if spec is None:
-            rows.append((section, "none", ""))
+            if section in _SECTIONS:
+                rows.append((section, "none", ""))
             continue
         for field in dataclasses.fields(spec):
             dotted = f"{section}.{field.name}"
             value = getattr(spec, field.name)
+            if value is None:   # an optional field the profile does not give
+                continue
             rows.append((dotted, format_field(dotted, value), profile.sources.get(dotted, "")))
             if field.name == "read_curve":
                 rows += [(key, "", text) for key, text in profile.sources.items()

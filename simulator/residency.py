@@ -28,6 +28,7 @@ class Residency:
         self.inflight = [0] * n_layers            # prefetched, read not complete
         self._inflight_layers: set[int] = set()
         self.staged = [0] * n_layers              # two-phase: gate row arrived, unit not cached
+        self._staged_for: list[dict[int, int]] = [{} for _ in range(n_layers)]   # layer -> {target step: rows}
         self._by_target: list[dict[int, int]] = [{} for _ in range(n_layers)]   # layer -> {target step: P}
         self.predicted = [0] * n_layers           # union of the outstanding predicted sets
         self.in_use_layer, self.in_use = -1, 0
@@ -93,6 +94,33 @@ class Residency:
         self.inflight[layer] ^= units
         if not self.inflight[layer]:
             self._inflight_layers.discard(layer)
+
+    def stage(self, layer: int, target: int, units: int) -> None:
+        """Two-phase: gate rows of ``units`` arrived for ``target``; they wait for its FFN."""
+        self.staged[layer] |= units
+        by_target = self._staged_for[layer]
+        by_target[target] = by_target.get(target, 0) | units
+
+    def evaluate_staged(self, layer: int, step: int, need: int) -> tuple[int, int]:
+        """Two-phase, at the FFN of ``step``: staged units it needs are kept (their up/down rows were
+        just read), whatever step they were staged for; rows staged for this step or an earlier one
+        that it does not need are dropped; rows staged for a later step wait for it. Returns
+        (kept, dropped)."""
+        kept = self.staged[layer] & need
+        dropped = 0
+        by_target = self._staged_for[layer]
+        for target in [h for h in by_target if h <= step]:
+            dropped |= by_target.pop(target)
+        dropped &= ~need
+        if kept:
+            for target, rows in list(by_target.items()):
+                rows &= ~kept
+                if rows:
+                    by_target[target] = rows
+                else:
+                    del by_target[target]
+        self.staged[layer] ^= kept | dropped
+        return kept, dropped
 
     def insert_prefetch(self, layer: int, step: int, units: int, n_units: int) -> tuple[int, int, dict[int, int]]:
         """An arrival of ``units`` (``n_units`` of them): units the running FFN needs are inserted

@@ -14,13 +14,18 @@ Decisions (documented in ``docs/simulator.md``):
   experts differ in size per layer;
 * quantised formats carry their scales: int8 = 34 B / 32 weights (GGUF Q8_0), int4 = 18 B / 32
   weights (Q4_0).
+
+The fields after ``two_phase`` are the time model's settings (``docs/time-model.md``): compute
+units and precision, memory management, intra-layer pipelining, the read path, predictor cost and
+the KV cache. Their defaults are the model as it was before they existed; which profile fields a
+chosen value needs is checked by :mod:`sparsesim.simulator.requirements`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from typing import Any, Sequence
 
@@ -36,6 +41,14 @@ BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 34 / 32, "int
 LAYOUTS = ("per-matrix", "bundled")
 PARTITIONS = ("per-layer", "global")
 PLACEMENTS = ("flash", "dram")
+# Time model (docs/time-model.md).
+COMPUTE_UNITS = ("default", "cpu", "gpu", "npu")     # default: the profile's compute section at DRAM bandwidth
+HOT_UNITS = ("none", "cpu", "gpu", "npu")
+COMPUTE_PRECISIONS = ("same", *BYTES_PER_WEIGHT)      # same: the storage precision
+MEMORY_MANAGEMENT = ("matrix", "segmented", "page-cache", "none")
+PIPELINES = ("none", "cluster")
+FALSE_NEGATIVES = ("fetch", "drop")
+PREDICT_FROM = ("layer-input", "attention-output")
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,24 @@ class Scenario:
     prefetch_cap: float = 0.0        # bytes of prefetches in flight at most (0: no cap)
     reorder: str = "none"            # neuron order in storage: none, frequency, coactivation
     two_phase: bool = False          # gated FFNs: prefetch gate rows only; up/down of active neurons on demand
+    # -- time model (docs/time-model.md); the defaults keep the model as it was -------------------
+    compute_unit: str = "default"    # unit running the decode: default (profile compute + DRAM) | cpu | gpu | npu
+    compute_precision: str = "same"  # precision of DRAM-resident weights and arithmetic (same: = precision)
+    hot_unit: str = "none"           # unit computing the hot neurons densely (PowerInfer-2 NPU, PowerInfer GPU)
+    hot_share: float = 0.0           # share of each layer's neurons, hottest first, given to hot_unit
+    memory_management: str = "matrix"   # matrix (LLM in a Flash) | segmented (PowerInfer-2) | page-cache (mmap) | none
+    pipeline: str = "none"           # none: a layer's reads, then its compute | cluster: overlapped per neuron cluster
+    cluster_neurons: int = 0         # neurons per cluster under pipeline=cluster (0: one cluster per layer)
+    compute_threads: int = 1         # compute threads sharing a layer's clusters (pipeline=cluster)
+    io_threads: int = 1              # threads submitting reads; > 1 pays storage.multi_thread_factor
+    io_depth: int = 0                # reads in flight at once (0: storage.queue_depth; 1: synchronous reads)
+    read_granularity: int = 0        # bytes: each request rounded up to a multiple (4096: pages; 0: exact)
+    predictor_rank: int = 0          # low-rank predictor cost per layer, rank r (0: the predictor's own cost)
+    false_negatives: str = "fetch"   # fetch: missed neurons are read on demand | drop: not read, not computed
+    predict_from: str = "layer-input"   # attention-output: a layer's prediction waits for its attention
+    kv_cache: bool = False           # attention reads the KV cache of every earlier position
+    prompt_tokens: int = 0           # positions before the first replayed token (KV length, prefill)
+    kv_dim: int = 0                  # K (= V) width per layer (0: derived from the trace's attention parameters)
 
     def __post_init__(self) -> None:
         def choice(field: str, allowed: tuple[str, ...]) -> None:
@@ -106,13 +137,59 @@ class Scenario:
             raise InputError(f"scenario field 'two_phase': must be true or false, got {self.two_phase!r}")
         if self.insert_overhead < 0:
             raise InputError(f"scenario field 'insert_overhead': must be >= 0 s, got {self.insert_overhead}")
+        self._check_time_model(choice)
+
+    def _check_time_model(self, choice) -> None:
+        choice("compute_unit", COMPUTE_UNITS)
+        choice("compute_precision", COMPUTE_PRECISIONS)
+        choice("hot_unit", HOT_UNITS)
+        choice("memory_management", MEMORY_MANAGEMENT)
+        choice("pipeline", PIPELINES)
+        choice("false_negatives", FALSE_NEGATIVES)
+        choice("predict_from", PREDICT_FROM)
+        for field, minimum in (("cluster_neurons", 0), ("compute_threads", 1), ("io_threads", 1), ("io_depth", 0),
+                               ("read_granularity", 0), ("predictor_rank", 0), ("prompt_tokens", 0), ("kv_dim", 0)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise InputError(f"scenario field '{field}': must be an integer >= {minimum}, got {value!r}")
+        if not isinstance(self.kv_cache, bool):
+            raise InputError(f"scenario field 'kv_cache': must be true or false, got {self.kv_cache!r}")
+        share = self.hot_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+            raise InputError(f"scenario field 'hot_share': must be a number in [0, 1), got {share!r}")
+        if (self.hot_unit == "none") != (share == 0):
+            raise InputError(f"scenario field 'hot_share': {share!r} with hot_unit={self.hot_unit}; give both "
+                             f"(a unit and a share > 0) or neither")
+        if self.hot_unit != "none" and self.hot_unit == self.compute_unit:
+            raise InputError(f"scenario field 'hot_unit': {self.hot_unit} is also compute_unit; the hot neurons "
+                             f"go to another unit")
+        if self.pipeline == "none" and (self.cluster_neurons or self.compute_threads != 1):
+            raise InputError("scenario fields 'cluster_neurons' and 'compute_threads' apply to pipeline=cluster; "
+                             f"pipeline is {self.pipeline!r}")
+        if self.kv_dim and not self.kv_cache:
+            raise InputError("scenario field 'kv_dim': applies with kv_cache=true")
 
     @property
     def bytes_per_weight(self) -> float:
         return BYTES_PER_WEIGHT[self.precision]
 
+    @property
+    def arithmetic_precision(self) -> str:
+        """The precision of DRAM-resident weights and arithmetic: ``compute_precision`` resolved."""
+        return self.precision if self.compute_precision == "same" else self.compute_precision
+
+    @property
+    def compute_bytes_per_weight(self) -> float:
+        """Bytes per weight of the DRAM-resident copy the arithmetic reads."""
+        return BYTES_PER_WEIGHT[self.arithmetic_precision]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_NAMES = [f.name for f in fields(Scenario)]
+# The time model's settings: every field from compute_unit on.
+TIME_MODEL_FIELDS: tuple[str, ...] = tuple(_NAMES[_NAMES.index("compute_unit"):])
 
 
 @dataclass(frozen=True)

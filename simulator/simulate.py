@@ -25,6 +25,7 @@ from sparsesim.simulator.predictors import PREDICTORS, PredictorContext
 from sparsesim.simulator.profile import HardwareProfile, load_profile
 from sparsesim.simulator.reorder import apply_order, neuron_order
 from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
+from sparsesim.simulator.requirements import check_time_model, refuse_unapplied
 from sparsesim.simulator.residency import Residency
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
 from sparsesim.simulator.steps import ReplaySteps, replay_steps
@@ -199,6 +200,8 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
             raise InputError("profile overrides need a profile name or file, not a loaded profile")
     else:
         hw = load_profile(profile, profile_overrides)
+    check_time_model(scenario, hw)
+    refuse_unapplied(scenario)
     fp = ModelFootprint.from_meta(trace.model, scenario, trace.units)
     train = _companion(train_trace, trace, "training")
     profile_trace = _companion(profile_trace, trace, "profiling")

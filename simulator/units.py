@@ -22,7 +22,7 @@ from typing import Mapping
 
 __all__ = [
     "Dimension", "UnitError", "BYTES", "BANDWIDTH", "TIME", "FLOPS", "ENERGY_PER_BYTE",
-    "ENERGY_PER_FLOP", "COUNT", "parse_quantity", "format_quantity",
+    "ENERGY_PER_FLOP", "COUNT", "FRACTION", "parse_quantity", "format_quantity",
 ]
 
 
@@ -65,6 +65,8 @@ ENERGY_PER_FLOP = Dimension(
     "energy per FLOP", "'10 pJ/FLOP'", {f"{p}J/FLOP": m for p, m in _SUB.items()},
     ("fJ/FLOP", "pJ/FLOP", "nJ/FLOP", "uJ/FLOP", "mJ/FLOP", "J/FLOP"))
 COUNT = Dimension("count", "32", {}, ())
+# A ratio such as an efficiency (achieved / roofline): a plain number, no unit.
+FRACTION = Dimension("fraction", "0.5", {}, ())
 
 _NUMBER_WITH_UNIT = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*)")
 # Integers wider than this overflow a float (and Decimal() refuses ints of more than 4300 digits).

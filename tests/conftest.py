@@ -40,3 +40,34 @@ def gemma_trace(tmp_path_factory, shared_data, gemma_model) -> Path:
     trace_model(out=out, model=gemma_model, text=str(shared_data / "wikitext-2-raw" / "wiki.test.raw"),
                 sparsity=0.5, tokens=512, window=512, ppl=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def difftrace(tmp_path_factory):
+    """The differential/libCacheSim traces (``tests/difftraces.py``), built on first use and kept
+    for the session: ``difftrace(case)`` -> (trace, training trace), both read into memory."""
+    from difftraces import build_trace
+    from sparsesim.tracefile import read_trace
+
+    directory = tmp_path_factory.mktemp("difftraces")
+    built: dict = {}
+
+    def get(case):
+        if case.name not in built:
+            if case.name == "stories260K":
+                if not SHARED_DATA.is_dir():
+                    pytest.fail(f"{SHARED_DATA} not found (it lives beside the repository)")
+                pytest.importorskip("torch")
+            out, train = build_trace(case, directory)
+            built[case.name] = (read_trace(out), read_trace(train))
+        return built[case.name]
+    return get
+
+
+@pytest.fixture(scope="session")
+def instant_profile():
+    """``tests/fixtures/instant-storage.yaml``: storage so fast that every prefetch lands before its FFN."""
+    from difftraces import PROFILE
+    from sparsesim.simulator.profile import load_profile
+
+    return load_profile(str(PROFILE))
