@@ -72,7 +72,8 @@ def grid(case: TraceCase) -> list[Config]:
     out = []
     for pred, cache, part, budget, sched, two in itertools.product(
             predictors(case), POLICIES, PARTITIONS, case.budgets, SCHEDULES, (False, True) if case.glu else (False,)):
-        out.append(Config(predictor=pred, cache=cache, partition=part, budget=budget, schedule=sched, two_phase=two))
+        out.append(Config(predictor=pred, cache=cache, partition=part, budget=budget, schedule=sched, two_phase=two,
+                          budget_kind=case.budget_kind))
     return out
 
 

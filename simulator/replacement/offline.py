@@ -30,19 +30,19 @@ class StaticPin(LeastRecentlyUsed):
         source = geometry.profile_masks if geometry.profile_masks is not None else geometry.masks
         freq = bitset.frequency(np.asarray(source)).astype(float)          # [L, width]
         for l, d in enumerate(geometry.d_ff):
-            freq[l, d:] = -1.0                                 # padding bits are never pinned
+            freq[l, d:] = 0.0                                  # padding bits are never active
         need = geometry.need_max if geometry.need_max is not None else np.zeros(geometry.n_layers, int)
         pinned = np.zeros(freq.shape, dtype=bool)
         if geometry.partition == "global":   # hottest first, as many as their weights fit
             weight = np.asarray(geometry.weight)
             room = int(max(geometry.capacity[0] - (need * weight).max(), 0) * self.share)
-            order = np.lexsort((np.arange(freq.size), -freq.reshape(-1)))
+            order = _hottest(freq.reshape(-1))
             reach = np.cumsum(np.repeat(weight, freq.shape[1])[order])
             pinned.reshape(-1)[order[:int(np.searchsorted(reach, room, side="right"))]] = True
         else:
             for l in range(geometry.n_layers):
                 n = int(max(geometry.capacity[l] - need[l], 0) * self.share)
-                pinned[l, np.lexsort((np.arange(freq.shape[1]), -freq[l]))[:n]] = True
+                pinned[l, _hottest(freq[l])[:n]] = True
         self.packed_pinned = np.packbits(pinned, axis=1, bitorder="little")
         self.pinned = [neuronset.from_bool(row) for row in pinned]
         self._cold = [self._full ^ p for p in self.pinned]
@@ -76,3 +76,10 @@ class StaticPin(LeastRecentlyUsed):
             if need <= 0:
                 break
         return out
+
+
+def _hottest(freq: np.ndarray) -> np.ndarray:
+    """Indices of the units ever active, most often first, ties to the lower index (never-active
+    units are never pinned: the contract's "Policies' order")."""
+    order = np.lexsort((np.arange(freq.size), -freq))
+    return order[freq[order] > 0]
