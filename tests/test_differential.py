@@ -199,7 +199,7 @@ def test_grid_covers_every_registered_policy_and_predictor():
     from sparsesim.simulator.replacement import REPLACEMENT
 
     assert {p.partition(":")[0] for p in POLICIES} == builtin(REPLACEMENT)
-    assert set(predictors(TRACES[-1])) == builtin(PREDICTORS)
+    assert set().union(*(predictors(case) for case in TRACES)) == builtin(PREDICTORS)
     assert sum(len(grid(c)) for c in TRACES) >= 200
 
 
