@@ -49,22 +49,25 @@ class StepCosts:
         self.moved_seconds = [2 * b / dram_bw + scenario.insert_overhead if managed else 0.0 for b in self.unit_bytes]
         self.moved_bytes = [2 * b if managed else 0.0 for b in self.unit_bytes]
 
-    def _dense(self, nbytes: float, seconds: float, tokens: int) -> tuple[float, float]:
-        t = self.totals
-        t.dram_bytes += nbytes
-        t.flops += 2 * nbytes / self.bytes_per_weight * tokens
-        if tokens > 1:
-            seconds = roofline(nbytes, 2 * nbytes / self.bytes_per_weight * tokens, self.dram_bw, self.flop_rate)
-        return nbytes, seconds
-
     def nonffn(self, layer: int, tokens: int = 1) -> tuple[float, float]:
         """One layer's attention and norms (an expert trace: every weight the layer reads but the routed
         experts), a matrix-vector product per token over weights held in DRAM. Returns (bytes, seconds)."""
-        return self._dense(*self._nonffn[layer], tokens)
+        nbytes, seconds = self._nonffn[layer]
+        flops = 2 * nbytes / self.bytes_per_weight * tokens
+        t = self.totals
+        t.dram_bytes += nbytes
+        t.flops += flops
+        if tokens > 1:   # a prefill batch: the weights read once, every token's arithmetic
+            seconds = roofline(nbytes, flops, self.dram_bw, self.flop_rate)
+        return nbytes, seconds
 
     def head(self) -> tuple[float, float]:
         """The LM head, once per step (a prefill batch outputs the logits of its last token only)."""
-        return self._dense(*self._head, 1)
+        nbytes, seconds = self._head
+        t = self.totals
+        t.dram_bytes += nbytes
+        t.flops += 2 * nbytes / self.bytes_per_weight
+        return nbytes, seconds
 
     def _read_ffn(self, nbytes: float) -> None:
         if self.on_chip:
