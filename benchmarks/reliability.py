@@ -10,7 +10,8 @@ whose last results are recorded in ``docs/reliability.md`` and ``benchmarks/resu
   restart it, and after the last restart compare the finished outputs with an uninterrupted run.
 * :func:`write_shaped_trace` / :func:`streamed_replay_peak_rss`: a trace of a published model
   shape with cheap random masks, and the peak resident set of ``sparsesim simulate --stream`` on it
-  in a fresh child process (``os.wait4`` gives that child's own ``ru_maxrss``).
+  in a fresh child process (``os.wait4`` gives that child's own ``ru_maxrss``);
+  :func:`analyze_memory` does the same for ``sparsesim analyze`` at 1x, 4x and 16x a trace length.
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def kill_campaign(target: KillTarget, workdir: Path, *, kills: int, seed: int, k
 def _trace_meta_without_provenance(meta: dict) -> dict:
     meta = json.loads(json.dumps(meta))
     meta.pop("created_utc", None)
+    meta.get("checksum", {}).pop("metadata", None)   # a digest of the metadata, created_utc included
     for key in ("argv", "out", "save_thresholds"):
         meta.get("config", {}).pop(key, None)
     return meta
@@ -321,7 +323,8 @@ def report_target(results_dir: Path) -> KillTarget:
 # Peak memory of streamed replays
 
 
-def write_shaped_trace(path: str | os.PathLike, shape: str, tokens: int, seed: int = 0, block: int = 64) -> Path:
+def write_shaped_trace(path: str | os.PathLike, shape: str, tokens: int, seed: int = 0, block: int = 64,
+                       vocab: int = 32000) -> Path:
     """A trace of a published model shape (``sparsesim.simulator.synth.SHAPES``) whose masks are independent
     random bits of density 1/16, written in row groups of ``block`` tokens — fast to write
     (synthesize() draws a Markov chain per neuron, about 25 ms per 70B token here); the memory a
@@ -340,7 +343,7 @@ def write_shaped_trace(path: str | os.PathLike, shape: str, tokens: int, seed: i
             masks = rng.integers(0, 256, (n, n_layers, n_bytes), dtype=np.uint8)
             for _ in range(3):
                 masks &= rng.integers(0, 256, masks.shape, dtype=np.uint8)
-            writer.write(np.zeros(n, np.int32), np.arange(start, start + n), rng.integers(0, 32000, n), masks)
+            writer.write(np.zeros(n, np.int32), np.arange(start, start + n), rng.integers(0, vocab, n), masks)
     return Path(path)
 
 
@@ -358,10 +361,19 @@ def streamed_replay_peak_rss(trace: Path, partition: str = "per-layer", stream: 
     (RLIMIT_DATA, bytes): what "the memory the simulator is allowed" means in the benchmark."""
     from sparsesim.tracefile import mask_bytes, read_meta
 
+    argv = ["simulate", "--trace", trace, "--stream" if stream else "--no-stream", "--predictor", "none",
+            "--dram-budget", "1.0", "--set", f"partition={partition}", "--no-baselines", "--json", "-"]
+    row = command_peak_rss(argv, trace, data_limit)
+    record = json.loads(row.pop("stdout")) if row["error"] is None else None
+    return {**row, "completed": record is not None and record["tokens"] > 0, "partition": partition,
+            "streamed": stream}
+
+
+def command_peak_rss(argv: list, trace: Path, data_limit: int | None = None) -> dict:
+    """Run ``sparsesim ARGV`` on ``trace`` in a fresh process; its own peak RSS, time, output and error."""
+    from sparsesim.tracefile import mask_bytes, read_meta
+
     meta, pf = read_meta(trace)
-    argv = sparsesim_command(["simulate", "--trace", trace, "--stream" if stream else "--no-stream", "--predictor", "none",
-                              "--dram-budget", "1.0", "--set", f"partition={partition}", "--no-baselines",
-                              "--json", "-"])
 
     def limit() -> None:
         import resource
@@ -369,7 +381,7 @@ def streamed_replay_peak_rss(trace: Path, partition: str = "per-layer", stream: 
 
     start = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=err, env=REPLAY_ENV,
+        proc = subprocess.Popen(sparsesim_command(argv), cwd=ROOT, stdout=out, stderr=err, env=REPLAY_ENV,
                                 preexec_fn=limit if data_limit else None)
         try:
             _, status, usage = os.wait4(proc.pid, 0)   # this child's own rusage, not the max over all children
@@ -381,12 +393,48 @@ def streamed_replay_peak_rss(trace: Path, partition: str = "per-layer", stream: 
         out.seek(0)
         err.seek(0)
         failure = err.read().decode().strip() if proc.returncode != 0 else None
-        record = json.loads(out.read()) if failure is None else None
-    return {"status": proc.returncode, "error": failure, "completed": record is not None and record["tokens"] > 0,
+        stdout = out.read().decode()
+    return {"status": proc.returncode, "error": failure, "stdout": stdout,
             "tokens": pf.metadata.num_rows // meta["model"]["n_layers"],
             "mask_bytes": pf.metadata.num_rows * mask_bytes(meta["model"]["d_ff"]),
             "file_bytes": trace.stat().st_size, "peak_rss_bytes": usage.ru_maxrss * 1024, "seconds": seconds,
-            "partition": partition, "streamed": stream, "data_limit_bytes": data_limit}
+            "data_limit_bytes": data_limit}
+
+
+ANALYZE_SHAPE = "opt-350m"                   # 24 layers x 4,096 neurons: 12 KB of masks per token
+ANALYZE_SIZES = (2048, 8192, 32768)          # 1x, 4x and 16x: 25 MB .. 403 MB of masks
+# token-lookup's model is a table of L x d_ff uint16 counts per distinct token id (196 KB here), which
+# grows with the ids a trace holds, not with its length: measured with 512 ids (stories260K's
+# vocabulary, every id seen in the shortest trace) and, for contrast, 32,000 uniform ids.
+ANALYZE_RUNS = ((512, None, ANALYZE_SIZES), (32000, None, ANALYZE_SIZES[:2]),
+                (32000, "dense,previous-token,window:k=4", ANALYZE_SIZES))
+
+
+def analyze_memory(workdir: Path, runs=ANALYZE_RUNS) -> list[dict]:
+    """Peak RSS of ``sparsesim analyze`` on traces of growing length, each in a fresh process:
+    streamed, the peak must not follow the masks (``runs``: (token ids, --predictors, lengths))."""
+    rows = []
+    for vocab, predictors, sizes in runs:
+        for tokens in sizes:
+            trace = write_shaped_trace(workdir / f"analyze-{tokens}.parquet", ANALYZE_SHAPE, tokens, vocab=vocab)
+            try:
+                argv = ["analyze", trace, "-o", workdir / f"analyze-{tokens}"]
+                row = command_peak_rss(argv + (["--predictors", predictors] if predictors else []), trace)
+                distinct = len(np.unique(read_token_ids(trace)))
+            finally:
+                trace.unlink()
+            row.pop("stdout")
+            rows.append({**row, "shape": ANALYZE_SHAPE, "vocabulary": vocab, "distinct_ids": distinct,
+                         "predictors": predictors or "default"})
+            print(f"[reliability] analyze {tokens} tokens ({row['mask_bytes'] / MB:.0f} MB of masks, {distinct} ids, "
+                  f"predictors {predictors or 'default'}): peak RSS {row['peak_rss_bytes'] / MB:.0f} MB in "
+                  f"{row['seconds']:.0f} s{'' if row['error'] is None else ' FAILED ' + row['error']}", flush=True)
+    return rows
+
+
+def read_token_ids(trace: Path) -> np.ndarray:
+    import pyarrow.parquet as pq
+    return pq.read_table(trace, columns=["token"]).column("token").to_numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,6 +488,7 @@ def run(kills: int = 20, sizes=RSS_SIZES, seed: int = 0) -> dict:
             print(f"[reliability] {target.name}: {summary['kills']} kills, {summary['recovered']}/"
                   f"{summary['restarts']} restarts recovered, {summary['corrupt_files']} corrupt", flush=True)
         results["memory"] = memory_campaign(work, sizes)
+        results["analyze_memory"] = analyze_memory(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     RESULTS.write_text(json.dumps(results, indent=1))
@@ -448,21 +497,28 @@ def run(kills: int = 20, sizes=RSS_SIZES, seed: int = 0) -> dict:
 
 
 def render(r: dict) -> str:
-    lines = ["| command | kills | landed before the end | left a temporary | final files checked | corrupt | "
-             "restarts recovered |", "|---|---|---|---|---|---|---|"]
+    lines = [] if not r["kill_campaigns"] else [
+        "| command | kills | landed before the end | left a temporary | final files checked | corrupt | "
+        "restarts recovered |", "|---|---|---|---|---|---|---|"]
     for c in r["kill_campaigns"]:
         lines.append(f"| `{c['command']}` | {c['kills']} | {c['kills'] - c['finished_before_kill']} | "
                      f"{c['left_temporaries']} | {c['final_files_checked']} | {c['corrupt_files']} | "
                      f"{c['recovered']}/{c['restarts']} |")
-    lines += ["", "| tokens | masks (MB) | partition | streamed | RLIMIT_DATA | peak RSS (MB) | seconds | outcome |",
-              "|---|---|---|---|---|---|---|---|"]
     m = r.get("memory", {})
+    if m:
+        lines += ["", "| tokens | masks (MB) | partition | streamed | RLIMIT_DATA | peak RSS (MB) | seconds | outcome |",
+                  "|---|---|---|---|---|---|---|---|"]
     for row in m.get("per_layer", []) + m.get("global", []):
         limit = f"{row['data_limit_bytes'] / MB:,.0f} MB" if row["data_limit_bytes"] else "-"
         outcome = "replayed" if row["completed"] else (row["error"] or "failed").splitlines()[-1][:90]
         lines.append(f"| {row['tokens']:,} | {row['mask_bytes'] / MB:,.0f} | {row['partition']} | "
                      f"{'yes' if row['streamed'] else 'no'} | {limit} | {row['peak_rss_bytes'] / MB:,.0f} | "
                      f"{row['seconds']:.0f} | {outcome} |")
+    if r.get("analyze_memory"):
+        lines += ["", "| analyze: tokens | masks (MB) | distinct ids | predictors | peak RSS (MB) | seconds |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {row['tokens']:,} | {row['mask_bytes'] / MB:,.0f} | {row['distinct_ids']:,} | {row['predictors']} | "
+                  f"{row['peak_rss_bytes'] / MB:,.0f} | {row['seconds']:.0f} |" for row in r["analyze_memory"]]
     return "\n".join(lines)
 
 
@@ -472,5 +528,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs per command (default 20)")
     parser.add_argument("--sizes", default=",".join(map(str, RSS_SIZES)), help="70B trace lengths in tokens")
+    parser.add_argument("--analyze-only", action="store_true",
+                        help="only the peak RSS of analyze at 1x, 4x and 16x the trace length (printed, not saved)")
     args = parser.parse_args()
-    run(args.kills, tuple(int(x) for x in args.sizes.split(",")))
+    if args.analyze_only:
+        with tempfile.TemporaryDirectory(prefix="sparsesim-analyze-", dir="/var/tmp") as tmp:
+            print(render({"kill_campaigns": [], "analyze_memory": analyze_memory(Path(tmp))}))
+    else:
+        run(args.kills, tuple(int(x) for x in args.sizes.split(",")))

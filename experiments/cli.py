@@ -9,11 +9,10 @@ the handlers, so ``sparsesim simulate`` never loads torch.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import sys
 
-from sparsesim.errors import InputError
+from sparsesim.errors import InputError, one_line, system_reason
 
 COMMAND_MODULES = ("sparsesim.tracing.cli", "sparsesim.tracing.importers.cli", "sparsesim.simulator.cli",
                    "sparsesim.simulator.roofline", "sparsesim.experiments.predictability",
@@ -46,26 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)   # inside: handlers import lazily, and an import can fail too
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"sparsesim: error: {e}", file=sys.stderr)
         return 2
-    except MemoryError:
-        print("sparsesim: error: out of memory (a trace larger than memory replays with simulate --stream)",
-              file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("sparsesim: interrupted; no partial output was left under a final name", file=sys.stderr)
         return 130
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
-            where = f"{e.filename}: " if e.filename else ""
-            print(f"sparsesim: error: {where}{e.strerror}", file=sys.stderr)
-            return 2
-        raise
+    except (OSError, MemoryError) as e:   # the machine's limits (sparsesim.errors.system_reason), never "corrupt"
+        reason = system_reason(e)
+        if reason is None:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"sparsesim: error: {one_line(where + reason)}", file=sys.stderr)
+        return 1 if isinstance(e, MemoryError) else 2
 
 
 if __name__ == "__main__":

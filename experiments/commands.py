@@ -63,6 +63,8 @@ def _register_sweep(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="tcp://HOST:8786", help="run on this Dask scheduler's workers")
     where.add_argument("--dask-local", action="store_true", help="run on a local Dask cluster (loopback only)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="with --dask-local: serve Dask's dashboard on 127.0.0.1 (off by default)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_sweep)
 
@@ -94,7 +96,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from sparsesim.experiments.sweep import run_sweep
 
     s = run_sweep(args.spec, args.results_dir, workers=args.workers, scheduler=args.scheduler,
-                  dask_local=args.dask_local, progress=args.progress)
+                  dask_local=args.dask_local, progress=args.progress, dashboard=args.dashboard)
     print(f"sweep {s['sweep']}: {s['runs']} runs, {s['skipped']} already recorded; ran {s['ok']} ok, "
           f"{s['invalid']} invalid, {s['error']} error in {s['wall_s']:.1f} s ({s['runs_per_s']:.1f} runs/s) "
           f"-> {s['results']}")

@@ -12,6 +12,14 @@ Writes ``DIR/report.html`` (offline, plotly inlined once) and the CSV tables it 
 Predictions are replayed with the engine's causality rule (:mod:`sparsesim.simulator.predictors.evaluation`)
 and counted as the engine counts ``pred_tp/pred_fp/pred_fn``. Every metric is defined in
 ``docs/predictors.md``.
+
+Streamed: the analysed and perturbed traces are read row group by row group
+(:func:`sparsesim.simulator.streaming.open_streamed`) and every statistic is accumulated over
+blocks of ``BLOCK_TOKENS`` tokens, so peak memory does not grow with the trace's masks (only its
+per-token ids and popcounts are held; numbers in docs/reliability.md). Token pairs (same id,
+random) are at most ``PAIR_SAMPLES`` each — all of them when there are fewer, else a seeded
+sample — and each earlier row is kept only until its partner is read. A training trace is read
+whole: the offline predictors train on all of it.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -28,16 +36,20 @@ from sparsesim import __version__
 from sparsesim.atomic import write_text
 from sparsesim.simulator.bitset import frequency
 from sparsesim.errors import InputError
-from sparsesim.simulator.predictors import PREDICTORS, PredictorContext
-from sparsesim.simulator.predictors.evaluation import confusion, replay
-from sparsesim.simulator.scenario import BYTES_PER_WEIGHT, ModelFootprint, Scenario
+from sparsesim.numbers import SEED
+from sparsesim.simulator.predictors import PREDICTORS, CausalView, Predictor, PredictorContext
+from sparsesim.simulator.predictors.evaluation import Confusion, confusion
+from sparsesim.simulator.schedule import PrefetchSchedule
+from sparsesim.simulator.scenario import BYTES_PER_WEIGHT, NUMBERS as SCENARIO_NUMBERS, ModelFootprint, Scenario
 from sparsesim.simulator.simulate import _companion, parse_policy
+from sparsesim.simulator.streaming import open_streamed
 from sparsesim.tracefile import Trace, read_trace
 
 BASE_PREDICTORS = ("dense", "previous-token", "window:k=4", "token-lookup")
 TRAINED_PREDICTORS = ("static-hot", "layer-ahead", "first-layer", "pattern-codebook")
 HOT_SHARE = 0.8          # PowerInfer's "neurons that produce 80 % of activations"
-PAIR_SAMPLES = 4096      # random token pairs for the baselines and the layer-to-layer correlation
+PAIR_SAMPLES = 4096      # token pairs per statistic at most: random pairs (baselines, layer-to-layer correlation), same-id pairs
+BLOCK_TOKENS = 256       # tokens per block of a streamed pass
 Row = dict[str, Any]
 
 
@@ -73,11 +85,17 @@ def default_predictors(trace: Trace, train: Trace | None) -> list[str]:
     return specs
 
 
-def _load(trace: str | os.PathLike | Trace, role: str) -> Trace:
-    trace = trace if isinstance(trace, Trace) else read_trace(trace)
+def _load(trace: str | os.PathLike | Trace, role: str, stream: bool = True) -> Trace:
+    trace = trace if isinstance(trace, Trace) else open_streamed(trace) if stream else read_trace(trace)
     if trace.n_tokens == 0:
         raise InputError(f"{trace.path}: {role} trace has no tokens")
     return trace
+
+
+def token_blocks(masks: Any, size: int = BLOCK_TOKENS) -> Iterator[tuple[int, np.ndarray]]:
+    """(first token, masks [n, L, n_bytes]) of consecutive blocks, from an array or streamed masks."""
+    for start in range(0, len(masks), size):
+        yield start, np.asarray(masks[start:start + size])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,13 +107,47 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
 
 
+def streamed_confusion(trace: Trace, predictor: Predictor, lookahead: int = 1) -> Confusion:
+    """:func:`~sparsesim.simulator.predictors.evaluation.replay` and ``confusion`` block by block:
+    the same predictions in the same order (the ``layer`` schedule's targets only grow), counted
+    per block of target tokens, so neither the predictions nor the masks of the whole trace are
+    ever held."""
+    T, L, _ = trace.masks.shape
+    view = CausalView(trace.masks, trace.token, allow_future=predictor.sees_future)
+    plan = PrefetchSchedule("layer", lookahead, L, T * L)
+    total = Confusion(*(np.zeros(L, dtype=np.int64) for _ in range(4)))
+    blocks = token_blocks(trace.masks)
+    start, block = next(blocks, (0, np.zeros((0, L, trace.n_bytes), np.uint8)))
+    predicted, issued = np.zeros_like(block), np.zeros(block.shape[:2], dtype=bool)
+
+    def count() -> None:
+        c = confusion(block, predicted, issued)
+        for key in ("issued", "tp", "fp", "fn"):
+            getattr(total, key)[:] += getattr(c, key)
+
+    for step in range(T * L):
+        view.frontier = step
+        for target in plan.targets(step):
+            token, layer = divmod(target, L)
+            while token >= start + len(block):          # every later target lies beyond this block
+                count()
+                start, block = next(blocks)
+                predicted, issued = np.zeros_like(block), np.zeros(block.shape[:2], dtype=bool)
+            pred = predictor.predict(view, token, layer)
+            if pred is not None:
+                predicted[token - start, layer] = pred
+                issued[token - start, layer] = True
+    count()
+    return total
+
+
 def predictor_layer_rows(trace: Trace, spec: str, context: PredictorContext, neuron_bytes: float,
                          lookahead: int = 1) -> list[Row]:
     """Per-layer accuracy of one predictor replayed over ``trace``."""
     name, params = parse_policy(spec)
     predictor = PREDICTORS.create(name, params)
     predictor.setup(context)
-    c = confusion(trace.masks, *replay(trace.masks, trace.token, predictor, lookahead=lookahead))
+    c = streamed_confusion(trace, predictor, lookahead)
     precision, recall = _ratio(c.tp, c.tp + c.fp), _ratio(c.tp, c.tp + c.fn)
     f1 = _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn)
     over = _ratio(c.tp + c.fp, c.tp + c.fn)
@@ -162,28 +214,76 @@ def hot_fraction(counts: np.ndarray, share: float = HOT_SHARE) -> float:
     return float((np.searchsorted(ranked, share * ranked[-1]) + 1) / len(counts))
 
 
+class _LayerMean:
+    """Mean per layer of values fed a block at a time (NaN for a layer that got none)."""
+
+    def __init__(self, layers: int):
+        self.total, self.count = np.zeros(layers), 0
+
+    def add(self, values: np.ndarray) -> None:     # [n, layers]
+        self.total += values.sum(axis=0)
+        self.count += len(values)
+
+    def __getitem__(self, layer: int) -> float:
+        return float(self.total[layer] / self.count) if self.count else float("nan")
+
+
+def pair_jaccard(masks: Any, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Jaccard per layer of the rows ``first[i]`` and ``second[i]`` (first < second) -> [pairs, L],
+    in one streamed pass: a first row is kept only until its partner's block is read."""
+    out = np.empty((len(first), masks.shape[1]))
+    by_first, by_second = np.argsort(first, kind="stable"), np.argsort(second, kind="stable")
+    held: dict[int, np.ndarray] = {}
+    for start, block in token_blocks(masks):
+        stop = start + len(block)
+        lo, hi = np.searchsorted(first[by_first], [start, stop])
+        opened = by_first[lo:hi]
+        held.update(zip(opened.tolist(), block[first[opened] - start]))   # a copy: the block itself is not kept
+        lo, hi = np.searchsorted(second[by_second], [start, stop])
+        pairs = by_second[lo:hi]
+        if len(pairs):
+            out[pairs] = jaccard(np.stack([held.pop(int(i)) for i in pairs]), block[second[pairs] - start])
+    return out
+
+
+def _at_most(rng: np.random.Generator, first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs when there are at most PAIR_SAMPLES, else a seeded sample of that many (in index order)."""
+    if len(first) <= PAIR_SAMPLES:
+        return first, second
+    keep = np.sort(rng.choice(len(first), PAIR_SAMPLES, replace=False))
+    return first[keep], second[keep]
+
+
 def similarity_rows(trace: Trace, seed: int = 0) -> list[Row]:
-    """Per-layer similarity statistics (definitions in docs/predictors.md)."""
+    """Per-layer similarity statistics (definitions in docs/predictors.md), in streamed passes."""
     masks, T, L = trace.masks, trace.n_tokens, trace.n_layers
     density = trace.active.mean(axis=0) / np.array(trace.d_ff)
     same_seq = trace.seq[1:] == trace.seq[:-1]
-    consecutive = jaccard(masks[:-1][same_seq], masks[1:][same_seq])                     # [pairs, L]
-    earlier, later = _previous_occurrence_pairs(trace.token, trace.pos)
-    recurrence = jaccard(masks[earlier], masks[later])
+    consecutive, aligned = _LayerMean(L), _LayerMean(L - 1)
+    counts = np.zeros((L, trace.n_bytes * 8), dtype=np.int64)
+    previous = None
+    for start, block in token_blocks(masks):
+        rows = block if previous is None else np.concatenate([previous, block])      # a pair may straddle blocks
+        first = start - len(rows) + len(block)
+        keep = same_seq[first:start + len(block) - 1]
+        consecutive.add(jaccard(rows[:-1][keep], rows[1:][keep]))                     # [pairs, L]
+        aligned.add(jaccard(block[:, :-1], block[:, 1:]))                              # [n, L-1]
+        counts += frequency(block)
+        previous = block[-1:]
     rng = np.random.default_rng(seed)
+    earlier, later = _previous_occurrence_pairs(trace.token, trace.pos)
+    recurrence = pair_jaccard(masks, *_at_most(np.random.default_rng([seed, 1]), earlier, later))
     a, b = rng.integers(0, T, size=(2, PAIR_SAMPLES))
     a, b = a[a != b], b[a != b]
-    random_pairs = jaccard(masks[a], masks[b])                                             # [pairs, L]
-    aligned = jaccard(masks[:, :-1], masks[:, 1:])                                         # [T, L-1]
-    counts = frequency(masks)
+    random_pairs = pair_jaccard(masks, np.minimum(a, b), np.maximum(a, b))               # [pairs, L]
     rows = []
     for l in range(L):
         row: Row = {"layer": l, "density": float(density[l]),
-                    "consecutive_jaccard": _mean(consecutive[:, l]), "same_id_jaccard": _mean(recurrence[:, l]),
+                    "consecutive_jaccard": consecutive[l], "same_id_jaccard": _mean(recurrence[:, l]),
                     "same_id_pairs": int(len(earlier)), "random_pair_jaccard": _mean(random_pairs[:, l])}
         if l + 1 < L:
             p, q = density[l], density[l + 1]
-            row.update(next_layer_jaccard=_mean(aligned[:, l]),
+            row.update(next_layer_jaccard=aligned[l],
                        next_layer_jaccard_chance=float(p * q / (p + q - p * q)) if p + q > 0 else float("nan"),
                        next_layer_pair_correlation=_correlation(random_pairs[:, l], random_pairs[:, l + 1]))
         else:
@@ -207,19 +307,25 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float:
 def perturbation_rows(trace: Trace, perturbed: Sequence[Trace]) -> list[Row]:
     """Per perturbed trace and layer: mean Jaccard with the original at aligned positions."""
     rows = []
+    L = trace.n_layers
     for other in perturbed:
         if other.n_tokens != trace.n_tokens or not (np.array_equal(other.seq, trace.seq)
                                                     and np.array_equal(other.pos, trace.pos)):
             raise InputError(f"{other.path}: perturbed trace does not align with {trace.path} "
                              f"(it must trace the same windows and positions; see tracing/perturb.py)")
-        match = jaccard(trace.masks, other.masks)                                           # [T, L]
         changed = other.token != trace.token
+        match, replaced, unchanged = _LayerMean(L), _LayerMean(L), _LayerMean(L)
+        for (start, block), (_, theirs) in zip(token_blocks(trace.masks), token_blocks(other.masks)):
+            values = jaccard(block, theirs)                                                 # [n, L]
+            hit = changed[start:start + len(block)]
+            match.add(values)
+            replaced.add(values[hit])
+            unchanged.add(values[~hit])
         fraction = other.meta.get("perturbation", {}).get("fraction", float(changed.mean()))
-        for l in range(trace.n_layers):
+        for l in range(L):
             rows.append({"perturbed": Path(other.path).name, "fraction": float(fraction), "layer": l,
-                         "replaced_tokens": int(changed.sum()), "match_rate": _mean(match[:, l]),
-                         "match_rate_replaced": _mean(match[changed, l]),
-                         "match_rate_unchanged": _mean(match[~changed, l])})
+                         "replaced_tokens": int(changed.sum()), "match_rate": match[l],
+                         "match_rate_replaced": replaced[l], "match_rate_unchanged": unchanged[l]})
     return rows
 
 
@@ -306,13 +412,13 @@ def analyze(trace: str | os.PathLike | Trace, out_dir: str | os.PathLike,
 
     if precision not in BYTES_PER_WEIGHT:
         raise InputError(f"--precision {precision!r}: not one of {', '.join(BYTES_PER_WEIGHT)}")
-    if lookahead < 0:
-        raise InputError(f"--lookahead must be >= 0, got {lookahead}")
+    lookahead = SCENARIO_NUMBERS["lookahead"].check(lookahead, "--lookahead")
+    seed = SEED.check(seed, "--seed")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
     trace = _load(trace, "analysed")
-    train = _companion(_load(train, "training") if train is not None else None, trace, "training")
+    train = _companion(_load(train, "training", stream=False) if train is not None else None, trace, "training")
     perturbed = [_companion(_load(p, "perturbed"), trace, "perturbed") for p in perturbed]
     specs = list(predictors) if predictors else default_predictors(trace, train)
     neuron_bytes = ModelFootprint.from_meta(trace.model, Scenario(precision=precision)).neuron_bytes

@@ -26,6 +26,7 @@ import plotly.graph_objects as go
 
 from sparsesim.atomic import check_writable, write_text
 from sparsesim.errors import InputError
+from sparsesim.inputs import read_text
 from sparsesim.tracefile import file_sha256
 
 from sparsesim.experiments.html import Section, table_html, write_page
@@ -321,11 +322,7 @@ def _layer_accuracy_section(ok: Sequence[Row]) -> Section:
 
 
 def _ppl_section(path: Path) -> tuple[Section, dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise InputError(f"--ppl {path}: cannot read: {e.strerror}") from None
+    rows = list(csv.DictReader(io.StringIO(read_text(path, f"--ppl {path}"), newline="")))
     columns = set(rows[0]) if rows else set()
     level = next((c for c in PPL_LEVEL_COLUMNS if c in columns), None)
     if level is None or "ppl" not in columns:
@@ -399,6 +396,16 @@ def summary_rows(rows: Sequence[Row]) -> list[Row]:
 # The page
 
 
+def _sweep_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(read_text(path))
+    except (ValueError, RecursionError):
+        raise InputError(f"{path}: not valid JSON (sweep.json is written by sparsesim sweep)") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{path}: expected a JSON object (sweep.json is written by sparsesim sweep)")
+    return record
+
+
 def make_report(results_dir: str | os.PathLike, out_html: str | os.PathLike,
                 ppl_csv: str | os.PathLike | None = None) -> str:
     """Write the report page and its CSV tables; returns the page's path."""
@@ -406,7 +413,7 @@ def make_report(results_dir: str | os.PathLike, out_html: str | os.PathLike,
     rows = read_results(results_dir).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
     sweep_file = results_dir / "sweep.json"
-    sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else {}
+    sweep = _sweep_record(sweep_file) if sweep_file.is_file() else {}
     sections = [_runs_section(rows)]
     front: list[Row] = []
     if ok:

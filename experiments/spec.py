@@ -18,6 +18,7 @@ import inspect
 import itertools
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -26,6 +27,9 @@ import numpy as np
 import yaml
 
 from sparsesim.errors import InputError
+from sparsesim.inputs import bounded_glob, read_text
+from sparsesim.limits import SWEEP_RUNS
+from sparsesim.numbers import SEED, Number
 from sparsesim.simulator.predictors import PREDICTORS
 from sparsesim.simulator.profile import SETTABLE_FIELDS, list_profiles, load_profile
 from sparsesim.simulator.replacement import REPLACEMENT
@@ -33,13 +37,12 @@ from sparsesim.simulator.scenario import Scenario
 from sparsesim.simulator.simulate import SCENARIO_FIELDS, parse_policy, simulate, split_settings
 from sparsesim.simulator.synth import synthesize
 from sparsesim.tracefile import file_sha256
-from sparsesim.simulator.units import BYTES, UnitError, parse_quantity
+from sparsesim.simulator.units import BYTES
 
 SPEC_KEYS = ("name", "description", "traces", "profiles", "grid", "zip", "sample", "fixed", "baselines",
              "root", "confine")
 SAMPLE_KEYS = ("method", "n", "seed", "ranges")
 SAMPLE_METHODS = ("random", "latin-hypercube")
-MAX_POINTS = 1_000_000    # setting points a spec may expand to (grid x zip x sample): a typo, not a study
 POLICY_SETTINGS = {"predictor": PREDICTORS, "cache": REPLACEMENT}
 TRACE_SETTINGS = ("train_trace", "profile_trace")
 SETTINGS = (*POLICY_SETTINGS, "seed", *TRACE_SETTINGS, *SCENARIO_FIELDS, *SETTABLE_FIELDS)
@@ -144,15 +147,12 @@ def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a spec file; nothing is run or written."""
     path = Path(path)
     check = _Checker(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise check.fail("", "no such spec file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise check.fail("", f"cannot read: {e}") from None
+    if not os.path.lexists(path):
+        raise check.fail("", "no such spec file")
+    text = read_text(path)
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError, RecursionError) as e:   # ValueError: an impossible date; deep nesting
         raise check.fail("", "not valid YAML: " + " ".join(str(e).split())) from None
     data = check.mapping(data, "")
     check.keys(data, SPEC_KEYS)
@@ -169,6 +169,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     profiles = tuple(_profile(check, p, f"profiles[{i}]", locate)
                      for i, p in enumerate(check.values(data["profiles"], "profiles")))
     points = _points(check, data, locate, profiles)
+    SWEEP_RUNS.check(len(traces) * len(profiles) * len(points), str(path))
     return SweepSpec(path=path.resolve(), name=name.strip(), root=root, traces=traces, profiles=profiles,
                      points=points, baselines=_boolean(check, data.get("baselines", True), "baselines"),
                      text=text, sha256=hashlib.sha256(text.encode()).hexdigest())
@@ -216,7 +217,10 @@ class _Locator:
         """A path or glob; a glob that matches nothing is a missing trace like a missing file."""
         if not glob.has_magic(value):
             return [self.file(value, field)]
-        matches = sorted(glob.glob(value, root_dir=self.root, recursive=True))
+        try:
+            matches = sorted(bounded_glob(self.root, value))
+        except InputError as e:
+            raise self.check.fail(field, str(e)) from None
         files = [self.inside(self.root / m, field) for m in matches]
         files = [f for f in files if _exists(self.check, f, field, Path.is_file)]
         if not files:
@@ -320,8 +324,7 @@ class _SettingValidator:
                     raise InputError(f"expected a policy name such as 'window:k=4', got {value!r}")
                 POLICY_SETTINGS[key].create(*parse_policy(value))
             elif key == "seed":
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise InputError(f"expected an integer >= 0, got {value!r}")
+                SEED.check(value, "seed")
             else:
                 scenario, overrides = split_settings([f"{key}={setting_text(value)}"])
                 dataclasses.replace(Scenario(), **scenario)
@@ -354,9 +357,7 @@ def _points(check: _Checker, data: Mapping, locate: _Locator, profiles: tuple[st
         sections.append(_zip(check, data["zip"], claim, validate))
     if "sample" in data:
         sections.append(_sample(check, data["sample"], claim, validate))
-    if math.prod(len(part) for part in sections) > MAX_POINTS:
-        raise check.fail("", f"grid x zip x sample make {math.prod(len(p) for p in sections):,} setting points; "
-                             f"a spec may have at most {MAX_POINTS:,}")
+    SWEEP_RUNS.check(math.prod(len(part) for part in sections), f"{check.path}: grid x zip x sample")
     return tuple({**fixed, **{k: v for part in combo for k, v in part.items()}}
                  for combo in itertools.product(*sections))
 
@@ -370,9 +371,7 @@ def _grid(check: _Checker, grid: Any, claim: Callable, validate: _SettingValidat
         key = claim(key, "grid")
         axes.append([(key, validate.value(key, v, f"grid.{key}[{i}]"))
                      for i, v in enumerate(check.values(values, f"grid.{key}"))])
-    if math.prod(map(len, axes)) > MAX_POINTS:
-        raise check.fail("grid", f"{math.prod(map(len, axes)):,} combinations; a spec may have at most "
-                                 f"{MAX_POINTS:,} setting points")
+    SWEEP_RUNS.check(math.prod(map(len, axes)), f"{check.path}: grid")
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
@@ -408,11 +407,8 @@ def _sample(check: _Checker, sample: Any, claim: Callable, validate: _SettingVal
     method = sample.get("method")
     if method not in SAMPLE_METHODS:
         raise check.fail("sample.method", f"expected one of {', '.join(SAMPLE_METHODS)}, got {method!r}")
-    n, seed = sample.get("n"), sample.get("seed", 0)
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_POINTS:
-        raise check.fail("sample.n", f"expected an integer from 1 to {MAX_POINTS:,}, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise check.fail("sample.seed", f"expected an integer >= 0, got {seed!r}")
+    n = Number(minimum=1, maximum=SWEEP_RUNS.limit, integer=True).check(sample.get("n"), f"{check.path}: sample.n")
+    seed = SEED.check(sample.get("seed", 0), f"{check.path}: sample.seed")
     ranges = check.mapping(sample.get("ranges"), "sample.ranges")
     if not ranges:
         raise check.fail("sample.ranges", "empty: give at least one setting: [low, high] or {log: [low, high]}")
@@ -434,10 +430,7 @@ def _range(check: _Checker, key: str, spec: Any, validate: _SettingValidator) ->
         spec = spec.get("log")
     if not isinstance(spec, list) or len(spec) != 2:
         raise check.fail(field, "expected [low, high] or {log: [low, high]}")
-    try:
-        low, high = (parse_quantity(v, dim) if dim is not None and isinstance(v, str) else _number(v) for v in spec)
-    except (UnitError, ValueError) as e:
-        raise check.fail(field, str(e)) from None
+    low, high = (Number(dim=dim).check(v, f"{check.path}: {field}") for v in spec)
     if not low < high:
         raise check.fail(field, f"low ({low:g}) must be below high ({high:g})")
     if log and low <= 0:
@@ -449,12 +442,6 @@ def _range(check: _Checker, key: str, spec: Any, validate: _SettingValidator) ->
         x = math.exp(math.log(low) + u * math.log(high / low)) if log else low + u * (high - low)
         return round(x) if integer else float(f"{x:.6g}")   # 6 digits: readable columns, stable ids
     return key, to_value
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got {value!r}")
-    return float(value)
 
 
 def _unit_points(method: str, n: int, dims: int, seed: int) -> np.ndarray:

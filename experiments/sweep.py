@@ -45,7 +45,10 @@ from tqdm import tqdm
 from sparsesim import __version__
 from sparsesim.atomic import atomic_path, check_writable, write_text
 from sparsesim.errors import InputError
+from sparsesim.inputs import regular_file
+from sparsesim.limits import WORKERS
 from sparsesim.simulator.simulate import simulate
+from sparsesim.tracefile import read_failure, verify_table, write_checked_table
 
 from sparsesim.experiments.spec import RunConfig, expand, load_spec, materialize
 
@@ -98,8 +101,18 @@ def write_run(results_dir: str | os.PathLike, row: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
         # min/max statistics of one row are useless and the Arrow schema is implied by the Parquet
         # types here (strings, numbers, booleans): dropping both halves the file (~12 KB per run)
-        pq.write_table(pa.Table.from_pylist([row]), tmp, store_schema=False, write_statistics=False)
+        write_checked_table(pa.Table.from_pylist([row]), tmp, store_schema=False, write_statistics=False)
     return path
+
+
+def read_table(path: Path) -> pa.Table:
+    """A results table (a run part or the compaction), checked against its checksum."""
+    regular_file(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as e:   # pyarrow raises several types for damaged files
+        raise read_failure(path, "results", e) from None
+    return verify_table(path, table)
 
 
 def recorded_statuses(results_dir: str | os.PathLike) -> dict[str, str]:
@@ -133,13 +146,13 @@ def read_results(results_dir: str | os.PathLike) -> pa.Table:
     compacted = results_dir / "results.parquet"
     tables, fresh = [], set(parts)
     if compacted.is_file():
-        table = pq.read_table(compacted)
+        table = read_table(compacted)
         cutoff = compacted.stat().st_mtime_ns
         fresh = {run_id for run_id, part in parts.items() if part.stat().st_mtime_ns >= cutoff}
         keep = set(parts) - fresh
         tables.append(table.filter(pc.is_in(table["run_id"], pa.array(sorted(keep), pa.string()))))
         fresh |= keep - set(tables[0]["run_id"].to_pylist())
-    tables += [pq.read_table(parts[run_id]) for run_id in sorted(fresh)]
+    tables += [read_table(parts[run_id]) for run_id in sorted(fresh)]
     return pa.concat_tables(tables, promote_options="permissive").sort_by("run_id")
 
 
@@ -148,7 +161,7 @@ def compact_results(results_dir: str | os.PathLike) -> Path:
     out = Path(results_dir) / "results.parquet"
     table = read_results(results_dir)
     with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
+        write_checked_table(table, tmp)
     return out
 
 
@@ -212,14 +225,17 @@ def default_workers() -> int:
 
 @contextlib.contextmanager
 def open_executor(workers: int | None = None, scheduler: str | None = None,
-                  dask_local: bool = False) -> Iterator[tuple[Executor, int, str]]:
-    """(executor, worker slots, description): a process pool, a Dask cluster, or a local Dask cluster."""
+                  dask_local: bool = False, dashboard: bool = False) -> Iterator[tuple[Executor, int, str]]:
+    """(executor, worker slots, description): a process pool, a Dask cluster, or a local Dask cluster
+    (with its dashboard on 127.0.0.1 only when ``dashboard``)."""
     if scheduler and dask_local:
         raise InputError("--scheduler and --dask-local exclude each other")
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be >= 1, got {workers}")
+    if dashboard and not dask_local:
+        raise InputError("--dashboard: only for --dask-local (a cluster of your own serves its own dashboard)")
+    if workers is not None:
+        workers = WORKERS.check(workers, "--workers")
     if scheduler or dask_local:
-        with _dask_client(scheduler, workers) as client:
+        with _dask_client(scheduler, workers, dashboard) as client:
             slots = max(sum(client.nthreads().values()), 1)
             yield client.get_executor(), slots, f"dask {scheduler or 'local'} ({slots} threads)"
         return
@@ -236,17 +252,24 @@ def open_executor(workers: int | None = None, scheduler: str | None = None,
 
 
 @contextlib.contextmanager
-def _dask_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
+def _dask_client(scheduler: str | None, workers: int | None, dashboard: bool = False) -> Iterator[Any]:
     try:
         import dask
         from distributed import Client, LocalCluster
     except ImportError:
         raise InputError("Dask is not installed: pip install 'sparsesim[dask]'") from None
     if scheduler is None:
-        # loopback only, no dashboard: a local cluster opens no port beyond 127.0.0.1
-        with LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
-                Client(cluster) as client:
+        # Loopback only. Dask's scheduler and workers always start an HTTP server (dashboard, info
+        # pages, metrics): without --dashboard it gets no routes and a random loopback port, so
+        # nothing is served; with it, the dashboard binds to 127.0.0.1 (8787, or a free port).
+        quiet = {} if dashboard else {"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}
+        with dask.config.set(quiet), \
+                LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1, processes=True,
+                             host="127.0.0.1", dashboard_address="127.0.0.1:8787" if dashboard else None,
+                             scheduler_kwargs=None if dashboard else {"dashboard_address": "127.0.0.1:0"},
+                             silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            if dashboard:
+                print(f"sparsesim: Dask dashboard at {client.dashboard_link} (loopback only)", file=sys.stderr)
             yield client
         return
     if "://" not in scheduler:
@@ -267,7 +290,8 @@ def _dask_client(scheduler: str | None, workers: int | None) -> Iterator[Any]:
 
 
 def run_sweep(spec_path: str | os.PathLike, results_dir: str | os.PathLike, workers: int | None = None,
-              scheduler: str | None = None, dask_local: bool = False, progress: bool = True) -> dict[str, Any]:
+              scheduler: str | None = None, dask_local: bool = False, progress: bool = True,
+              dashboard: bool = False) -> dict[str, Any]:
     """Run every config of the spec not yet recorded in ``results_dir``; returns a summary."""
     start = time.perf_counter()
     results_dir = Path(results_dir)
@@ -275,7 +299,7 @@ def run_sweep(spec_path: str | os.PathLike, results_dir: str | os.PathLike, work
     check_writable(results_dir / "sweep.json")
     with _exclusive(results_dir):
         # connect first: an unreachable scheduler fails in seconds, before any trace is hashed
-        with open_executor(workers, scheduler, dask_local) as (executor, slots, described):
+        with open_executor(workers, scheduler, dask_local, dashboard) as (executor, slots, described):
             _remove_stale_temporaries(results_dir)
             spec = materialize(spec, results_dir / "traces")
             runs = expand(spec)

@@ -60,9 +60,11 @@ def _simulate(args: argparse.Namespace) -> int:
     import sys
 
     from sparsesim.atomic import check_writable, write_text
+    from sparsesim.numbers import SEED
     from sparsesim.simulator.metrics import format_summary
     from sparsesim.simulator.simulate import simulate
 
+    SEED.check(args.seed, "--seed")
     if args.json and args.json != "-":
         check_writable(args.json)
     settings = list(args.settings)

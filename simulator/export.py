@@ -30,9 +30,9 @@ import numpy as np
 from tqdm import tqdm
 
 from sparsesim.atomic import atomic_path, check_writable
-from sparsesim.errors import InputError
+from sparsesim.errors import InputError, system_reason
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
-from sparsesim.tracefile import iter_trace_blocks, os_reason, read_meta
+from sparsesim.tracefile import iter_trace_blocks, read_meta
 from sparsesim.traceunits import NEURON, TraceUnits
 
 FORMATS = ("csv", "oracle-general")
@@ -74,7 +74,7 @@ def export_requests(trace: str | os.PathLike, fmt: str, out: str | os.PathLike, 
                     _fill(trace, d_ff, int(size), records, progress)
                     _write_csv(tmp, records, d_ff)
         except OSError as e:
-            raise InputError(f"{out}: cannot write the requests: {os_reason(e)}") from None
+            raise InputError(f"{out}: cannot write the requests: {system_reason(e) or e}") from None
     return n
 
 

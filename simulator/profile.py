@@ -37,9 +37,10 @@ import numpy as np
 import yaml
 
 from sparsesim.errors import InputError
+from sparsesim.inputs import read_text
+from sparsesim.numbers import Number
 from sparsesim.simulator.units import (
-    BANDWIDTH, BYTES, COUNT, ENERGY_PER_BYTE, ENERGY_PER_FLOP, FLOPS, FRACTION, TIME, Dimension, UnitError,
-    format_quantity, parse_quantity,
+    BANDWIDTH, BYTES, COUNT, ENERGY_PER_BYTE, ENERGY_PER_FLOP, FLOPS, FRACTION, TIME, format_quantity,
 )
 
 PRESET_PACKAGE = "sparsesim.hw_profiles"
@@ -157,15 +158,6 @@ class HardwareProfile:
 # Schema
 
 
-@dataclass(frozen=True)
-class _Number:
-    dim: Dimension
-    minimum: float
-    inclusive: bool              # minimum allowed itself (">=") or not (">")
-    integer: bool = False
-    maximum: float | None = None  # allowed itself
-
-
 class _Kind:
     """``storage.kind``: a category name, not a number, so it needs no source."""
 
@@ -174,18 +166,18 @@ class _Curve:
     """``storage.read_curve``: {source|estimate, points: [[size, bandwidth], ...]}."""
 
 
-_POSITIVE_BYTES = _Number(BYTES, 0.0, False)
-_POSITIVE_BANDWIDTH = _Number(BANDWIDTH, 0.0, False)
-_LATENCY = _Number(TIME, 0.0, True)
+_POSITIVE_BYTES = Number(minimum=0.0, inclusive=False, dim=BYTES)
+_POSITIVE_BANDWIDTH = Number(minimum=0.0, inclusive=False, dim=BANDWIDTH)
+_LATENCY = Number(minimum=0.0, dim=TIME)
 _MEMORY = {
     "capacity": _POSITIVE_BYTES,
     "bandwidth": _POSITIVE_BANDWIDTH,
     "latency": _LATENCY,
-    "energy_per_byte": _Number(ENERGY_PER_BYTE, 0.0, True),
+    "energy_per_byte": Number(minimum=0.0, dim=ENERGY_PER_BYTE),
 }
-_POSITIVE_FLOPS = _Number(FLOPS, 0.0, False)
-_POSITIVE_TIME = _Number(TIME, 0.0, False)
-_EFFICIENCY = _Number(FRACTION, 0.0, False, maximum=1.0)   # a share of the roofline: (0, 1]
+_POSITIVE_FLOPS = Number(minimum=0.0, inclusive=False, dim=FLOPS)
+_POSITIVE_TIME = Number(minimum=0.0, inclusive=False, dim=TIME)
+_EFFICIENCY = Number(minimum=0.0, inclusive=False, maximum=1.0, dim=FRACTION)   # a share of the roofline: (0, 1]
 _UNIT = {
     "flops_fp32": _POSITIVE_FLOPS,
     "flops_fp16": _POSITIVE_FLOPS,
@@ -198,10 +190,10 @@ _UNIT = {
     "scatter_efficiency": _EFFICIENCY,
     "copy_efficiency": _EFFICIENCY,
 }
-_SCHEMA: dict[str, dict[str, Union[_Number, _Kind, _Curve]]] = {
+_SCHEMA: dict[str, dict[str, Union[Number, _Kind, _Curve]]] = {
     "compute": {
         "flops": _POSITIVE_FLOPS,
-        "energy_per_flop": _Number(ENERGY_PER_FLOP, 0.0, True),
+        "energy_per_flop": Number(minimum=0.0, dim=ENERGY_PER_FLOP),
     },
     "dram": {**_MEMORY, "shared_bandwidth": _POSITIVE_BANDWIDTH},
     "cache": _MEMORY,
@@ -209,17 +201,18 @@ _SCHEMA: dict[str, dict[str, Union[_Number, _Kind, _Curve]]] = {
         "kind": _Kind(),
         "latency": _LATENCY,
         "peak_bandwidth": _POSITIVE_BANDWIDTH,
-        "queue_depth": _Number(COUNT, 1.0, True, integer=True),
-        "energy_per_byte": _Number(ENERGY_PER_BYTE, 0.0, True),
+        # NVMe allows 64K; validate-io replays with this many reader threads, so an absurd depth is refused
+        "queue_depth": Number(minimum=1, maximum=4096, integer=True, dim=COUNT),
+        "energy_per_byte": Number(minimum=0.0, dim=ENERGY_PER_BYTE),
         "read_curve": _Curve(),
         "multi_thread_factor": _EFFICIENCY,
     },
     **{unit: _UNIT for unit in UNIT_NAMES},
     "interconnect": {"bandwidth": _POSITIVE_BANDWIDTH, "latency": _POSITIVE_TIME},
     "os": {
-        "page_size": _Number(BYTES, 0.0, False, integer=True),
+        "page_size": Number(minimum=0.0, inclusive=False, integer=True, dim=BYTES),
         "fault_overhead": _POSITIVE_TIME,
-        "readahead": _Number(BYTES, 0.0, False, integer=True),
+        "readahead": Number(minimum=0.0, inclusive=False, integer=True, dim=BYTES),
     },
 }
 # Sections whose every field may be absent: the time model's optional parts.
@@ -238,7 +231,7 @@ _LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
 _CURVE_FORMAT = "{source: <URL>, points: [[size, bandwidth], ...]} (or estimate: <reason> for source:)"
 
 # Fields that --set can change: every number, and the storage kind.
-SETTABLE_FIELDS: dict[str, Union[_Number, _Kind]] = {
+SETTABLE_FIELDS: dict[str, Union[Number, _Kind]] = {
     f"{section}.{field}": spec
     for section, fields in _SCHEMA.items() for field, spec in fields.items()
     if not isinstance(spec, _Curve)
@@ -299,7 +292,7 @@ def require(profile: HardwareProfile, field: str, needed_by: str) -> Any:
 def format_field(field: str, value: Any) -> str:
     """A resolved value of the dotted ``field`` with its unit, e.g. ``format_field("dram.bandwidth", 4e11)``."""
     spec = SETTABLE_FIELDS.get(field)
-    if isinstance(spec, _Number):
+    if isinstance(spec, Number):
         return format_quantity(value, spec.dim)
     if field == "storage.read_curve":
         return ", ".join(f"{format_quantity(size, BYTES)}: {format_quantity(bandwidth, BANDWIDTH)}"
@@ -353,16 +346,13 @@ def _preset_hint(name_or_path: str) -> str:
 
 
 def _read_yaml(file: Any, origin: str, not_found_hint: str) -> Any:
-    try:
+    """A preset (package resource, trusted) or a user's file (through sparsesim.inputs: regular files only)."""
+    if isinstance(file, Path):
+        if not_found_hint and not os.path.lexists(file):
+            raise _fail(origin, "", f"no such file{not_found_hint}")
+        text = read_text(file, origin)
+    else:
         text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise _fail(origin, "", f"no such file{not_found_hint}") from None
-    except IsADirectoryError:
-        raise _fail(origin, "", "is a directory, expected a YAML file") from None
-    except UnicodeDecodeError:
-        raise _fail(origin, "", "is not UTF-8 text") from None
-    except OSError as e:
-        raise _fail(origin, "", f"cannot read: {e.strerror}") from None
     try:
         return yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.MarkedYAMLError as e:
@@ -432,19 +422,12 @@ def _provenance(leaf: Mapping, origin: str, field: str) -> str:
     return text if has_source else f"estimate: {text}"
 
 
-def _quantity(raw: Any, spec: _Number, origin: str, field: str) -> float:
+def _quantity(raw: Any, spec: Number, origin: str, field: str) -> float:
     try:
-        value = parse_quantity(raw, spec.dim)
-    except UnitError as e:
-        raise _fail(origin, field, str(e)) from None
-    if spec.integer and value != int(value):
-        raise _fail(origin, field, f"must be a whole number, got {_show(raw)}")
-    if value < spec.minimum or (value == spec.minimum and not spec.inclusive):
-        bound = f"{'>=' if spec.inclusive else '>'} {spec.minimum:g}"
-        raise _fail(origin, field, f"must be {bound}, got {_show(raw)}")
-    if spec.maximum is not None and value > spec.maximum:
-        raise _fail(origin, field, f"must be <= {spec.maximum:g}, got {_show(raw)}")
-    return int(value) if spec.integer else value
+        value = spec.check(raw, f"{origin}: {field}")
+    except InputError as e:
+        raise InputError(_LINE_BREAKS.sub(" ", str(e))) from None
+    return int(value) if spec.integer else float(value)   # base units as floats: the profile's hash depends on it
 
 
 def _kind(raw: Any, origin: str, field: str) -> str:
@@ -454,7 +437,7 @@ def _kind(raw: Any, origin: str, field: str) -> str:
     return raw
 
 
-def _number_leaf(raw: Any, spec: _Number, origin: str, field: str) -> tuple[float, str]:
+def _number_leaf(raw: Any, spec: Number, origin: str, field: str) -> tuple[float, str]:
     if not isinstance(raw, Mapping):
         raise _fail(origin, field, f"must be {{value: {spec.dim.example}, source: <URL>}} or "
                                    f"{{value: ..., estimate: <reason>}}, got bare {_show(raw)}")

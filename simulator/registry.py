@@ -16,6 +16,7 @@ import inspect
 from typing import Any, Callable, Generic, TypeVar
 
 from sparsesim.errors import InputError
+from sparsesim.numbers import INT64_MAX, SEED, Number
 
 T = TypeVar("T")
 
@@ -48,10 +49,13 @@ class Registry(Generic[T]):
         cls = self.get(name)
         params = dict(params or {})
         accepted = parameters(cls)
+        numbers = numeric_parameters(cls)
         for key in params:
             if key not in accepted:
                 known = ", ".join(accepted) or "none"
                 raise InputError(f"{self.kind} {name!r}: unknown parameter {key!r}; accepted: {known}")
+            if key in numbers and params[key] is not None:
+                params[key] = numbers[key].check(params[key], f"{self.kind} {name!r}: parameter {key!r}")
         try:
             return cls(**params)
         except (TypeError, ValueError) as e:
@@ -65,6 +69,23 @@ class Registry(Generic[T]):
             doc = (inspect.getdoc(cls) or "").splitlines()
             out.append((name, doc[0] if doc else "", parameters(cls)))
         return out
+
+
+def numeric_parameters(cls: type) -> dict[str, Number]:
+    """The numeric keyword parameters of ``cls.__init__``, from their annotations (``k: int``,
+    ``fn: float``, ``topk: int | None``), as :class:`Number` s: finite, whole where declared ``int``,
+    a seed in numpy's range. Each policy checks its own meaningful range on top."""
+    out = {}
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+        kinds = {part.strip() for part in annotation.split("|")}
+        if p.name == "seed":
+            out[p.name] = SEED
+        elif "float" in kinds:
+            out[p.name] = Number()
+        elif "int" in kinds:
+            out[p.name] = Number(minimum=-INT64_MAX, integer=True)
+    return out
 
 
 def parameters(cls: type) -> dict[str, Any]:

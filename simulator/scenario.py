@@ -32,9 +32,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from sparsesim.errors import InputError
+from sparsesim.numbers import Number
 from sparsesim.simulator.reorder import REORDERINGS
 from sparsesim.simulator.schedule import SCHEDULES
-from sparsesim.simulator.units import BYTES, UnitError, parse_quantity
+from sparsesim.simulator.units import BYTES
 from sparsesim.traceunits import NEURON, TraceUnits
 
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 34 / 32, "int4": 18 / 32}
@@ -49,6 +50,32 @@ MEMORY_MANAGEMENT = ("matrix", "segmented", "page-cache", "none")
 PIPELINES = ("none", "cluster")
 FALSE_NEGATIVES = ("fetch", "drop")
 PREDICT_FROM = ("layer-input", "attention-output")
+
+MAX_BYTES = 1 << 50   # 1 PiB: far above any device's memory; a larger size is a typo
+MAX_TOKENS = 2 ** 31 - 1   # trace positions are int32
+MAX_WIDTH = 1 << 20        # neurons, ranks and widths: the trace format's own limit on d_ff
+MAX_THREADS = 1 << 10
+# The numeric fields and what they accept (sparsesim.numbers: NaN, infinities, fractions of whole
+# numbers and out-of-range values are refused with one line naming the field).
+NUMBERS = {
+    "dram_budget": Number(minimum=0, inclusive=False, maximum=MAX_BYTES, dim=BYTES),   # <= 1: a fraction
+    "cache_budget": Number(minimum=0, maximum=MAX_BYTES, dim=BYTES),   # the unit cache itself (0: by dram_budget)
+    "max_request": Number(minimum=1, maximum=MAX_BYTES, integer=True, dim=BYTES),
+    "lookahead": Number(minimum=0, maximum=1 << 20, integer=True),
+    "insert_overhead": Number(minimum=0, maximum=1.0),   # seconds per neuron
+    "warmup": Number(minimum=0, maximum=MAX_TOKENS, integer=True),
+    "max_tokens": Number(minimum=0, maximum=MAX_TOKENS, integer=True),
+    "prefetch_cap": Number(minimum=0, maximum=MAX_BYTES, dim=BYTES),
+    "cluster_neurons": Number(minimum=0, maximum=MAX_WIDTH, integer=True),
+    "compute_threads": Number(minimum=1, maximum=MAX_THREADS, integer=True),
+    "io_threads": Number(minimum=1, maximum=MAX_THREADS, integer=True),
+    "io_depth": Number(minimum=0, maximum=1 << 16, integer=True),
+    "read_granularity": Number(minimum=0, maximum=MAX_BYTES, integer=True),   # bytes
+    "predictor_rank": Number(minimum=0, maximum=MAX_WIDTH, integer=True),
+    "prompt_tokens": Number(minimum=0, maximum=MAX_TOKENS, integer=True),
+    "kv_dim": Number(minimum=0, maximum=MAX_WIDTH, integer=True),
+}
+FLAGS = ("coalesce", "warm", "two_phase", "kv_cache")
 
 
 @dataclass(frozen=True)
@@ -105,38 +132,11 @@ class Scenario:
         if self.ffn_in == "dram" and self.nonffn_in == "flash":
             raise InputError("scenario fields 'ffn_in'/'nonffn_in': non-FFN weights streamed from flash need the FFN "
                              "there too (ffn_in=flash); with ffn_in=dram the backing store is DRAM")
-        if self.prefetch_cap < 0:
-            raise InputError(f"scenario field 'prefetch_cap': must be >= 0 bytes (0 = no cap), got {self.prefetch_cap}")
-        if isinstance(self.dram_budget, str):  # "6.5 GB": total DRAM for weights
-            try:
-                object.__setattr__(self, "dram_budget", parse_quantity(self.dram_budget, BYTES))
-            except UnitError as e:
-                raise InputError(f"scenario field 'dram_budget': {e}") from None
-        if isinstance(self.cache_budget, str):  # "4000MiB": the cache alone, resident weights apart
-            try:
-                object.__setattr__(self, "cache_budget", parse_quantity(self.cache_budget, BYTES))
-            except UnitError as e:
-                raise InputError(f"scenario field 'cache_budget': {e}") from None
-        c = self.cache_budget
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
-            raise InputError(f"scenario field 'cache_budget': must be a size in bytes >= 0 (0: use dram_budget), "
-                             f"got {c!r}")
-        b = self.dram_budget
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or math.isnan(b) or math.isinf(b) or b <= 0:
-            raise InputError(f"scenario field 'dram_budget': must be > 0 (a fraction of the FFN <= 1, "
-                             f"or total bytes > 1), got {b!r}")
-        if self.lookahead < 0:
-            raise InputError(f"scenario field 'lookahead': must be >= 0, got {self.lookahead}")
-        if self.max_request <= 0:
-            raise InputError(f"scenario field 'max_request': must be > 0 bytes, got {self.max_request}")
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 0:
-            raise InputError(f"scenario field 'max_tokens': must be an integer >= 0 (0: all), got {self.max_tokens!r}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise InputError(f"scenario field 'warmup': must be an integer >= 0 tokens, got {self.warmup!r}")
-        if not isinstance(self.two_phase, bool):
-            raise InputError(f"scenario field 'two_phase': must be true or false, got {self.two_phase!r}")
-        if self.insert_overhead < 0:
-            raise InputError(f"scenario field 'insert_overhead': must be >= 0 s, got {self.insert_overhead}")
+        for field, number in NUMBERS.items():   # frozen: a checked value (e.g. "6.5 GB" in bytes) replaces the raw one
+            object.__setattr__(self, field, number.check(getattr(self, field), f"scenario field '{field}'"))
+        for field in FLAGS:
+            if not isinstance(getattr(self, field), bool):
+                raise InputError(f"scenario field '{field}': must be true or false, got {getattr(self, field)!r}")
         self._check_time_model(choice)
 
     def _check_time_model(self, choice) -> None:
@@ -147,13 +147,6 @@ class Scenario:
         choice("pipeline", PIPELINES)
         choice("false_negatives", FALSE_NEGATIVES)
         choice("predict_from", PREDICT_FROM)
-        for field, minimum in (("cluster_neurons", 0), ("compute_threads", 1), ("io_threads", 1), ("io_depth", 0),
-                               ("read_granularity", 0), ("predictor_rank", 0), ("prompt_tokens", 0), ("kv_dim", 0)):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise InputError(f"scenario field '{field}': must be an integer >= {minimum}, got {value!r}")
-        if not isinstance(self.kv_cache, bool):
-            raise InputError(f"scenario field 'kv_cache': must be true or false, got {self.kv_cache!r}")
         share = self.hot_share
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
             raise InputError(f"scenario field 'hot_share': must be a number in [0, 1), got {share!r}")

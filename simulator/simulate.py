@@ -20,6 +20,7 @@ from sparsesim.simulator.bitset import full
 from sparsesim.simulator.cache import NeuronCache
 from sparsesim.simulator.engine import ReplayEngine
 from sparsesim.errors import InputError
+from sparsesim.numbers import SEED, parse_number
 from sparsesim.simulator.metrics import summarize
 from sparsesim.simulator.predictors import PREDICTORS, PredictorContext
 from sparsesim.simulator.profile import HardwareProfile, load_profile
@@ -50,15 +51,12 @@ def parse_policy(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def parse_value(text: str) -> Any:
+    """``"true"`` -> True, ``"4"`` -> 4, ``"0.5"`` -> 0.5, else the text (ranges: sparsesim.numbers.Number)."""
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+    number = parse_number(text)
+    return text if number is None else number
 
 
 def split_settings(settings: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
@@ -185,6 +183,7 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     ``stream`` reads the masks row group by row group (bounded memory); by default traces whose
     masks exceed ``IN_MEMORY_LIMIT`` bytes are streamed.
     """
+    seed = SEED.check(seed, "seed")
     from_file = not isinstance(trace, Trace)
     trace = load_trace(trace, stream) if from_file else trace
     if trace.n_tokens == 0:

@@ -20,19 +20,22 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from sparsesim.errors import InputError
-from sparsesim.tracefile import (PRED_PREFIX, Trace, _mask_array, extra_columns, file_sha256, mask_bytes,
-                                 popcount_rows, read_failure, read_meta)
+from sparsesim.tracefile import (PRED_PREFIX, Trace, _mask_array, check_padding, extra_columns, file_sha256,
+                                 popcount_rows, read_failure, read_meta, row_groups, verify_columns)
+from sparsesim.traceunits import TraceUnits
 
 
 class StreamedMasks:
-    """Array-like view of one mask column, indexed ``[token, layer]`` or ``[start:stop, layer]``."""
+    """Array-like view of one mask column, indexed ``[token, layer]``, ``[start:stop, layer]`` or
+    ``[start:stop]`` (whole tokens)."""
 
     ndim = 3
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, path: Path, pf: pq.ParquetFile, column: str, n_layers: int, n_bytes: int,
-                 history: int, verify: bool):
-        self.path, self._pf, self._column = path, pf, column
+    def __init__(self, path: Path, pf: pq.ParquetFile, meta: dict, column: str, history: int, verify: bool):
+        self.path, self._pf, self._meta, self._column = path, pf, meta, column
+        self._units = TraceUnits.from_meta(meta, str(path))
+        n_layers, n_bytes = self._units.n_layers, self._units.mask_bytes
         self._n_layers, self._n_bytes = n_layers, n_bytes
         rows = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
         for i, r in enumerate(rows):
@@ -55,7 +58,9 @@ class StreamedMasks:
             table = self._pf.read_row_group(g, columns=[self._column] + (["active"] if self._verify else []))
         except Exception as e:
             raise read_failure(self.path, f"row group {g}", e) from None
+        verify_columns(self.path, self._meta, table, [(g, table.num_rows)])
         masks = _mask_array(table.column(self._column), self._n_bytes).reshape(-1, self._n_layers, self._n_bytes)
+        check_padding(self.path, self._column, masks, self._units)
         if self._verify and not np.array_equal(popcount_rows(masks),
                                                table.column("active").to_numpy().reshape(masks.shape[:2])):
             raise InputError(f"{self.path}: column 'active' disagrees with the popcount of 'mask' in row group {g}")
@@ -74,6 +79,12 @@ class StreamedMasks:
         return self._group(g)[t - self._starts[g]]
 
     def __getitem__(self, key):
+        if isinstance(key, slice):   # whole tokens [start:stop]: [n, L, n_bytes] (a streamed pass reads blocks)
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                raise IndexError("streamed masks take contiguous token ranges only")
+            rows = [self._row(i) for i in range(start, stop)]
+            return np.stack(rows) if rows else np.empty((0,) + self.shape[1:], np.uint8)
         t, layer = key
         if isinstance(t, slice):
             start, stop, _ = t.indices(self.shape[0])
@@ -94,18 +105,18 @@ def open_streamed(path: str | os.PathLike, history: int = 256, verify: bool = Tr
     p = Path(path)
     meta, pf = read_meta(p)
     n_layers = int(meta["model"]["n_layers"])
-    n_bytes = mask_bytes(meta["model"]["d_ff"])
     try:
         small = pf.read(columns=["seq", "pos", "token", "layer", "active"])
     except Exception as e:
         raise read_failure(p, "trace data", e) from None
+    verify_columns(p, meta, small, row_groups(pf))
     t = small.num_rows // n_layers
     layer = small.column("layer").to_numpy()
     if not np.array_equal(layer.reshape(t, n_layers), np.broadcast_to(np.arange(n_layers), (t, n_layers))):
         raise InputError(f"{p}: column 'layer' is not 0..{n_layers - 1} repeated per token (rows out of order?)")
 
     def streamed(column: str) -> StreamedMasks:
-        return StreamedMasks(p, pf, column, n_layers, n_bytes, history, verify)
+        return StreamedMasks(p, pf, meta, column, history, verify)
 
     return Trace(path=p, meta=meta, sha256=file_sha256(p),
                  seq=small.column("seq").to_numpy()[::n_layers].astype(np.int32),

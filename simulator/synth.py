@@ -23,7 +23,9 @@ from tqdm import tqdm
 from sparsesim import __version__
 from sparsesim.simulator.bitset import frequency
 from sparsesim.errors import InputError
-from sparsesim.tracefile import Trace, TraceWriter, mask_bytes, read_trace
+from sparsesim.limits import SYNTH_BYTES, SYNTH_NEURONS
+from sparsesim.numbers import PROBABILITY, SEED, Number
+from sparsesim.tracefile import MAX_D_FF, MAX_LAYERS, MAX_TOKENS, Trace, TraceWriter, mask_bytes, read_trace
 
 # name: (layers, d_model, d_ff, glu, vocab, attention params per layer, tied head, positions)
 SHAPES: dict[str, tuple[int, int, int, bool, int, int, bool, int]] = {
@@ -135,6 +137,18 @@ def synthesize(out: str | os.PathLike, *, shape: str | None = None, layers: int 
                active: float = 0.1, persistence: float | None = None, hot_skew: float = 0.0,
                like: str | os.PathLike | None = None, seed: int = 0, progress: bool = True) -> str:
     """Write a synthetic trace to ``out`` and return its path (see the module docstring)."""
+    tokens = Number(minimum=1, maximum=MAX_TOKENS, integer=True).check(tokens, "--tokens")
+    active = Number(minimum=0, maximum=1).check(active, "--active")
+    if not 0 < active < 1:
+        raise InputError(f"--active must be in (0, 1), got {active}")
+    if persistence is not None:
+        persistence = PROBABILITY.check(persistence, "--persistence")
+    hot_skew = Number(minimum=0, maximum=64).check(hot_skew, "--hot-skew")   # 64: rank 2 already gets 2^-64
+    seed = SEED.check(seed, "--seed")
+    for flag, value, most in (("--layers", layers, MAX_LAYERS), ("--d-model", d_model, 1 << 20),
+                              ("--d-ff", d_ff, MAX_D_FF)):
+        if value is not None:
+            Number(minimum=1, maximum=most, integer=True).check(value, flag)
     ref = read_trace(like) if like else None
     if ref is not None and ref.n_tokens < 2:
         raise InputError(f"{ref.path}: --like needs a trace with at least 2 tokens, it has {ref.n_tokens}")
@@ -150,16 +164,10 @@ def synthesize(out: str | os.PathLike, *, shape: str | None = None, layers: int 
             raise InputError("synth: give --shape, --like, or all of --layers, --d-model and --d-ff")
         model = shape_model(f"custom-{layers}x{d_ff}", layers, d_model, d_ff, glu, 32000,
                             4 * d_model * d_model, False, 0)
-    if tokens <= 0:
-        raise InputError(f"--tokens must be > 0, got {tokens}")
-    if not 0 < active < 1:
-        raise InputError(f"--active must be in (0, 1), got {active}")
-    if persistence is not None and not 0 <= persistence <= 1:
-        raise InputError(f"--persistence must be in [0, 1], got {persistence}")
-    if hot_skew < 0:
-        raise InputError(f"--hot-skew must be >= 0, got {hot_skew}")
     rng = np.random.default_rng(seed)
     L, widths = int(model["n_layers"]), [int(x) for x in model["d_ff"]]
+    SYNTH_NEURONS.check(L * max(widths), f"{out}")
+    SYNTH_BYTES.check(tokens * L * mask_bytes(widths), f"{out}")
     measured = measure(ref) if ref is not None else None
     pis, copies = [], []
     for l, d in enumerate(widths):

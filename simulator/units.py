@@ -37,6 +37,10 @@ class Dimension:
     units: Mapping[str, Decimal]      # accepted unit -> size of that unit in base units
     display: tuple[str, ...]          # units for printing, smallest first (empty: a plain number)
 
+    def parse(self, raw: object) -> float:
+        """``raw`` in base units (what :class:`sparsesim.numbers.Number` calls for text with a unit)."""
+        return parse_quantity(raw, self)
+
 
 _SI = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
 _SUB = {"": Decimal(1), "m": Decimal("1e-3"), "u": Decimal("1e-6"), "n": Decimal("1e-9"),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 from sparsesim.errors import InputError
+from sparsesim.numbers import Number
 
 METHODS = ("percentile", "global", "topk")
+EPOCHS = Number(minimum=1, maximum=10_000, integer=True)   # --learned-epochs: each is a pass over the calibration span
 SITES = ("intermediate", "gate")
 
 

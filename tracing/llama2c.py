@@ -15,7 +15,9 @@ from tokenizers import Tokenizer, decoders, models, normalizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sparsesim.errors import InputError
+from sparsesim.inputs import read_bytes
 
+WEIGHT_BYTES = 1 << 36   # 64 GiB: read whole, so bounded (llama2.c's largest published model is 440 MB)
 HEADER = struct.Struct("7i")  # dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len
 
 
@@ -32,7 +34,7 @@ def load_llama2c(directory: Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizer
 
 
 def _load_weights(path: Path) -> LlamaForCausalLM:
-    raw = path.read_bytes()
+    raw = read_bytes(path, limit=WEIGHT_BYTES)
     if len(raw) < HEADER.size:
         raise InputError(f"{path}: too short for a llama2.c checkpoint header")
     dim, hidden, n_layers, n_heads, n_kv, vocab, seq = HEADER.unpack_from(raw)
@@ -94,7 +96,7 @@ def _load_weights(path: Path) -> LlamaForCausalLM:
 
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     """``tokNNN.bin``: int32 max_len, then per token f32 score, i32 length, UTF-8 bytes."""
-    raw = path.read_bytes()
+    raw = read_bytes(path)
     offset, pieces = 4, []
     try:
         while offset < len(raw):

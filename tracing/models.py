@@ -25,6 +25,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase  # noqa
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from sparsesim.errors import InputError  # noqa: E402
+from sparsesim.inputs import regular_file  # noqa: E402
 from sparsesim.tracing.ffn import FFN, find_ffns, model_info  # noqa: E402
 from sparsesim.tracing.llama2c import load_llama2c  # noqa: E402
 from sparsesim.tracing.moe import MoELayer, RouteRecorder, find_moe_layers, moe_model_info  # noqa: E402
@@ -37,6 +38,7 @@ STORIES_ENV = "SPARSESIM_STORIES260K"
 STORIES_DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "llama2c-stories260K"
 # A staging directory left by a killed conversion is removed once it is this old (seconds).
 STALE_STAGING_S = 3600
+HF_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".gguf")
 
 
 @dataclass
@@ -85,9 +87,12 @@ def load_model(spec: str = DEFAULT_MODEL) -> LoadedModel:
     elif not path.exists():
         raise InputError(f"--model {spec}: no such file or directory, and not a built-in model "
                          f"(built-ins: {DEFAULT_MODEL}, {STORIES_NAME})")
-    elif path.is_file() and path.suffix == ".gguf":
+    elif path.suffix == ".gguf" and regular_file(path, f"--model {spec}"):
         model, tok = _load_hf_dir(_gguf_cache(path))
     elif path.is_dir() and (path / "config.json").exists():
+        for part in path.iterdir():   # what transformers reads: regular files only (a pipe would hang it)
+            if part.suffix in HF_FILE_SUFFIXES:
+                regular_file(part, f"--model {part}")
         model, tok = _load_hf_dir(path)
     elif path.is_dir() and list(path.glob("tok*.bin")):
         model, tok = load_llama2c(path)

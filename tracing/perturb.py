@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sparsesim.errors import InputError
+from sparsesim.numbers import SEED
 from sparsesim.tracefile import TraceWriter, popcount_rows, read_trace
 from sparsesim.tracing.forward import hidden_states
 from sparsesim.tracing.models import LoadedModel, load_model
@@ -35,6 +36,7 @@ def perturb_ids(ids: np.ndarray, fraction: float, seed: int = 0,
     """
     if not 0.0 <= fraction <= 1.0:
         raise InputError(f"perturbation fraction {fraction}: must be in [0, 1]")
+    seed = SEED.check(seed, "--seed")
     ids = np.asarray(ids)
     free = np.flatnonzero(~protect) if protect is not None else np.arange(len(ids))
     pool = np.unique(ids[free])

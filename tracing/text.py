@@ -17,12 +17,14 @@ the start keeps perplexities comparable with the usual "first N tokens of the te
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sparsesim.errors import InputError
+from sparsesim.inputs import TEXT_BYTES, read_text
 
 PYDOC = "pydoc"
 
@@ -53,12 +55,9 @@ def load_text(spec: str) -> TextSource:
         from pydoc_data.topics import topics
         return TextSource(PYDOC, "\n\n".join(topics[k] for k in sorted(topics)))
     path = Path(spec).expanduser()
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise InputError(f"--text {spec}: no such file (or use the built-in 'pydoc')")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"--text {spec}: not UTF-8 text (byte {e.start})") from None
+    text = read_text(path, f"--text {spec}", TEXT_BYTES)
     if not text.strip():
         raise InputError(f"--text {spec}: file is empty")
     return TextSource(spec, text)

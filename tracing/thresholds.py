@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import torch
 
 from sparsesim.atomic import write_text
 from sparsesim.errors import InputError
+from sparsesim.inputs import read_text
 from sparsesim.tracing.forward import batch_inputs, hidden_states, nll_sum
 from sparsesim.tracing.models import LoadedModel
 from sparsesim.tracing.checks import METHODS, SITES, check_choice, check_sparsity
@@ -191,11 +193,11 @@ def allocate(errors: np.ndarray, d_ff: list[int], target: float) -> list[float]:
 def load_thresholds(path: str | Path, model: dict) -> Thresholds:
     """Read and validate a thresholds JSON against the loaded model's metadata."""
     p = Path(path)
+    if not os.path.lexists(p):
+        raise InputError(f"--thresholds {p}: file not found")
     try:
-        doc = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise InputError(f"--thresholds {p}: file not found") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        doc = json.loads(read_text(p, f"--thresholds {p}"))
+    except (ValueError, RecursionError) as e:
         raise InputError(f"--thresholds {p}: not a readable JSON file ({type(e).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise InputError(f"--thresholds {p}: not a sparsesim thresholds file (field 'format' must be '{FORMAT}')")

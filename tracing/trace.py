@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from sparsesim.atomic import check_writable
 from sparsesim.errors import InputError
+from sparsesim.tracing.checks import EPOCHS
 from sparsesim.tracefile import TraceWriter, popcount_rows
 from sparsesim.tracing.forward import batch_inputs, check_head, hidden_states, nll_sum, windows
 from sparsesim.tracing.lowrank import HiddenCapture, LowRankPredictor, accuracy, check_rank, lowrank_meta, predict_lowrank, \
@@ -76,9 +77,8 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
         check_sparsity(sparsity)
     elif thresholds is None and model in BUILTIN_MODELS:
         raise InputError("--sparsity is required unless --thresholds gives saved thresholds")
-    if learned_rank is not None and (isinstance(learned_epochs, bool) or not isinstance(learned_epochs, int)
-                                     or learned_epochs < 1):
-        raise InputError(f"--learned-epochs {learned_epochs}: must be an integer >= 1")
+    if learned_rank is not None:
+        EPOCHS.check(learned_epochs, "--learned-epochs")
     source = load_text(text)
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     if lm.moe is not None:

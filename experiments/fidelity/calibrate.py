@@ -37,6 +37,8 @@ from sparsesim.experiments.fidelity.direct_io import (
 )
 from sparsesim.atomic import check_writable, write_text
 from sparsesim.errors import InputError
+from sparsesim.limits import CALIBRATION_SECONDS, REPEATS
+from sparsesim.numbers import SEED
 from sparsesim.simulator.profile import HardwareProfile, profile_from_dict
 from sparsesim.simulator.units import BANDWIDTH, BYTES, FLOPS, TIME, format_quantity
 
@@ -117,10 +119,9 @@ def _gemm_flops() -> float:
 def measure(directory: str | os.PathLike, size: int = 1 << 30, seconds: float = 60.0, repeats: int = 3,
             seed: int = 0) -> Calibration:
     """Run the measurements (see the module docstring) on a scratch file of ``size`` bytes in ``directory``."""
-    if repeats < 1:
-        raise InputError(f"--repeats must be >= 1, got {repeats}")
-    if seconds <= 0:
-        raise InputError(f"--seconds must be > 0, got {seconds}")
+    repeats = REPEATS.check(repeats, "--repeats")
+    seconds = CALIBRATION_SECONDS.check(seconds, "--seconds")
+    seed = SEED.check(seed, "--seed")
     directory = check_directory(directory)
     size = size // PAGE * PAGE
     if size < max(REQUEST_SIZES):

@@ -65,9 +65,9 @@ class PatternCodebook(ScoredPredictor):
 
     def __init__(self, clusters: int = 32, iterations: int = 10, threshold: float | None = None,
                  topk: int | None = None):
-        for name, value in (("clusters", clusters), ("iterations", iterations)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value}")
+        for name, value, most in (("clusters", clusters, 1 << 16), ("iterations", iterations, 1000)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+                raise ValueError(f"{name} must be an integer from 1 to {most}, got {value}")
         super().__init__(threshold, topk)
         self.clusters = clusters
         self.iterations = iterations

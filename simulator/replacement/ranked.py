@@ -186,9 +186,9 @@ class LeastFrequentlyUsed(RankedClasses):
 
     def setup(self, geometry):
         super().setup(geometry)
-        shape = (geometry.n_layers, geometry.width)
-        self.uses = np.zeros(shape, dtype=np.int64)
-        self.stamp = np.zeros(shape, dtype=np.int64)
+        # Each unit's key (uses << 40 | stamp + 1; a preload is stamped -1) in one array, so a use
+        # finds the classes it leaves with one gather and one unique.
+        self.key = np.zeros((geometry.n_layers, geometry.width), dtype=np.int64)
 
     def _indices(self, units: int) -> np.ndarray:
         return np.flatnonzero(neuronset.to_bool(units, self.geometry.width))
@@ -196,43 +196,42 @@ class LeastFrequentlyUsed(RankedClasses):
     def on_fill(self, layer, step, filled, prefetch):
         if self.bypass:
             self._track_fill(layer, filled, prefetch, step)
-        idx = self._indices(filled)
-        self.uses[layer][idx] = 0
-        self.stamp[layer][idx] = step
+        self.key[layer][self._indices(filled)] = step + 1
         self.order(layer).add(0, step, layer, filled)
 
     def on_access(self, layer, step, used):
         if self.bypass:
             self._track_use(layer, used, step)
         idx = self._indices(used)
-        uses, stamps = self.uses[layer], self.stamp[layer]
-        order = self.order(layer)
+        keys = self.key[layer]
+        old = keys[idx]
+        index = self.order(layer).index
         # Each used unit leaves its class (uses, stamp) for (uses + 1, step): one pass per class.
         moved: dict[int, int] = {}
-        for u, s in _pairs(uses[idx], stamps[idx]):
-            cls = order.index.get((u, s, layer))
+        for key in np.unique(old).tolist():
+            u = key >> 40
+            cls = index.get((u, (key & _STAMP) - 1, layer))
             if cls is None:
                 continue
-            take = cls[3] & used
-            order.cut(cls, take)
-            moved[u + 1] = moved.get(u + 1, 0) | take
+            units = cls[3]
+            take = units & used
+            rest = units ^ take
+            cls[3] = rest
+            if not rest:
+                del index[(cls[0], cls[1], layer)]
+            moved[u + 1] = moved[u + 1] | take if u + 1 in moved else take
+        order = self.order(layer)
         for u, units in moved.items():
             order.add(u, step, layer, units)
-        uses[idx] += 1
-        stamps[idx] = step
+        keys[idx] = ((old >> 40) + 1 << 40) | (step + 1)
 
     def _forget(self, layer, units):
-        idx = self._indices(units)
         order = self.order(layer)
-        for u, s in _pairs(self.uses[layer][idx], self.stamp[layer][idx]):
-            order.remove((u, s, layer), units)
+        for key in np.unique(self.key[layer][self._indices(units)]).tolist():
+            order.remove((key >> 40, (key & _STAMP) - 1, layer), units)
 
 
-def _pairs(uses: np.ndarray, stamps: np.ndarray) -> list[tuple[int, int]]:
-    """The distinct (uses, stamp) pairs (stamps >= -1: a preload is stamped -1)."""
-    keys = np.unique((uses << 40) | (stamps + 1))
-    return list(zip((keys >> 40).tolist(), ((keys & ((1 << 40) - 1)) - 1).tolist()))
-
+_STAMP = (1 << 40) - 1   # the stamp bits of an LFU key
 
 _NEVER = -(1 << 62)   # the major key of units never used again: first to go
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sparsesim.errors import InputError
+from sparsesim.inputs import regular_file
 from sparsesim.tracing.importers import generic, llamacpp, route_trace, routed_experts
 from sparsesim.tracing.importers.routes import Routes, Shape, write_trace
 
@@ -38,9 +39,7 @@ def detect_format(path: Path) -> str:
 def read_routes(path: str | Path, fmt: str | None = None, shape: str | Path | None = None,
                 metrics: str | Path | None = None) -> Routes:
     """Parse and check ``path`` (format ``fmt`` or detected); nothing is written."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    path = regular_file(path)   # sparsesim.inputs: a pipe or a device is refused before it is opened
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt}: unknown; known: {', '.join(FORMATS)}")
@@ -67,10 +66,7 @@ def import_file(path: str | Path, out: str | Path, fmt: str | None = None, shape
 
 
 def _existing(path: str | Path, flag: str) -> Path:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{flag} {p}: no such file")
-    return p
+    return regular_file(path, f"{flag} {path}")
 
 
 def _sibling_shape(path: Path) -> Path | None:

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sparsesim.errors import InputError
+from sparsesim.errors import InputError, system_reason
 from sparsesim.tracecolumns import DECODE, PREFILL
 from sparsesim.tracing.importers.routes import Routes, Shape, group_routes, output_pruning
 from sparsesim.tracing.importers.table import parse_numbers, read_lines
@@ -122,6 +122,8 @@ def _parquet(path: Path):
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for damaged files
+        if system_reason(e):
+            raise InputError(f"{path}: cannot read: {system_reason(e)}") from None
         raise InputError(f"{path}: not a readable Parquet file ({type(e).__name__}); truncated or corrupt?") from None
     names = tuple(table.column_names)
     _check_names(path, names, "schema")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from sparsesim.errors import InputError
+from sparsesim.inputs import read_text
 from sparsesim.tracecolumns import column_types
 from sparsesim.tracefile import TraceWriter, file_sha256
 from sparsesim.traceunits import TraceUnits, expert_masks
@@ -240,10 +241,8 @@ class Shape:
         if path is None:
             return cls(None, {})
         try:
-            doc = json.loads(path.read_text())
-        except OSError as e:
-            raise InputError(f"--shape {path}: cannot read: {e.strerror}") from None
-        except ValueError as e:
+            doc = json.loads(read_text(path, f"--shape {path}"))
+        except (ValueError, RecursionError) as e:
             raise InputError(f"--shape {path}: not JSON ({e})") from None
         if not isinstance(doc, dict):
             raise InputError(f"--shape {path}: must be a JSON object with keys {', '.join(SHAPE_KEYS)}")

@@ -12,14 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from sparsesim.errors import InputError
+from sparsesim.inputs import TEXT_BYTES, read_bytes
 
 
 def read_lines(path: Path) -> list[str]:
     """The file's lines without line ends (UTF-8; a NUL byte or bad encoding is a one-line error)."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    data = read_bytes(path, limit=TEXT_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
