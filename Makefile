@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-reliability fuzz clean
+.PHONY: install demo screenshots test bench bench-reliability fuzz clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sparsesim demo -o demo/
+
+# The README's report screenshots, taken offline in headless Chromium (Debian's chromium package).
+screenshots: demo
+	$(BIN)/python -m sparsesim.experiments.browser demo/report.html -o docs/
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -294,7 +294,7 @@ PLOTLY_IDS = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 
 
 def report_target(results_dir: Path) -> KillTarget:
-    """``sparsesim report`` of a finished sweep: the page and its two CSV tables."""
+    """``sparsesim report`` of a finished sweep: the page and its three CSV tables."""
     import csv
 
     def check(path: Path) -> None:

@@ -12,6 +12,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from sparsesim import human
 from sparsesim.atomic import write_text
 from sparsesim.errors import InputError
 
@@ -30,15 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_demo(sub: argparse._SubParsersAction) -> None:
+    from sparsesim.experiments.demo import TOKENS
+    from sparsesim.tracing.checks import DEFAULT_MODEL, DEFAULT_WINDOW
+
     p = sub.add_parser(
-        "demo", help="the whole pipeline on the built-in defaults (Gemma 3 270M on pydoc)",
-        description="Perplexity curve, traces at several sparsity levels, predictability analysis, a sweep over "
-                    "3 profiles x predictors x replacement policies x 3 budgets, and the report (experiments/demo.py). "
-                    "Steps already done in DIR are skipped.")
-    p.add_argument("-o", "--output", dest="out_dir", default="demo", metavar="DIR")
-    p.add_argument("--model", default="gemma-3-270m")
-    p.add_argument("--tokens", type=int, default=512, help="evaluation tokens per trace")
-    p.add_argument("--workers", type=int, metavar="N")
+        "demo", help="the whole pipeline on the built-in defaults (Gemma 3 270M on pydoc), under 10 minutes",
+        description=f"Traces at several sparsity levels with their perplexity (window {DEFAULT_WINDOW}), the "
+                    "predictability analysis, a sweep over 3 devices x predictors x replacement policies x DRAM "
+                    "budgets with dense, no-prefetch, the oracle bound and noisy oracles, and the report; ends "
+                    "with the report's verdict in a few lines (experiments/demo.py). Stages already done in DIR "
+                    "are skipped.")
+    p.add_argument("-o", "--output", dest="out_dir", default="demo", metavar="DIR", help="output directory "
+                                                                                          "(default %(default)s)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="default %(default)s")
+    p.add_argument("--tokens", type=int, default=TOKENS, help="evaluation tokens per trace (default %(default)s)")
+    p.add_argument("--workers", type=int, metavar="N", help="sweep worker processes (default: the cores available)")
     p.set_defaults(func=_demo)
 
 
@@ -72,13 +79,15 @@ def _register_sweep(sub: argparse._SubParsersAction) -> None:
 def _register_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report", help="turn a sweep's results into an offline HTML report and CSV tables",
-        description="One self-contained HTML page (works offline) with Pareto fronts, traffic, pollution, "
-                    "speed-ups, sensitivities, per-layer predictor accuracy and provenance, plus "
-                    "NAME-summary.csv and NAME-pareto.csv next to it.")
+        description="One self-contained HTML page (works offline) that opens with the verdict (per device: the "
+                    "best realisable design at each DRAM budget, its speed-up over dense, the oracle bound and the "
+                    "break-even predictor quality), then one section per device, plus NAME-verdict.csv, "
+                    "NAME-points.csv and NAME-runs.csv next to it (docs/experiments.md).")
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="a directory written by sparsesim sweep")
     p.add_argument("-o", "--output", metavar="REPORT.html", help="the page (default: RESULTS_DIR/report.html)")
     p.add_argument("--ppl", metavar="CSV", help="sparsity-vs-perplexity curve from sparsesim ppl "
-                                                "(default: RESULTS_DIR/curve.csv when present)")
+                                                "(default: RESULTS_DIR/curve.csv when present, else the traces' own)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_report)
 
 
@@ -110,14 +119,18 @@ def _report(args: argparse.Namespace) -> int:
     from sparsesim.experiments.report import make_report
 
     out = args.output or str(Path(args.results_dir) / "report.html")
-    print(make_report(args.results_dir, out, ppl_csv=args.ppl))
+    paths = make_report(args.results_dir, out, ppl_csv=args.ppl, progress=args.progress)
+    print(f"wrote {paths['page']} (open it in a browser; works offline)")
+    print(f"  and {', '.join(p for k, p in paths.items() if k != 'page')}")
     return 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    rows = reproduce(args.name, args.out_dir or args.name)
+    out_dir = Path(args.out_dir or args.name)
+    rows = reproduce(args.name, out_dir)
     columns = getattr(importlib.import_module(REPRODUCTIONS[args.name]), "COLUMNS", REPRODUCTION_COLUMNS)
     print(format_rows(rows, columns))
+    print(f"wrote {out_dir / (args.name + '.csv')} and the trace it replays in {out_dir}")
     return 0
 
 
@@ -139,7 +152,7 @@ def reproduce(name: str, out_dir: str | Path) -> list[dict[str, Any]]:
 
 def format_rows(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     """Records as aligned text columns (floats to 4 significant digits)."""
-    cells = [list(columns)] + [[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in columns]
+    cells = [list(columns)] + [[human.number(r[c], 4) if isinstance(r[c], float) else str(r[c]) for c in columns]
                                for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))

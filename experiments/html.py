@@ -22,6 +22,11 @@ table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f3f3f3; } td.text, th.text { text-align: left; }
 p.note { color: #555; font-size: 0.9em; } pre { background: #f7f7f7; padding: 0.5em; overflow-x: auto; }
+nav { font-size: 0.85em; color: #555; } nav a { margin-right: 0.8em; }
+ul.summary { font-size: 0.9em; padding-left: 1.2em; } ul.summary li { margin: 0.25em 0; }
+div.matrices { display: flex; flex-wrap: wrap; gap: 1.2em; } div.matrix h3 { font-size: 1em; margin: 0.4em 0 0.2em; }
+td.win { background: #d9f2d9; } td.lose { background: #f8dcdc; } span.bound { color: #666; font-size: 0.9em; }
+details summary { cursor: pointer; font-size: 0.9em; margin-top: 0.5em; }
 """
 
 
@@ -31,6 +36,8 @@ class Section:
     text: str = ""                                  # plain text paragraph(s), escaped
     figures: list[Any] = field(default_factory=list)   # plotly figures
     tables: list[str] = field(default_factory=list)    # HTML from table_html()
+    anchor: str = ""                                # id of the heading, for links
+    lead: bool = False                              # the page's first screen: shown before the contents
 
 
 def figure_html(fig: Any) -> str:
@@ -70,13 +77,21 @@ def render_page(title: str, sections: Iterable[Section], provenance: dict[str, A
              f"<style>{PAGE_STYLE}</style><script type='text/javascript'>{_plotly_js()}</script></head><body>",
              f"<h1>{html.escape(title)}</h1>"]
     if intro:
-        parts.append(f"<p>{html.escape(intro)}</p>")
+        parts.append(f"<p class='note'>{html.escape(intro)}</p>")
+    sections = list(sections)
+    contents = "<nav>Contents: " + "".join(f"<a href='#{html.escape(s.anchor)}'>{html.escape(s.title)}</a>"
+                                           for s in sections if s.anchor) + "</nav>"
+    if not any(s.lead for s in sections):
+        parts.append(contents)
     for s in sections:
-        parts.append(f"<h2>{html.escape(s.title)}</h2>")
+        anchor = f" id='{html.escape(s.anchor)}'" if s.anchor else ""
+        parts.append(f"<h2{anchor}>{html.escape(s.title)}</h2>")
         for para in filter(None, s.text.split("\n\n")):
             parts.append(f"<p class='note'>{html.escape(para)}</p>")
         parts.extend(figure_html(f) for f in s.figures)
         parts.extend(s.tables)
+        if s.lead:
+            parts.append(contents)
     if provenance:
         parts.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(provenance, indent=2, default=str)) + "</pre>")
     parts.append("</body></html>")

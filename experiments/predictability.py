@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from sparsesim.experiments.html import Section, table_html, write_page
 from sparsesim import __version__
@@ -425,7 +426,7 @@ def analyze(trace: str | os.PathLike | Trace, out_dir: str | os.PathLike,
     context = PredictorContext.of(trace, train, seed)
     layer_rows: list[Row] = []
     summary: list[Row] = []
-    for spec in specs:
+    for spec in tqdm(specs, desc="analyze", unit="predictor", disable=None, dynamic_ncols=True):
         rows = predictor_layer_rows(trace, spec, context, neuron_bytes, lookahead)
         layer_rows += rows
         summary.append(summary_row(rows, trace.n_tokens))
@@ -456,7 +457,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Replay predictors causally over a trace and measure how similar its masks are "
                                    "(docs/predictors.md).")
     p.add_argument("trace", metavar="TRACE", help="trace .parquet file to analyse")
-    p.add_argument("--train", metavar="TRACE", help="training/profiling trace of the same model on other text")
+    p.add_argument("--train", metavar="TRACE",
+                   help="training trace for the predictors that learn offline: the same model and thresholds on "
+                        "other text, e.g. 'sparsesim trace --text OTHER.txt --thresholds th.json -o train.parquet' "
+                        "with th.json saved by the analysed trace's --save-thresholds (README)")
     p.add_argument("--predictors", metavar="SPECS",
                    help=f"comma-separated predictor specs, e.g. 'previous-token,window:k=4,threshold=0.5' "
                         f"(default: {', '.join(BASE_PREDICTORS)}; with --train also {', '.join(TRAINED_PREDICTORS)}; "
@@ -479,5 +483,6 @@ def _analyze(args: argparse.Namespace) -> int:
     for r in result["tables"]["predictors"]:
         print(f"{r['predictor']:<34} {r['precision_mean']:>9.3f} {r['precision_worst']:>6.3f} "
               f"{r['recall_mean']:>7.3f} {r['recall_worst']:>6.3f} {r['fetch_bytes_per_token'] / 1e6:>9.3f}")
-    print(f"wrote {result['paths']['report']}")
+    tables = ", ".join(Path(p).name for k, p in result["paths"].items() if k != "report")
+    print(f"wrote {result['paths']['report']} and {tables} beside it")
     return 0

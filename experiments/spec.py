@@ -58,6 +58,7 @@ class TraceInput:
     label: str                        # as it appears in run configs: path relative to root, or "synth-<hash>"
     path: Path | None = None          # the file (None until a synthetic trace is materialized)
     synth: Mapping[str, Any] | None = None
+    companions: Mapping[str, str] = dataclasses.field(default_factory=dict)   # train_trace/profile_trace labels
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,11 @@ def load_spec(path: str | Path) -> SweepSpec:
     profiles = tuple(_profile(check, p, f"profiles[{i}]", locate)
                      for i, p in enumerate(check.values(data["profiles"], "profiles")))
     points = _points(check, data, locate, profiles)
+    for i, trace in enumerate(traces):
+        for key in trace.companions:
+            if any(key in point for point in points):
+                raise check.fail(f"traces[{i}].{key}", "also given as a setting; give it per trace or as a setting, "
+                                                       "not both")
     SWEEP_RUNS.check(len(traces) * len(profiles) * len(points), str(path))
     return SweepSpec(path=path.resolve(), name=name.strip(), root=root, traces=traces, profiles=profiles,
                      points=points, baselines=_boolean(check, data.get("baselines", True), "baselines"),
@@ -258,15 +264,30 @@ def _traces(check: _Checker, value: Any, locate: _Locator) -> tuple[TraceInput, 
     out: dict[str, TraceInput] = {}   # keyed by label: a file matched by two patterns runs once
     for i, item in enumerate(check.values(value, "traces")):
         field = f"traces[{i}]"
-        if isinstance(item, Mapping):
+        if isinstance(item, Mapping) and "synth" in item:
             trace = _synthetic(check, item, field)
+            out.setdefault(trace.label, trace)
+        elif isinstance(item, Mapping):
+            trace = _with_companions(check, item, field, locate)
             out.setdefault(trace.label, trace)
         elif isinstance(item, str):
             for path in locate.pattern(item, field):
                 out.setdefault(locate.label(path), TraceInput(label=locate.label(path), path=path))
         else:
-            raise check.fail(field, f"expected a path, a glob or {{synth: {{...}}}}, got {_kind(item)}")
+            raise check.fail(field, f"expected a path, a glob, {{file: ..., train_trace: ...}} or {{synth: {{...}}}}, "
+                                    f"got {_kind(item)}")
     return tuple(out.values())
+
+
+def _with_companions(check: _Checker, item: Mapping, field: str, locate: _Locator) -> TraceInput:
+    """``{file: T, train_trace: A, profile_trace: B}``: a trace with its own training/profiling traces
+    (a learned predictor must learn from the same model at the same sparsity as the trace it replays)."""
+    check.keys(item, ("file", *TRACE_SETTINGS), field)
+    if "file" not in item:
+        raise check.fail(f"{field}.file", "missing: the trace file these companions belong to")
+    path = locate.file(item["file"], f"{field}.file")
+    companions = {key: locate.label(locate.file(item[key], f"{field}.{key}")) for key in TRACE_SETTINGS if key in item}
+    return TraceInput(label=locate.label(path), path=path, companions=companions)
 
 
 def _synthetic(check: _Checker, item: Mapping, field: str) -> TraceInput:
@@ -501,6 +522,7 @@ def _run(spec: SweepSpec, trace: TraceInput, profile: str, profile_label: str, p
     predictor = point.get("predictor", _SIMULATE_DEFAULTS["predictor"])
     cache = point.get("cache", _SIMULATE_DEFAULTS["cache"])
     seed = point.get("seed", _SIMULATE_DEFAULTS["seed"])
+    point = {**trace.companions, **point}   # load_spec refused a companion given both ways
     companions = {key: spec.root / point[key] for key in TRACE_SETTINGS if key in point}
     settings = {key: setting_text(value) for key, value in sorted(point.items())
                 if key not in (*POLICY_SETTINGS, "seed", *TRACE_SETTINGS)}

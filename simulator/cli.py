@@ -7,6 +7,17 @@ Registration only builds argparse parsers; each handler imports its module when 
 from __future__ import annotations
 
 import argparse
+import inspect
+import sys
+
+from sparsesim.simulator.scenario import Scenario
+from sparsesim.simulator.simulate import simulate
+
+# What simulate() takes when a flag is not given: named on stderr whenever the CLI falls back on it.
+SIMULATE_DEFAULTS = {**{k: p.default for k, p in inspect.signature(simulate).parameters.items()
+                        if k in ("profile", "predictor", "cache")}, "dram_budget": Scenario().dram_budget}
+_DEFAULTED = (("--profile", "profile"), ("--predictor", "predictor"), ("--cache", "cache"),
+              ("--dram-budget", "dram_budget"))
 
 
 def register(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersAction]:
@@ -24,10 +35,13 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
                        description="Replay a trace token by token against a hardware profile under a "
                                    "predictor and a replacement policy (docs/simulator.md, docs/metrics.md).")
     p.add_argument("--trace", required=True, help="trace .parquet file")
-    p.add_argument("--profile", default="apple-m1-max", help="preset name or YAML file (sparsesim profiles list)")
-    p.add_argument("--predictor", default="oracle", help="name[:key=value,...] (sparsesim policies)")
-    p.add_argument("--cache", default="lru", help="replacement policy name[:key=value,...]")
-    p.add_argument("--dram-budget", help="<= 1: share of the FFN for the neuron cache; else total bytes ('6.5 GB')")
+    p.add_argument("--profile", help=f"preset name or YAML file (sparsesim profiles list; default "
+                                     f"{SIMULATE_DEFAULTS['profile']}, named in the output)")
+    p.add_argument("--predictor", help=f"name[:key=value,...] (sparsesim policies; default "
+                                       f"{SIMULATE_DEFAULTS['predictor']}, named in the output)")
+    p.add_argument("--cache", help=f"replacement policy name[:key=value,...] (default {SIMULATE_DEFAULTS['cache']})")
+    p.add_argument("--dram-budget", help="<= 1: share of the FFN for the neuron cache; else total bytes ('6.5 GB'); "
+                                         f"default {SIMULATE_DEFAULTS['dram_budget']}")
     p.add_argument("--cache-budget", help="bytes of the unit cache itself, resident weights apart ('4000MiB'); "
                                           "overrides --dram-budget")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8", "int4"))
@@ -62,11 +76,18 @@ def _simulate(args: argparse.Namespace) -> int:
     from sparsesim.atomic import check_writable, write_text
     from sparsesim.numbers import SEED
     from sparsesim.simulator.metrics import format_summary
-    from sparsesim.simulator.simulate import simulate
 
     SEED.check(args.seed, "--seed")
     if args.json and args.json != "-":
         check_writable(args.json)
+    # No silent answer-changing default: every default taken is named with the result.
+    sized = args.cache_budget is not None or any(s.startswith("cache_budget=") for s in args.settings)
+    defaulted = [f"{flag} {SIMULATE_DEFAULTS[key]}" for flag, key in _DEFAULTED if getattr(args, key) is None
+                 and not any(s.startswith(f"{key}=") for s in args.settings)
+                 and not (key == "dram_budget" and sized)]   # a cache budget replaces the DRAM budget
+    for _, key in _DEFAULTED:
+        if getattr(args, key) is None and key != "dram_budget":
+            setattr(args, key, SIMULATE_DEFAULTS[key])
     settings = list(args.settings)
     for field, value in (("dram_budget", args.dram_budget), ("cache_budget", args.cache_budget),
                          ("precision", args.precision),
@@ -79,12 +100,18 @@ def _simulate(args: argparse.Namespace) -> int:
     if record["budget_below_cycle"]:
         print(cycle_warning(record), file=sys.stderr)
     text = json.dumps(record, indent=2, default=float)
+    note = f"defaults used: {', '.join(defaulted)} (give them to choose)" if defaulted else ""
     if args.json == "-":
         print(text)
+        if note:
+            print(f"sparsesim: {note}", file=sys.stderr)   # stdout is the JSON record only
         return 0
     print(format_summary(record))
+    if note:
+        print(f"  {note}")
     if args.json:
         write_text(args.json, text + "\n")
+        print(f"wrote {args.json} (the full record)")
     return 0
 
 

@@ -107,6 +107,28 @@ def test_confine_keeps_paths_inside_the_spec_directory(tmp_path, traces):
     assert "outside" in message and "confine" in message
 
 
+def test_each_trace_may_bring_its_own_training_and_profiling_traces(tmp_path, traces):
+    """A learned predictor must learn from the trace's own model and sparsity: companions per trace."""
+    one, two = traces / "tiny-1.parquet", traces / "tiny-2.parquet"
+    spec = write_spec(tmp_path, {"traces": [{"file": str(one), "train_trace": str(two), "profile_trace": str(two)},
+                                            {"file": str(two), "train_trace": str(one)}],
+                                 "profiles": ["apple-m1-max"], "grid": {"predictor": ["static-hot", "oracle"]}})
+    runs = expand(load_spec(spec))
+    assert len(runs) == 4
+    assert {(Path(r.trace).name, Path(r.train_trace).name, r.profile_trace and Path(r.profile_trace).name)
+            for r in runs} == {("tiny-1.parquet", "tiny-2.parquet", "tiny-2.parquet"),
+                               ("tiny-2.parquet", "tiny-1.parquet", None)}
+    assert all('"train_trace"' in r.config for r in runs)       # part of the run id
+    message = spec_error(tmp_path, {"traces": [{"file": str(one), "train_trace": str(two)}],
+                                    "profiles": ["apple-m1-max"], "fixed": {"train_trace": str(two)}})
+    assert "traces[0].train_trace" in message and "not both" in message
+    message = spec_error(tmp_path, {"traces": [{"file": str(one), "train_trace": "nowhere.parquet"}],
+                                    "profiles": ["apple-m1-max"]})
+    assert "traces[0].train_trace" in message and "nowhere.parquet" in message
+    assert "traces[0].file: missing" in spec_error(tmp_path, {"traces": [{"train_trace": str(two)}],
+                                                              "profiles": ["apple-m1-max"]})
+
+
 def test_expansion_is_ordered_deterministic_and_deduplicated(tmp_path, traces):
     body = base_spec(traces, grid={"predictor": ["oracle", "none"], "dram_budget": [0.3, 0.5]},
                      zip={"cache": ["lru", "window:k=2"], "lookahead": [1, 2]},

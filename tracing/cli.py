@@ -7,11 +7,14 @@ import math
 import time
 from pathlib import Path
 
+from sparsesim import human
 from sparsesim.atomic import check_writable
 from sparsesim.errors import InputError
-from sparsesim.tracing.checks import METHODS, SITES, check_sparsity
+from sparsesim.tracing.checks import (BUILTIN_MODELS, DEFAULT_CALIB_TOKENS, DEFAULT_MODEL, DEFAULT_TOKENS,
+                                      DEFAULT_WINDOW, METHODS, PYDOC, SITES, STORIES_NAME, check_choice, check_count,
+                                      check_span, check_sparsity, check_text, model_kind, parse_levels)
 
-DEFAULTS = dict(model="gemma-3-270m", text="pydoc", tokens=4096, calib_tokens=2048)
+DEFAULTS = dict(model=DEFAULT_MODEL, text=PYDOC, tokens=DEFAULT_TOKENS, calib_tokens=DEFAULT_CALIB_TOKENS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,12 +66,14 @@ def _model_text_args(p: argparse.ArgumentParser, explicit: bool = False) -> None
     """With ``explicit`` the defaults are left None (filled in by the handler) so it can tell given flags apart."""
     d = dict.fromkeys(DEFAULTS) if explicit else DEFAULTS
     p.add_argument("--model", default=d["model"],
-                   help="gemma-3-270m (default" + ("; with --perturb the base trace's model" if explicit else "")
-                        + "), stories260K, a HF model directory, a .gguf file or a llama2.c directory")
-    p.add_argument("--text", default=d["text"], help="pydoc (built-in, default) or a UTF-8 text file")
+                   help=f"{DEFAULT_MODEL} (default" + ("; with --perturb the base trace's model" if explicit else "")
+                        + f"), {STORIES_NAME}, a HF model directory, a .gguf file or a llama2.c directory")
+    p.add_argument("--text", default=d["text"], help=f"{PYDOC} (built-in, default) or a UTF-8 text file")
     p.add_argument("--tokens", type=int, default=d["tokens"],
                    help=f"evaluation tokens from the start of the text (default {DEFAULTS['tokens']})")
-    p.add_argument("--window", type=int, help="window length (default min(2048, model context))")
+    p.add_argument("--window", type=int,
+                   help=f"tokens per forward window (default {DEFAULT_WINDOW}, or the model's context if shorter; "
+                        f"the same default for trace, ppl and demo; perplexity depends on it)")
     p.add_argument("--calib-tokens", type=int, default=d["calib_tokens"],
                    help=f"calibration tokens from the end of the text (default {DEFAULTS['calib_tokens']})")
 
@@ -81,7 +86,7 @@ TRACE_ONLY = (("--text", "text"), ("--tokens", "tokens"), ("--window", "window")
 
 
 def _trace(args: argparse.Namespace) -> int:
-    # Cheap checks before importing torch (~3 s), so a mistyped flag fails at once.
+    # Cheap checks before importing torch and loading the model, so a mistyped flag fails at once.
     start = time.perf_counter()
     if args.perturb is not None:
         return _perturb(args, start)
@@ -95,9 +100,17 @@ def _trace(args: argparse.Namespace) -> int:
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    check_writable(args.out)
+    if args.sparsity is None and args.thresholds is None and args.model in BUILTIN_MODELS:   # dense: by neuron
+        raise InputError("--sparsity is required unless --thresholds gives saved thresholds")
     if args.sparsity is not None:
         check_sparsity(args.sparsity)
+    if args.thresholds is not None and not Path(args.thresholds).is_file():
+        raise InputError(f"--thresholds {args.thresholds}: no such file")
+    check_count(args.learned_rank, "--learned-rank", 1)
+    _check_model_text(args)
+    check_writable(args.out)
+    if args.save_thresholds is not None:
+        check_writable(args.save_thresholds)
     from sparsesim.tracing.trace import LEARNED_EPOCHS, trace_model
 
     meta = trace_model(out=args.out, model=args.model, text=args.text, sparsity=args.sparsity, method=args.method,
@@ -127,7 +140,16 @@ def _trace(args: argparse.Namespace) -> int:
     if "router-ahead" in learned:
         line += f", pred:router-ahead for layers {', '.join(map(str, learned['router-ahead']['layers']))}"
     print(f"{line}; {time.perf_counter() - start:.1f} s")
+    if args.save_thresholds is not None:
+        print(f"wrote {args.save_thresholds} (thresholds)")
     return 0
+
+
+def _check_model_text(args: argparse.Namespace) -> None:
+    """Everything about the model, text and spans that can be known without loading the model."""
+    model_kind(args.model)
+    check_text(args.text)
+    check_span(args.tokens, args.window, args.calib_tokens)
 
 
 def _perturb(args: argparse.Namespace, start: float) -> int:
@@ -162,16 +184,25 @@ def _mean(values: list[float]) -> float:
 
 
 def _ppl(args: argparse.Namespace) -> int:
-    from sparsesim.tracing.perplexity import parse_levels, ppl_curve
+    # Cheap checks first: a mistyped flag fails before torch and the model load (seconds).
+    levels = parse_levels(args.levels)
+    methods = [check_choice(m.strip(), METHODS, "--method") for m in args.method.split(",") if m.strip()]
+    if not methods:
+        raise InputError("--method: no method given")
+    _check_model_text(args)
+    out = check_writable(args.out)
+    check_writable(out.with_suffix(".html"))
+    from sparsesim.tracing.perplexity import ppl_curve
 
-    rows = ppl_curve(model=args.model, text=args.text, levels=parse_levels(args.levels),
-                     window=args.window, methods=[m.strip() for m in args.method.split(",") if m.strip()],
+    rows = ppl_curve(model=args.model, text=args.text, levels=levels, window=args.window, methods=methods,
                      site=args.site, tokens=args.tokens, calib_tokens=args.calib_tokens, out=args.out)
-    print(f"{'method':<11} {'target':>6} {'measured':>8} {'ppl':>9} {'change':>8}")
+    r0 = rows[0]
+    print(f"{r0['model']} on {r0['text']}: {r0['eval_tokens']} tokens, window {r0['window']}")
+    print(f"{'method':<11} {'target':>7} {'measured':>9} {'perplexity':>11} {'change':>8}")
     for r in rows:
-        print(f"{r['method']:<11} {r['target_sparsity']:>6.2f} {r['measured_sparsity']:>8.3f} {r['ppl']:>9.3f} "
-              f"{r['ppl_increase_pct']:>+7.1f}%")
-    print(f"wrote {args.out} and its .html plot")
+        print(f"{r['method']:<11} {human.percent(r['target_sparsity']):>7} "
+              f"{human.percent(r['measured_sparsity'], 1):>9} {r['ppl']:>11.3f} {r['ppl_increase_pct']:>+6.1f} %")
+    print(f"wrote {out} and {out.with_suffix('.html')}")
     return 0
 
 

@@ -25,20 +25,13 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase  # noqa
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from sparsesim.errors import InputError  # noqa: E402
-from sparsesim.inputs import regular_file  # noqa: E402
+from sparsesim.tracing.checks import DEFAULT_MODEL, model_kind, stories_dir  # noqa: E402
 from sparsesim.tracing.ffn import FFN, find_ffns, model_info  # noqa: E402
 from sparsesim.tracing.llama2c import load_llama2c  # noqa: E402
 from sparsesim.tracing.moe import MoELayer, RouteRecorder, find_moe_layers, moe_model_info  # noqa: E402
 
-DEFAULT_MODEL = "gemma-3-270m"
-STORIES_NAME = "stories260K"
-BUILTIN_MODELS = (DEFAULT_MODEL, STORIES_NAME)     # both dense: traced by FFN neuron
-STORIES_ENV = "SPARSESIM_STORIES260K"
-# The repository's sibling ../shared holds the llama2.c checkpoint for tests (DESIGN §2).
-STORIES_DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "llama2c-stories260K"
 # A staging directory left by a killed conversion is removed once it is this old (seconds).
 STALE_STAGING_S = 3600
-HF_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".txt", ".gguf")
 
 
 @dataclass
@@ -80,25 +73,17 @@ def load_model(spec: str = DEFAULT_MODEL) -> LoadedModel:
     hf_logging.set_verbosity_error()  # load-time chatter (unused weights, deprecations) is not for the user
     hf_logging.disable_progress_bar()
     path = Path(spec).expanduser()
-    if spec == DEFAULT_MODEL:
+    kind = model_kind(spec)
+    if kind == "gemma":
         model, tok = _load_hf_dir(_gemma_270m_cache())
-    elif spec == STORIES_NAME:
-        model, tok = load_llama2c(Path(os.environ.get(STORIES_ENV, STORIES_DEFAULT_DIR)))
-    elif not path.exists():
-        raise InputError(f"--model {spec}: no such file or directory, and not a built-in model "
-                         f"(built-ins: {DEFAULT_MODEL}, {STORIES_NAME})")
-    elif path.suffix == ".gguf" and regular_file(path, f"--model {spec}"):
+    elif kind == "stories":
+        model, tok = load_llama2c(stories_dir())
+    elif kind == "gguf":
         model, tok = _load_hf_dir(_gguf_cache(path))
-    elif path.is_dir() and (path / "config.json").exists():
-        for part in path.iterdir():   # what transformers reads: regular files only (a pipe would hang it)
-            if part.suffix in HF_FILE_SUFFIXES:
-                regular_file(part, f"--model {part}")
+    elif kind == "hf":
         model, tok = _load_hf_dir(path)
-    elif path.is_dir() and list(path.glob("tok*.bin")):
-        model, tok = load_llama2c(path)
     else:
-        raise InputError(f"--model {spec}: expected a Hugging Face model directory (with config.json), "
-                         f"a .gguf file, or a llama2.c directory (model .bin + tok*.bin)")
+        model, tok = load_llama2c(path)
     return describe(model, tok, spec)
 
 

@@ -21,15 +21,14 @@ from tqdm import tqdm
 from sparsesim.atomic import check_writable, write_text
 from sparsesim.errors import InputError
 from sparsesim.tracing.forward import check_head, hidden_states, nll_sum, windows
-from sparsesim.tracing.models import DEFAULT_MODEL, LoadedModel, load_model
+from sparsesim.tracing.models import LoadedModel, load_model
 from sparsesim.tracing.sparsify import SparseFFN
 from sparsesim.tracing.text import load_text, split_tokens, tokenize
-from sparsesim.tracing.checks import METHODS, check_choice, check_sparsity
+from sparsesim.tracing.checks import (DEFAULT_CALIB_TOKENS, DEFAULT_MODEL, DEFAULT_TOKENS, DEFAULT_WINDOW, METHODS,
+                                      check_choice, check_sparsity, check_span)
 from sparsesim.tracing.thresholds import Thresholds, calibrate
 
-DEFAULT_WINDOW = 2048
-DEFAULT_TOKENS = 4096
-DEFAULT_CALIB_TOKENS = 2048
+CALIBRATION_PASSES = 2   # forward passes over the calibration span (dense + in-graph thresholds): progress units
 
 
 @dataclass(frozen=True)
@@ -55,29 +54,28 @@ def resolve_window(lm: LoadedModel, window: int | None) -> int:
     return window
 
 
+def progress_bar(desc: str, total: int) -> tqdm:
+    """One bar per command, counted in tokens passed through the model (so its ETA holds across stages);
+    shown on a terminal only."""
+    return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, disable=None, dynamic_ncols=True, leave=False)
+
+
 def evaluate(lm: LoadedModel, ids: np.ndarray, window: int, sparsity: Thresholds | None = None,
-             desc: str = "ppl") -> tuple[Perplexity, list[float] | None]:
-    """Perplexity over ``ids``; with ``sparsity``, also the measured per-layer sparsity."""
+             progress: tqdm | None = None) -> tuple[Perplexity, list[float] | None]:
+    """Perplexity over ``ids``; with ``sparsity``, also the measured per-layer sparsity. ``progress``
+    advances by each window's tokens."""
     hooks = SparseFFN(lm.ffns, sparsity.site, sparsity.rule(), count=True) if sparsity else None
     nll = 0.0
     with hooks or contextlib.nullcontext():
-        for w in tqdm(windows(ids, window, lm.bos_id), desc=desc, unit="win", disable=None, leave=False):
+        for w in windows(ids, window, lm.bos_id):
             hidden = hidden_states(lm, torch.from_numpy(w.inputs)[None])
             nll += nll_sum(lm, hidden, torch.from_numpy(w.targets)[None])
+            if progress is not None:
+                progress.update(len(w.inputs))
     measured = None
     if hooks:
         measured = [1.0 - float(a) / (hooks.tokens * f.d_ff) for a, f in zip(hooks.active, lm.ffns)]
     return Perplexity(nll, len(ids), window), measured
-
-
-def parse_levels(text: str) -> list[float]:
-    try:
-        levels = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--levels {text!r}: expected comma-separated numbers, e.g. 0,0.3,0.5") from None
-    if not levels:
-        raise InputError("--levels: no levels given")
-    return sorted({check_sparsity(v, "--levels value") for v in levels})
 
 
 def ppl_curve(*, model: str | LoadedModel = DEFAULT_MODEL, text: str = "pydoc", levels: list[float],
@@ -89,6 +87,7 @@ def ppl_curve(*, model: str | LoadedModel = DEFAULT_MODEL, text: str = "pydoc", 
     html = check_writable(out.with_suffix(".html"))
     methods = [check_choice(m, METHODS, "--method") for m in methods]
     levels = [check_sparsity(v, "--levels value") for v in levels]
+    check_span(tokens, window, calib_tokens)
     source = load_text(text)
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     window = resolve_window(lm, window)
@@ -96,25 +95,30 @@ def ppl_curve(*, model: str | LoadedModel = DEFAULT_MODEL, text: str = "pydoc", 
                          window=window)
     check_head(lm)
     text_meta = {**source.describe(), "start": split.calib_start}
-    dense, _ = evaluate(lm, split.evaluation, window, desc="dense")
-    rows = []
-    for method in methods:
-        for level in levels:
-            if level == 0:
-                result, measured, chosen = dense, None, ""
-            else:
-                th = calibrate(lm, split.calibration, window=window, method=method, site=site, target=level,
-                               text=text_meta)
-                result, measured = evaluate(lm, split.evaluation, window, th, desc=f"{method} {level:g}")
-                chosen = th.details.get("chosen", "")
-            rows.append({
-                "model": lm.name, "text": source.name, "text_sha256": source.sha256, "window": window,
-                "eval_tokens": result.tokens, "calib_tokens": len(split.calibration), "method": method,
-                "site": site, "target_sparsity": level,
-                "measured_sparsity": float(np.mean(measured)) if measured else 0.0,
-                "ppl": result.ppl, "nll_per_token": result.nll / result.tokens,
-                "ppl_increase_pct": 100.0 * (result.ppl / dense.ppl - 1.0), "global_choice": chosen,
-            })
+    sparse_levels = len(methods) * sum(1 for level in levels if level > 0)
+    n_eval, n_calib = len(split.evaluation), len(split.calibration)
+    with progress_bar("ppl", n_eval + sparse_levels * (CALIBRATION_PASSES * n_calib + n_eval)) as bar:
+        dense, _ = evaluate(lm, split.evaluation, window, progress=bar)
+        rows = []
+        for method in methods:
+            for level in levels:
+                if level == 0:
+                    result, measured, chosen = dense, None, ""
+                else:
+                    bar.set_postfix_str(f"{method} {level:g}", refresh=False)
+                    th = calibrate(lm, split.calibration, window=window, method=method, site=site, target=level,
+                                   text=text_meta)
+                    bar.update(CALIBRATION_PASSES * n_calib)
+                    result, measured = evaluate(lm, split.evaluation, window, th, progress=bar)
+                    chosen = th.details.get("chosen", "")
+                rows.append({
+                    "model": lm.name, "text": source.name, "text_sha256": source.sha256, "window": window,
+                    "eval_tokens": result.tokens, "calib_tokens": len(split.calibration), "method": method,
+                    "site": site, "target_sparsity": level,
+                    "measured_sparsity": float(np.mean(measured)) if measured else 0.0,
+                    "ppl": result.ppl, "nll_per_token": result.nll / result.tokens,
+                    "ppl_increase_pct": 100.0 * (result.ppl / dense.ppl - 1.0), "global_choice": chosen,
+                })
     write_text(out, _csv(rows))
     write_text(html, _plot_html(rows))
     return rows

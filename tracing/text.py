@@ -17,16 +17,13 @@ the start keeps perplexities comparable with the usual "first N tokens of the te
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from sparsesim.errors import InputError
 from sparsesim.inputs import TEXT_BYTES, read_text
-
-PYDOC = "pydoc"
+from sparsesim.tracing.checks import PYDOC, check_text
 
 
 @dataclass(frozen=True)
@@ -54,9 +51,7 @@ def load_text(spec: str) -> TextSource:
     if spec == PYDOC:
         from pydoc_data.topics import topics
         return TextSource(PYDOC, "\n\n".join(topics[k] for k in sorted(topics)))
-    path = Path(spec).expanduser()
-    if not os.path.lexists(path):
-        raise InputError(f"--text {spec}: no such file (or use the built-in 'pydoc')")
+    path = check_text(spec)
     text = read_text(path, f"--text {spec}", TEXT_BYTES)
     if not text.strip():
         raise InputError(f"--text {spec}: file is empty")

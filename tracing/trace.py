@@ -19,15 +19,15 @@ from tqdm import tqdm
 
 from sparsesim.atomic import check_writable
 from sparsesim.errors import InputError
-from sparsesim.tracing.checks import EPOCHS
 from sparsesim.tracefile import TraceWriter, popcount_rows
 from sparsesim.tracing.forward import batch_inputs, check_head, hidden_states, nll_sum, windows
 from sparsesim.tracing.lowrank import HiddenCapture, LowRankPredictor, accuracy, check_rank, lowrank_meta, predict_lowrank, \
     train_lowrank
 from sparsesim.tracing.expert_trace import trace_experts
-from sparsesim.tracing.models import BUILTIN_MODELS, DEFAULT_MODEL, LoadedModel, load_model
-from sparsesim.tracing.perplexity import DEFAULT_CALIB_TOKENS, DEFAULT_TOKENS, Perplexity, evaluate, resolve_window
-from sparsesim.tracing.checks import METHODS, SITES, check_choice, check_sparsity
+from sparsesim.tracing.models import LoadedModel, load_model
+from sparsesim.tracing.perplexity import CALIBRATION_PASSES, Perplexity, evaluate, progress_bar, resolve_window
+from sparsesim.tracing.checks import (BUILTIN_MODELS, DEFAULT_CALIB_TOKENS, DEFAULT_MODEL, DEFAULT_TOKENS, EPOCHS,
+                                      METHODS, PYDOC, SITES, check_choice, check_sparsity, check_span)
 from sparsesim.tracing.sparsify import SparseFFN
 from sparsesim.tracing.text import load_text, split_tokens, tokenize
 from sparsesim.tracing.thresholds import Thresholds, calibrate, load_thresholds, topk_keep
@@ -48,7 +48,7 @@ def tool_versions() -> dict:
             "python": platform.python_version()}
 
 
-def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, text: str = "pydoc",
+def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, text: str = PYDOC,
                 sparsity: float | None = None, method: str | None = None, site: str | None = None,
                 tokens: int | None = DEFAULT_TOKENS, window: int | None = None,
                 calib_tokens: int = DEFAULT_CALIB_TOKENS,
@@ -79,6 +79,7 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
         raise InputError("--sparsity is required unless --thresholds gives saved thresholds")
     if learned_rank is not None:
         EPOCHS.check(learned_epochs, "--learned-epochs")
+    check_span(tokens, window, calib_tokens)
     source = load_text(text)
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     if lm.moe is not None:
@@ -93,51 +94,58 @@ def trace_model(*, out: str | Path, model: str | LoadedModel = DEFAULT_MODEL, te
     window = resolve_window(lm, window)
     split = split_tokens(tokenize(lm.tokenizer, source), source, eval_tokens=tokens, calib_tokens=calib_tokens,
                          window=window)
-    if thresholds is not None:
-        th = _saved_thresholds(thresholds, lm, sparsity, method, site, source.sha256, len(split.evaluation))
-    else:
-        th = calibrate(lm, split.calibration, window=window, method=method or "percentile",
-                       site=site or "intermediate", target=sparsity,
-                       text={**source.describe(), "start": split.calib_start})
-    if save_thresholds is not None:
-        th.save(save_thresholds)
-    if ppl:
-        check_head(lm)
-    if learned_rank is not None:
-        predictors, train_text = _train_predictors(lm, th, split.calibration, window, learned_rank, learned_epochs,
-                                                   {**source.describe(), "start": split.calib_start})
-    else:
-        predictors = train_text = None
-
-    meta = {
-        "model": lm.info,
-        "sparsity": _sparsity_meta(th, thresholds),
-        "text": {
-            "calibration": th.calibration,
-            "evaluation": {**source.describe(), "tokens_total": split.total, "start": 0,
-                           "tokens": len(split.evaluation), "window": window},
-        },
-        "perplexity": None,
-        "tools": tool_versions(),
-        "config": {**config, "argv": sys.argv},
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    with TraceWriter(out, meta, extra=("lowrank",) if predictors else ()) as writer:
-        active, sparse, heldout = _write_windows(writer, lm, th, split.evaluation, window, score=ppl,
-                                                 predictors=predictors)
-        tokens_traced = len(split.evaluation)
-        measured = [1.0 - a / (tokens_traced * f.d_ff) for a, f in zip(active, lm.ffns)]
-        writer.meta["sparsity"].update(measured=measured, measured_mean=float(np.mean(measured)))
+    n_eval, calibrating = len(split.evaluation), thresholds is None
+    with progress_bar("trace", (CALIBRATION_PASSES * len(split.calibration) if calibrating else 0)
+                      + n_eval * (2 if ppl else 1)) as bar:
+        if thresholds is not None:
+            th = _saved_thresholds(thresholds, lm, sparsity, method, site, source.sha256, len(split.evaluation))
+        else:
+            bar.set_postfix_str("calibrating", refresh=True)
+            th = calibrate(lm, split.calibration, window=window, method=method or "percentile",
+                           site=site or "intermediate", target=sparsity,
+                           text={**source.describe(), "start": split.calib_start})
+            bar.update(CALIBRATION_PASSES * len(split.calibration))
+        if save_thresholds is not None:
+            th.save(save_thresholds)
         if ppl:
-            dense, _ = evaluate(lm, split.evaluation, window, desc="dense ppl")
-            writer.meta["perplexity"] = {"window": window, "tokens": tokens_traced, "dense": dense.ppl,
-                                         "sparse": sparse.ppl, "dense_nll_per_token": dense.nll / dense.tokens,
-                                         "sparse_nll_per_token": sparse.nll / sparse.tokens}
-        if predictors:
-            writer.meta["learned"] = {"lowrank": lowrank_meta(predictors[1:], input_offset=1, train_rows=None,
-                                                              train_text=train_text, heldout=heldout)}
-        meta = writer.meta
-    return meta
+            check_head(lm)
+        if learned_rank is not None:
+            predictors, train_text = _train_predictors(lm, th, split.calibration, window, learned_rank, learned_epochs,
+                                                       {**source.describe(), "start": split.calib_start})
+        else:
+            predictors = train_text = None
+
+        meta = {
+            "model": lm.info,
+            "sparsity": _sparsity_meta(th, thresholds),
+            "text": {
+                "calibration": th.calibration,
+                "evaluation": {**source.describe(), "tokens_total": split.total, "start": 0,
+                               "tokens": len(split.evaluation), "window": window},
+            },
+            "perplexity": None,
+            "tools": tool_versions(),
+            "config": {**config, "argv": sys.argv},
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        with TraceWriter(out, meta, extra=("lowrank",) if predictors else ()) as writer:
+            bar.set_postfix_str("tracing", refresh=False)
+            active, sparse, heldout = _write_windows(writer, lm, th, split.evaluation, window, score=ppl,
+                                                     predictors=predictors, progress=bar)
+            tokens_traced = len(split.evaluation)
+            measured = [1.0 - a / (tokens_traced * f.d_ff) for a, f in zip(active, lm.ffns)]
+            writer.meta["sparsity"].update(measured=measured, measured_mean=float(np.mean(measured)))
+            if ppl:
+                bar.set_postfix_str("dense perplexity", refresh=False)
+                dense, _ = evaluate(lm, split.evaluation, window, progress=bar)
+                writer.meta["perplexity"] = {"window": window, "tokens": tokens_traced, "dense": dense.ppl,
+                                             "sparse": sparse.ppl, "dense_nll_per_token": dense.nll / dense.tokens,
+                                             "sparse_nll_per_token": sparse.nll / sparse.tokens}
+            if predictors:
+                writer.meta["learned"] = {"lowrank": lowrank_meta(predictors[1:], input_offset=1, train_rows=None,
+                                                                  train_text=train_text, heldout=heldout)}
+            meta = writer.meta
+        return meta
 
 
 def _trace_experts(lm: LoadedModel, out: Path, source, tokens: int | None, window: int | None, ppl: bool,
@@ -156,15 +164,14 @@ def _trace_experts(lm: LoadedModel, out: Path, source, tokens: int | None, windo
 
 def _write_windows(writer: TraceWriter, lm: LoadedModel, th: Thresholds, ids: np.ndarray, window: int,
                    score: bool, predictors: list[LowRankPredictor | None] | None = None,
-                   ) -> tuple[list[int], Perplexity | None, list[dict] | None]:
+                   progress: tqdm | None = None) -> tuple[list[int], Perplexity | None, list[dict] | None]:
     """One forward pass and one row group per window; returns active counts per layer, sparse PPL and,
     with ``predictors``, their per-layer accuracy (layers 1..L-1) on these tokens."""
     active = np.zeros(len(lm.ffns), dtype=np.int64)
     nll = 0.0
     reports: list[list[dict]] = [[] for _ in lm.ffns]
     capture = HiddenCapture(lm.ffns) if predictors else contextlib.nullcontext()
-    with SparseFFN(lm.ffns, th.site, th.rule(), record=True) as hooks, capture as cap, \
-            tqdm(total=len(ids), desc="trace", unit="tok", disable=None) as bar:
+    with SparseFFN(lm.ffns, th.site, th.rule(), record=True) as hooks, capture as cap:
         for w in windows(ids, window, lm.bos_id):
             hidden = hidden_states(lm, torch.from_numpy(w.inputs)[None])
             masks = hooks.take_packed()                     # [T, L, n_bytes]
@@ -175,7 +182,8 @@ def _write_windows(writer: TraceWriter, lm: LoadedModel, th: Thresholds, ids: np
             active += popcount_rows(masks).sum(axis=0)
             if score:
                 nll += nll_sum(lm, hidden, torch.from_numpy(w.targets)[None])
-            bar.update(len(w.inputs))
+            if progress is not None:
+                progress.update(len(w.inputs))
     heldout = [_pooled(r) for r in reports[1:]] if predictors else None
     return [int(a) for a in active], (Perplexity(nll, len(ids), window) if score else None), heldout
 

@@ -123,4 +123,5 @@ def _study(args: argparse.Namespace) -> int:
     rows = run(args.out_dir, args.dir, args.gemma_trace, profile=args.profile, repeats=args.repeats,
                calibrate_seconds=args.calibrate_seconds)
     print(summary_line(rows))
+    print(f"wrote validation.md and its CSV tables in {args.out_dir}")
     return 0
