@@ -56,3 +56,20 @@ def test_the_moe_section_shows_the_records_numbers(tmp_path):
 def test_no_expert_runs_no_numbers():
     section, numbers = moe_section([{"status": "ok", "trace_unit": "neuron"}])
     assert numbers["hit_rate"] == {} and section.figures == []
+
+
+def test_the_report_of_an_expert_sweep_has_the_moe_section(tmp_path):
+    """The page `sparsesim report` writes carries the section when the sweep replayed expert traces."""
+    from sparsesim.experiments.report import make_report
+    from sparsesim.experiments.sweep import run_sweep
+
+    rng = np.random.default_rng(2)
+    route = np.stack([np.stack([rng.choice(8, 2, replace=False) for _ in range(3)]) for _ in range(12)])
+    write_expert_trace(tmp_path / "e.parquet", route.astype(np.int16), count=[8, 8, 8], unit_bytes=[300, 200, 200],
+                       phase=[0] * 2 + [1] * 10, batch=[0] * 2 + list(range(1, 11)))
+    (tmp_path / "spec.yaml").write_text(
+        "name: tiny-moe\ntraces: [e.parquet]\nprofiles: [oneplus-15r]\n"
+        "grid:\n  predictor: [none]\n  cache: [lru, belady]\n  cache_budget: [1400, 2400]\nbaselines: false\n")
+    run_sweep(tmp_path / "spec.yaml", tmp_path / "results", workers=1, progress=False)
+    page = make_report(tmp_path / "results", tmp_path / "report.html")["page"]
+    assert "Mixture-of-experts: expert caches" in open(page, encoding="utf-8").read()
