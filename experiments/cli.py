@@ -16,7 +16,7 @@ from sparsesim.errors import InputError, one_line, system_reason
 
 COMMAND_MODULES = ("sparsesim.tracing.cli", "sparsesim.tracing.importers.cli", "sparsesim.simulator.cli",
                    "sparsesim.simulator.roofline", "sparsesim.experiments.predictability",
-                   "sparsesim.experiments.routing",
+                   "sparsesim.experiments.routing", "sparsesim.experiments.capture",
                    "sparsesim.experiments.commands", "sparsesim.experiments.fidelity")
 
 

@@ -615,9 +615,17 @@ def inputs_section(data: ReportInput) -> list[Section]:
                               "results table).", tables=tables, anchor="inputs")]
 
 
+def moe_sections(data: ReportInput) -> list[Section]:
+    """Expert caches (experiments/report_moe.py), when the sweep replayed expert traces."""
+    from sparsesim.experiments.report_moe import expert_rows, moe_section
+
+    return [moe_section(data.rows)[0]] if expert_rows(data.rows) else []
+
+
 # The page, in order. A new section is a function (ReportInput) -> list[Section] added here.
 SECTIONS: list[Callable[[ReportInput], list[Section]]] = [
-    verdict_section, device_sections, quality_section, sensitivity_section, runs_section, inputs_section,
+    verdict_section, device_sections, moe_sections, quality_section, sensitivity_section, runs_section,
+    inputs_section,
 ]
 
 

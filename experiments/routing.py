@@ -56,7 +56,7 @@ def routing_report(trace: Trace, budget: float | None = None, hot: int = HOT,
     working = sum(l["touched"] * l["unit_bytes"] for l in layers)
     bank = sum(l["experts"] * l["unit_bytes"] for l in layers)
     cycle = units.cycle_bytes(bytes_per_weight)
-    out = {"trace": str(trace.path), "model": trace.model.get("name"), "tokens": int(decode.sum()),
+    out = {"flooding_bytes": units.flooding_bytes(bytes_per_weight), "trace": str(trace.path), "model": trace.model.get("name"), "tokens": int(decode.sum()),
            "tokens_are": "decode" if trace.phase is not None else "all", "hot": hot, "layers": layers,
            "cycle_bytes": cycle, "working_set_bytes": working, "bank_bytes": bank,
            "mean_hot_share": float(np.mean([l["hot_share"] for l in layers])),
@@ -85,8 +85,8 @@ def format_report(r: dict) -> str:
                      f"{100 * b['of_working_set']:.0f}% of the working set, {100 * b['of_bank']:.0f}% of the bank, "
                      f"{b['experts_per_layer']:.1f} experts per layer if split evenly")
         if b["below_cycle"]:
-            lines.append("warning: the budget holds less than one token cycle; global LRU gets no hits at all "
-                         "(sequential flooding)")
+            lines.append(f"warning: the budget holds less than one token cycle; global LRU gets no hits at all below "
+                         f"{r['flooding_bytes'] / MIB:,.1f} MiB and few up to the cycle (sequential flooding)")
     return "\n".join(lines)
 
 

@@ -418,7 +418,7 @@ def _numeric_setting(key: str) -> tuple[bool, Any] | None:
         return (spec.integer, spec.dim) if hasattr(spec, "dim") else None
     kind = getattr(SCENARIO_FIELDS.get(key), "__name__", SCENARIO_FIELDS.get(key))
     if kind in ("int", "float"):
-        return kind == "int", BYTES if key == "dram_budget" else None
+        return kind == "int", BYTES if key in ("dram_budget", "cache_budget") else None
     return None
 
 

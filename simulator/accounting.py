@@ -6,6 +6,10 @@ that only statistics need (prefetched units not used yet, units displaced by a p
 engine never names a counter, so a new counter is a change here, and a new reported metric is one
 registration in :mod:`sparsesim.simulator.metrics`. Every counter is defined in ``docs/metrics.md``
 under the name in :data:`COUNTERS`; a unit is a neuron or an expert.
+
+Counters are kept per *phase* of the step being replayed (prefill batch or decode token,
+:mod:`sparsesim.tracecolumns`): the engine switches the phase at each step row, which costs nothing
+per layer step, and the totals are the sum over phases.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sparsesim.tracecolumns import DECODE, PREFILL
+
+PHASES = (PREFILL, DECODE)
+
 # Per-layer counters, in the order of ``per_layer`` in a record.
 COUNTERS = (
     "accesses", "hits", "late", "gate_hits", "misses",
     "prefetch_requested", "prefetch_issued", "prefetch_dropped", "prefetch_no_room", "prefetch_bypassed",
     "prefetch_useful", "prefetch_useless", "prefetch_unused_at_end", "prefetch_gate_dropped",
-    "demand_units", "prefetch_units", "second_phase_units",
+    "demand_units", "demand_streamed", "prefetch_units", "second_phase_units",
     "evictions", "expired", "pollution_units", "pollution_misses",
     "requests", "request_bytes", "inserted", "pred_tp", "pred_fp", "pred_fn",
 )
@@ -39,15 +47,18 @@ class Totals:
     link_busy: float = 0.0           # s the interconnect spent moving reads into a discrete unit's memory
     dropped_units: int = 0           # false_negatives=drop: needed units outside the predicted set, never read
     hot_accesses: int = 0            # needed units a hot unit computed (resident, outside the cache)
-    prefill_s: float = 0.0           # the prompt's prefill on the compute unit (prompt_tokens), apart from decode
+    prompt_prefill_s: float = 0.0    # the prompt_tokens' prefill on the compute unit, apart from the replay
+    preloaded_bytes: float = 0.0
 
 
 @dataclass
 class Counts:
-    """A replay's counters over the measured tokens: per-layer arrays and the totals."""
+    """A replay's counters over the measured steps: per-layer arrays (all phases), the same per phase,
+    and the totals."""
 
     layer: dict[str, np.ndarray]
     totals: Totals = field(default_factory=Totals)
+    phase: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def total(self, name: str) -> int:
         return int(self.layer[name].sum())
@@ -55,7 +66,8 @@ class Counts:
 
 class Accounting:
     def __init__(self, n_layers: int):
-        self.c: dict[str, list[int]] = {name: [0] * n_layers for name in COUNTERS}
+        self.by_phase = {p: {name: [0] * n_layers for name in COUNTERS} for p in PHASES}
+        self.c: dict[str, list[int]] = self.by_phase[DECODE]
         self.totals = Totals()
         self.pf_unused = [0] * n_layers   # prefetched and cached, not used yet
         self.displaced = [0] * n_layers   # evicted to make room for a prefetch, not needed since
@@ -83,6 +95,10 @@ class Accounting:
         self.pf_unused[layer] |= inserted
         return self.evicted(evicted, by_prefetch=True) if evicted else 0
 
+    def set_phase(self, phase: int) -> None:
+        """Count what follows in ``phase`` (the step row now replayed: prefill batch or decode token)."""
+        self.c = self.by_phase[phase]
+
     # -- the FFN's lookup, fills and use ----------------------------------------------------------
     def lookup(self, layer: int, n_need: int, n_hit: int, n_late: int, n_staged: int, miss: int, n_miss: int) -> None:
         c = self.c
@@ -96,9 +112,12 @@ class Accounting:
         if displaced and miss:
             c["pollution_misses"][layer] += (miss & displaced).bit_count()
 
-    def filled(self, layer: int, n_inserted: int, evicted: dict[int, int]) -> int:
-        """A demand fill: returns how many units were evicted for it."""
+    def filled(self, layer: int, n_inserted: int, evicted: dict[int, int], n_streamed: int = 0) -> int:
+        """A demand fill (``n_streamed`` more units read but not kept: a prefill batch larger than the
+        partition): returns how many units were evicted for it."""
         self.c["inserted"][layer] += n_inserted
+        if n_streamed:
+            self.c["demand_streamed"][layer] += n_streamed
         return self.evicted(evicted, by_prefetch=False) if evicted else 0
 
     def used(self, layer: int, need: int) -> None:
@@ -148,14 +167,17 @@ class Accounting:
 
     # -- the measured window ----------------------------------------------------------------------
     def snapshot(self) -> Counts:
-        return Counts({k: np.array(v, dtype=np.int64) for k, v in self.c.items()}, Totals(**vars(self.totals)))
+        phase = {p: {k: np.array(v, dtype=np.int64) for k, v in c.items()} for p, c in self.by_phase.items()}
+        return Counts({k: sum(c[k] for c in phase.values()) for k in COUNTERS}, Totals(**vars(self.totals)), phase)
 
     def finish(self, since: Counts, staged: list[int]) -> Counts:
         """Counters from ``since`` (the warm-up's end) to now; what is still unused counts as such."""
         for layer, (unused, gates) in enumerate(zip(self.pf_unused, staged)):
             self.c["prefetch_unused_at_end"][layer] += unused.bit_count() + gates.bit_count()
         now = self.snapshot()
+        phase = {p: {k: now.phase[p][k] - since.phase[p][k] for k in COUNTERS} for p in now.phase}
         layer = {k: now.layer[k] - since.layer[k] for k in COUNTERS}
         totals = Totals(**{k: getattr(now.totals, k) - getattr(since.totals, k) for k in vars(now.totals)})
         totals.preloaded_units = now.totals.preloaded_units   # placed before decoding, whatever the warm-up
-        return Counts(layer, totals)
+        totals.preloaded_bytes = now.totals.preloaded_bytes
+        return Counts(layer, totals, phase)

@@ -1,8 +1,13 @@
-"""The neuron cache: which units are resident, with capacity enforced per layer or globally.
+"""The unit cache: which units are resident, with capacity enforced per layer or globally.
 
-State is one unit set per layer (:mod:`sparsesim.simulator.neuronset`) plus occupancy counts; the
+State is one unit set per layer (:mod:`sparsesim.simulator.neuronset`) plus occupancy; the
 replacement policy ranks victims. The cache never chooses on its own and knows nothing of
 protection: :mod:`sparsesim.simulator.residency` tells it which units may not go.
+
+Capacity is counted in *weight* (``docs/simulator.md``, "Capacity"): a unit of layer l weighs
+``geometry.weight[l]`` — 1 for every neuron, an expert's bytes over the common divisor of all
+layers' expert bytes — so experts of different sizes share one byte budget exactly. The global
+pool holds ``capacity[0]`` weight; a per-layer partition holds ``capacity[l]`` units of its layer.
 """
 
 from __future__ import annotations
@@ -16,24 +21,27 @@ class NeuronCache:
         self.geometry = geometry
         self.policy = policy
         self.global_pool = geometry.partition == "global"
+        self.weight = list(geometry.weight)
         self.resident = [0] * geometry.n_layers
-        self.size = [0] * geometry.n_layers
-        self.total = 0
+        self.size = [0] * geometry.n_layers       # units per layer
+        self.total = 0                            # weight of every resident unit
         self.capacity = [int(c) for c in geometry.capacity]
         policy.setup(geometry)
 
-    def preload(self, warm: bool) -> int:
+    def preload(self, warm: bool) -> list[int]:
         """Fill the cache before decoding (counted, not timed): the policy's preload set, and with
-        ``warm`` the lowest-index units of each layer up to capacity. Returns the units placed."""
+        ``warm`` the lowest-index units of each layer up to capacity. Returns the units placed per layer."""
         chosen = self.policy.preload()
-        if chosen is None and not warm:
-            return 0
         g = self.geometry
+        if chosen is None and not warm:
+            return [0] * g.n_layers
         chosen = [0] * g.n_layers if chosen is None else [neuronset.from_row(row) for row in chosen]
         if warm:
-            taken = sum(c.bit_count() for c in chosen)
-            free = ([cap - c.bit_count() for cap, c in zip(self.capacity, chosen)] if not self.global_pool else
-                    [(self.capacity[0] - taken) // g.n_layers] * g.n_layers)
+            if self.global_pool:   # the room left, shared equally by the layers, in their own units
+                room = (self.capacity[0] - sum(c.bit_count() * w for c, w in zip(chosen, self.weight))) // g.n_layers
+                free = [room // w for w in self.weight]
+            else:
+                free = [cap - c.bit_count() for cap, c in zip(self.capacity, chosen)]
             for l, d in enumerate(g.d_ff):
                 cacheable = neuronset.full(d) if g.outside is None else neuronset.full(d) & ~neuronset.from_row(g.outside[l])
                 chosen[l] |= neuronset.first(cacheable & ~chosen[l], free[l])
@@ -41,50 +49,56 @@ class NeuronCache:
             self.resident[l] = chosen[l]
             self.size[l] = chosen[l].bit_count()
             self.policy.on_fill(l, -1, chosen[l], False)
-        self.total = sum(self.size)
-        return self.total
+        self.total = sum(n * w for n, w in zip(self.size, self.weight))
+        return list(self.size)
 
     def free(self, layer: int) -> int:
+        """How many more units of ``layer`` fit now."""
         if self.global_pool:
-            return self.capacity[0] - self.total
+            return (self.capacity[0] - self.total) // self.weight[layer]
         return self.capacity[layer] - self.size[layer]
 
     def add(self, layer: int, step: int, units: int, prefetch: bool, n: int) -> None:
         """Insert ``units`` (``n`` of them, not resident; the caller made room)."""
         self.resident[layer] |= units
         self.size[layer] += n
-        self.total += n
+        self.total += n * self.weight[layer]
         self.policy.on_fill(layer, step, units, prefetch)
 
     def remove(self, layer: int, units: int) -> None:
         n = units.bit_count()
         self.resident[layer] ^= units
         self.size[layer] -= n
-        self.total -= n
+        self.total -= n * self.weight[layer]
         self.policy.on_evict(layer, units)
 
-    def evict(self, layer: int, step: int, n: int, keep: dict[int, int]) -> dict[int, int]:
-        """Evict up to ``n`` units to make room in ``layer``'s partition, never one in ``keep``
-        ({layer: set}). Returns {layer: evicted set}; fewer than ``n`` only when too few candidates
-        exist."""
-        if n <= 0:
-            return {}
+    def make_room(self, layer: int, step: int, n: int, keep: dict[int, int]) -> dict[int, int]:
+        """Evict so that ``n`` units of ``layer`` fit in its partition, never a unit in ``keep``
+        ({layer: set}). Returns {layer: evicted set}; less room than asked only when too few
+        candidates exist."""
         if self.global_pool:
+            weight = self.weight
+            short = n * weight[layer] - (self.capacity[0] - self.total)
+            if short <= 0:
+                return {}
             candidates = list(self.resident)
             kept = 0
             for l, units in keep.items():
                 taken = candidates[l] & units
                 if taken:
                     candidates[l] ^= taken
-                    kept += taken.bit_count()
-            n = min(n, self.total - kept)
-            chosen = self.policy.global_victims(step, n, candidates) if n > 0 else {}
+                    kept += taken.bit_count() * weight[l]
+            short = min(short, self.total - kept)
+            chosen = self.policy.global_victims(step, short, candidates) if short > 0 else {}
         else:
+            short = n - (self.capacity[layer] - self.size[layer])
+            if short <= 0:
+                return {}
             candidates = self.resident[layer]
             taken = candidates & keep.get(layer, 0)
             candidates ^= taken
-            n = min(n, self.size[layer] - taken.bit_count())
-            chosen = {layer: self.policy.victims(layer, step, n, candidates)} if n > 0 else {}
+            short = min(short, self.size[layer] - taken.bit_count())
+            chosen = {layer: self.policy.victims(layer, step, short, candidates)} if short > 0 else {}
         for l, victims in chosen.items():
             self.remove(l, victims)
         return chosen

@@ -42,6 +42,8 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", help=f"replacement policy name[:key=value,...] (default {SIMULATE_DEFAULTS['cache']})")
     p.add_argument("--dram-budget", help="<= 1: share of the FFN for the neuron cache; else total bytes ('6.5 GB'); "
                                          f"default {SIMULATE_DEFAULTS['dram_budget']}")
+    p.add_argument("--cache-budget", help="bytes of the unit cache itself, resident weights apart ('4000MiB'); "
+                                          "overrides --dram-budget")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8", "int4", "q4_1"))
     p.add_argument("--layout", choices=("per-matrix", "bundled"))
     p.add_argument("--lookahead", type=int, help="prefetch issued k layers ahead")
@@ -59,8 +61,17 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_simulate)
 
 
+def cycle_warning(record: dict) -> str:
+    """The one line printed when an expert cache is below one token cycle (``docs/moe.md``, "The cliff")."""
+    return (f"warning: the expert cache ({record['cache_capacity_bytes'] / 2**20:,.1f} MiB) is below one token cycle "
+            f"({record['cycle_bytes'] / 2**20:,.1f} MiB: every layer's top-k experts); a global LRU cache hits "
+            f"nothing below {record['flooding_bytes'] / 2**20:,.1f} MiB and little up to the cycle (docs/moe.md, "
+            f"'The cliff')")
+
+
 def _simulate(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from sparsesim.atomic import check_writable, write_text
     from sparsesim.numbers import SEED
@@ -70,19 +81,24 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.json and args.json != "-":
         check_writable(args.json)
     # No silent answer-changing default: every default taken is named with the result.
+    sized = args.cache_budget is not None or any(s.startswith("cache_budget=") for s in args.settings)
     defaulted = [f"{flag} {SIMULATE_DEFAULTS[key]}" for flag, key in _DEFAULTED if getattr(args, key) is None
-                 and not any(s.startswith(f"{key}=") for s in args.settings)]
+                 and not any(s.startswith(f"{key}=") for s in args.settings)
+                 and not (key == "dram_budget" and sized)]   # a cache budget replaces the DRAM budget
     for _, key in _DEFAULTED:
         if getattr(args, key) is None and key != "dram_budget":
             setattr(args, key, SIMULATE_DEFAULTS[key])
     settings = list(args.settings)
-    for field, value in (("dram_budget", args.dram_budget), ("precision", args.precision),
+    for field, value in (("dram_budget", args.dram_budget), ("cache_budget", args.cache_budget),
+                         ("precision", args.precision),
                          ("layout", args.layout), ("lookahead", args.lookahead)):
         if value is not None:
             settings.append(f"{field}={value}")
     record = simulate(args.trace, args.profile, args.predictor, args.cache, settings=settings,
                       train_trace=args.train_trace, profile_trace=args.profile_trace, seed=args.seed,
                       baselines=not args.no_baselines, stream=args.stream)
+    if record["budget_below_cycle"]:
+        print(cycle_warning(record), file=sys.stderr)
     text = json.dumps(record, indent=2, default=float)
     note = f"defaults used: {', '.join(defaulted)} (give them to choose)" if defaulted else ""
     if args.json == "-":

@@ -37,7 +37,9 @@ from sparsesim.simulator.residency import Residency
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
 from sparsesim.simulator.schedule import PrefetchSchedule
 from sparsesim.simulator.storage import BackingStore, request_sizes
+from sparsesim.simulator.steps import ReplaySteps
 from sparsesim.simulator.timing import StepCosts
+from sparsesim.tracecolumns import DECODE
 
 
 @dataclass
@@ -46,13 +48,15 @@ class ReplayResult:
     (:mod:`sparsesim.simulator.metrics` turns them into the reported metrics)."""
 
     counts: Counts
-    n_tokens: int
+    n_tokens: int               # measured tokens (a prefill batch counts each of its tokens)
     n_layers: int
-    token_time: np.ndarray      # [T] s
-    token_compute: np.ndarray   # [T] s
-    token_stall: np.ndarray     # [T] s
-    token_mm: np.ndarray        # [T] s
+    token_time: np.ndarray      # [S] s per measured step row: a decode token or a prefill batch
+    token_compute: np.ndarray   # [S] s
+    token_stall: np.ndarray     # [S] s
+    token_mm: np.ndarray        # [S] s
     prefetch_unit_bytes: float  # bytes one prefetch reads per unit (a row under two-phase loading)
+    token_phase: np.ndarray     # [S] PREFILL / DECODE of each measured step row
+    row_tokens: np.ndarray      # [S] tokens each measured step row stands for
 
 
 @dataclass
@@ -71,11 +75,12 @@ class IoBatch:
 
 
 class ReplayEngine:
-    def __init__(self, masks: np.ndarray, tokens: np.ndarray, footprint: ModelFootprint, scenario: Scenario,
+    def __init__(self, steps: ReplaySteps, footprint: ModelFootprint, scenario: Scenario,
                  profile, store: BackingStore, residency: Residency, predictor: Predictor,
-                 io_log: list[IoBatch] | None = None, model: dict | None = None,
-                 hot: list[int] | None = None):
-        self.masks = masks
+                 io_log: list[IoBatch] | None = None, lookup_log: list[tuple] | None = None,
+                 model: dict | None = None, hot: list[int] | None = None):
+        self.masks = masks = steps.masks
+        self.steps = steps
         self.fp = footprint
         self.sc = scenario
         self.store = store
@@ -83,9 +88,10 @@ class ReplayEngine:
         self.policy = residency.cache.policy
         self.predictor = predictor
         self.io_log = io_log
+        self.lookup_log = lookup_log
         self.T, self.L, self.nb = masks.shape
         self.schedule = PrefetchSchedule(scenario.schedule, scenario.lookahead, self.L, self.T * self.L)
-        self.view = CausalView(masks, tokens, allow_future=predictor.sees_future)
+        self.view = CausalView(masks, steps.tokens, allow_future=predictor.sees_future, last_masks=steps.last_masks)
         self.acc = Accounting(self.L)
         self.read_path = ReadPath(store, scenario, profile)
         self.shaped_reads = not self.read_path.exact
@@ -100,10 +106,15 @@ class ReplayEngine:
         self._all = self._cold or [neuronset.full(d) for d in footprint.d_ff]
         self._n_all = [s.bit_count() for s in self._all] if hot is not None else list(footprint.d_ff)
         self._rows: dict[int, tuple[list[int], list[int]]] = {}   # token -> needed sets and sizes, last few tokens
-        self.n_inflight = 0
+        self.weight = residency.cache.weight
+        self.uniform = footprint.uniform
+        self._slice = [footprint.row_bytes if footprint.kind == "neuron" else footprint.slice_bytes(l)
+                       for l in range(self.L)]
+        self.inflight_weight = 0
         # Rows per unit one read takes (None: all); a prefetch reads only the gate row under two-phase.
         self.prefetch_rows = 1 if scenario.two_phase else None
-        self.prefetch_unit_bytes = footprint.row_bytes if scenario.two_phase else footprint.neuron_bytes
+        self.prefetch_unit_bytes = footprint.row_bytes if scenario.two_phase else footprint.unit_size
+        self.prefetch_weight_bytes = footprint.row_bytes if scenario.two_phase else float(footprint.weight_bytes)
         self.pending: list[list[Batch]] = [[] for _ in range(self.L)]   # prefetch batches in flight
         self.step = 0
         self._mm_debt = 0.0
@@ -128,9 +139,9 @@ class ReplayEngine:
         partial reads never coalesce there."""
         fp, sc = self.fp, self.sc
         if rows is None:
-            requests = request_sizes(units, fp.row_bytes, fp.matrices, sc.layout, sc.coalesce, sc.max_request)
+            requests = request_sizes(units, self._slice[layer], fp.matrices, sc.layout, sc.coalesce, sc.max_request)
         else:
-            requests = request_sizes(units, fp.row_bytes, rows, sc.layout, sc.coalesce and sc.layout != "bundled",
+            requests = request_sizes(units, self._slice[layer], rows, sc.layout, sc.coalesce and sc.layout != "bundled",
                                      sc.max_request)
         if self.shaped_reads:
             requests = self._device_requests(layer, units, requests)
@@ -173,8 +184,13 @@ class ReplayEngine:
                                    "demand" if batch.priority == DEMAND else "prefetch", units, sizes, counts,
                                    batch.issued, batch.start, batch.end))
 
-    def _charge_management(self, inserted: int, removed: int) -> None:
-        self._mm_debt += self.costs.management(inserted, removed)
+    def _charge_management(self, layer: int, n_inserted: int, evicted: dict[int, int], n_evicted: int) -> None:
+        """Insertions into ``layer`` and the removals they caused (global: from any layer)."""
+        if self.uniform:
+            self._mm_debt += self.costs.management(layer, n_inserted, n_evicted)
+        else:
+            self._mm_debt += self.costs.management(layer, n_inserted, 0,
+                                                   {l: units.bit_count() for l, units in evicted.items()})
 
     # -- prefetch -------------------------------------------------------------------------------
     def _issue(self, target: int) -> None:
@@ -195,7 +211,8 @@ class ReplayEngine:
         dropped = no_room = 0
         if self.sc.prefetch_cap and n:
             # Bytes-in-flight cap: issue what fits now, drop the rest of this prediction.
-            room = max(int(self.sc.prefetch_cap // self.prefetch_unit_bytes) - self.n_inflight, 0)
+            room = max(int(self.sc.prefetch_cap // self.prefetch_weight_bytes) - self.inflight_weight, 0) \
+                // self.weight[layer]
             if room < n:
                 fetch, dropped, n = neuronset.first(fetch, room), n - room, room
         if n and not self.sc.two_phase:   # gate rows go to a staging buffer, not the cache
@@ -206,7 +223,7 @@ class ReplayEngine:
         if n == 0:
             return
         self.res.send(layer, fetch)
-        self.n_inflight += n
+        self.inflight_weight += n * self.weight[layer]
         self.pending[layer].append(self._read(layer, fetch, PREFETCH, self._arrived, self.prefetch_rows, target))
 
     def _arrived(self, batch: Batch) -> None:
@@ -215,14 +232,14 @@ class ReplayEngine:
         n_fetched = fetched.bit_count()
         res = self.res
         res.land(layer, fetched)
-        self.n_inflight -= n_fetched
+        self.inflight_weight -= n_fetched * self.weight[layer]
         self.pending[layer].remove(batch)
         if self.sc.two_phase:  # gate rows wait in a staging buffer for the layer's input; not cached
             res.stage(layer, batch.target, fetched)
             return
         inserted, n_inserted, evicted = res.insert_prefetch(layer, self.step, fetched, n_fetched)
         n_evicted = self.acc.arrived(layer, n_fetched, inserted, n_inserted, evicted)
-        self._charge_management(n_inserted, n_evicted)
+        self._charge_management(layer, n_inserted, evicted, n_evicted)
 
     # -- two-phase loading (PowerInfer-2) -------------------------------------------------------
     def _two_phase_reads(self, env: simpy.Environment, layer: int, ready: int, miss: int, late: int,
@@ -264,9 +281,8 @@ class ReplayEngine:
         n_dropped = dropped.bit_count()
         self.acc.gates_evaluated(layer, kept.bit_count(), n_dropped)
         if kept:
-            evicted = self.res.insert_demand(layer, step, kept)
-            n_kept = kept.bit_count()
-            self._charge_management(n_kept, self.acc.filled(layer, n_kept, evicted))
+            _, n_kept, evicted = self.res.insert_demand(layer, step, kept, kept.bit_count())
+            self._charge_management(layer, n_kept, evicted, self.acc.filled(layer, n_kept, evicted))
         if not n_dropped:
             return 0.0
         seconds = self.costs.gate_rows(n_dropped)
@@ -283,18 +299,24 @@ class ReplayEngine:
         matrix = costs.ffn_matrix
         predict_layer = self.sc.predictor_rank > 0 and not pipelined
         sizes = res.cache.size
+        phases, row_tokens, token_units = self.steps.phase, self.steps.n_tokens, self.steps.token_units
+        lookup_log = self.lookup_log
+        positions = self.steps.positions.tolist()
         for t in range(self.T):
             if t == self.sc.warmup:
                 self._snapshot = acc.snapshot()
                 self._snapshot.totals.io_busy = self.device.busy
                 self._snapshot.totals.link_busy = self.device.link_busy
+            if phases is not None:
+                acc.set_phase(int(phases[t]))
+            batch = int(row_tokens[t]) if row_tokens is not None else 1   # tokens this step row computes
             start = env.now
             compute = stall = mm = 0.0
             needed, n_needed = (self._all, self._n_all) if dense else self._needed(t)
             for l in range(L):
                 self.step = step = t * L + l
                 if after_attention:   # 2. before 1: a layer's prediction reads its attention output
-                    s, w = yield from self._dense_weights(env, costs.nonffn(t))
+                    s, w = yield from self._dense_weights(env, costs.nonffn(l, positions[t], batch))
                     stall, compute = stall + s, compute + w
                 # 1. predictions due now: their cost on the critical path (a low-rank predictor of the layer
                 # with predictor_rank, inside the clusters under pipeline=cluster), then the issue
@@ -308,7 +330,7 @@ class ReplayEngine:
                 for target in targets:
                     self._issue(target)
                 if not after_attention:   # 2. non-FFN work of this layer
-                    s, w = yield from self._dense_weights(env, costs.nonffn(t))
+                    s, w = yield from self._dense_weights(env, costs.nonffn(l, positions[t], batch))
                     stall, compute = stall + s, compute + w
                 # 3. lookup: resident, in-flight and staged sets are disjoint
                 need, n_need = needed[l], n_needed[l]
@@ -326,6 +348,8 @@ class ReplayEngine:
                 n_ready = ready.bit_count() if ready else 0
                 n_miss = n_need - n_hit - n_late - n_ready
                 acc.lookup(l, n_need, n_hit, n_late, n_ready, miss, n_miss)
+                if lookup_log is not None:
+                    lookup_log.append((t, l, hit, late, ready, miss))
                 t0 = env.now
                 waits = [self.device.completion(b) for b in self.pending[l] if b.neurons & late] if late else []
                 if two_phase:
@@ -337,8 +361,8 @@ class ReplayEngine:
                 stall += env.now - t0
                 # 4. demand fill (late arrivals were inserted with demand rights as they landed)
                 if n_miss:
-                    evicted = res.insert_demand(l, step, miss)
-                    self._charge_management(n_miss, acc.filled(l, n_miss, evicted))
+                    _, n_kept, evicted = res.insert_demand(l, step, miss, n_miss)
+                    self._charge_management(l, n_kept, evicted, acc.filled(l, n_kept, evicted, n_miss - n_kept))
                 if two_phase:
                     compute += (yield from self._evaluate_gates(env, l, step, need))
                 # 5. use; the window policy may expire units
@@ -346,7 +370,7 @@ class ReplayEngine:
                 policy.on_access(l, step, need)
                 stale = res.expire(l, step)
                 if stale:
-                    self._charge_management(0, acc.expired(l, stale))
+                    self._charge_management(l, 0, {l: stale}, acc.expired(l, stale))
                 # 6. the FFN over the needed units (or the resident matrix), plus cache management
                 charge, self._mm_debt = self._mm_debt, 0.0
                 if pipelined:   # the misses are read inside the FFN, cluster by cluster
@@ -362,7 +386,8 @@ class ReplayEngine:
                     stall += max(env.now - t0 - charge - busy, 0.0)
                 else:
                     n_ffn = sizes[l] if matrix else n_need
-                    t_ffn = costs.ffn(n_ffn)
+                    t_ffn = costs.ffn(l, n_ffn, (n_ffn * batch if matrix else int(token_units[t, l]))
+                                      if batch > 1 else 0)
                     if hot:
                         t_ffn = costs.with_hot(l, t_ffn, n_ffn)
                     yield env.timeout(t_ffn + charge)
@@ -407,16 +432,21 @@ class ReplayEngine:
         self.token_compute = np.zeros(self.T)
         self.token_stall = np.zeros(self.T)
         self.token_mm = np.zeros(self.T)
-        self.acc.totals.preloaded_units = self.res.cache.preload(self.sc.warm)
+        placed = self.res.cache.preload(self.sc.warm)
+        self.acc.totals.preloaded_units = sum(placed)
+        self.acc.totals.preloaded_bytes = float(sum(placed) * self.fp.unit_size if self.uniform else
+                                                sum(n * b for n, b in zip(placed, self.fp.unit_bytes)))
         env.process(self._decode(env))
         env.run()
         self.acc.totals.io_busy = self.device.busy
         self.acc.totals.link_busy = self.device.link_busy
         w = self.sc.warmup
         counts = self.acc.finish(self._snapshot, self.res.staged)
-        counts.totals.prefill_s = self.costs.prefill(self.fp)   # once, before the replayed tokens
+        counts.totals.prompt_prefill_s = self.costs.prompt_prefill(self.fp)   # once, before the replayed tokens
+        phase = self.steps.phase[w:] if self.steps.phase is not None else np.full(self.T - w, DECODE, np.int8)
+        row_tokens = self.steps.n_tokens[w:] if self.steps.n_tokens is not None else np.ones(self.T - w, np.int64)
         return ReplayResult(
-            counts=counts, n_tokens=self.T - w, n_layers=self.L,
+            counts=counts, n_tokens=int(row_tokens.sum()), n_layers=self.L,
             token_time=self.token_time[w:], token_compute=self.token_compute[w:],
             token_stall=self.token_stall[w:], token_mm=self.token_mm[w:],
-            prefetch_unit_bytes=self.prefetch_unit_bytes)
+            prefetch_unit_bytes=self.prefetch_unit_bytes, token_phase=phase, row_tokens=row_tokens)

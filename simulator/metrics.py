@@ -17,6 +17,7 @@ import numpy as np
 
 from sparsesim.simulator.engine import ReplayResult
 from sparsesim.simulator.scenario import ModelFootprint
+from sparsesim.tracecolumns import DECODE, PREFILL
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,14 @@ class RunFigures:
 
     tot: dict[str, int]
     result: ReplayResult
-    b: float                 # bytes per unit
+    b: float                 # bytes per unit (every unit's when they are all one size)
     b_prefetch: float        # bytes one prefetch reads per unit (b, or a gate row under two-phase)
-    ffn_bytes: float         # bytes of the whole FFN
+    ffn_bytes: float         # bytes of the whole FFN (an expert trace: of every routed expert)
     energy_storage: float    # J/B of the backing store the FFN is read from
     energy_dram: float
     energy_cache: float
     energy_flop: float
+    unit_bytes: np.ndarray | None = None   # [L] bytes per unit of each layer when sizes differ (experts)
 
     @property
     def T(self) -> int:
@@ -41,13 +43,49 @@ class RunFigures:
     def totals(self):
         return self.result.counts.totals
 
-    @property
-    def ffn_read(self) -> float:
+    def units_bytes(self, counters: tuple[str, ...], per_unit: float, layer: dict[str, np.ndarray] | None = None) -> float:
+        """Bytes of the units the ``counters`` count: × ``per_unit``, or × each layer's unit bytes when
+        sizes differ (then a prefetch reads whole units: ``per_unit`` is b). ``layer``: one phase's counters."""
+        if self.unit_bytes is None:
+            n = sum(self.tot[c] for c in counters) if layer is None else sum(int(layer[c].sum()) for c in counters)
+            return n * per_unit
+        layer = self.result.counts.layer if layer is None else layer
+        return float(sum(layer[c] for c in counters) @ self.unit_bytes)
+
+    def ffn_read_of(self, layer: dict[str, np.ndarray] | None = None) -> float:
         """FFN bytes read, row-level: whole units on demand, what a prefetch reads per unit, and
         the up/down rows read after a two-phase gate prefetch."""
-        t = self.tot
+        if self.unit_bytes is not None:
+            return self.units_bytes(("demand_units", "prefetch_units"), self.b, layer)
+        t = self.tot if layer is None else {c: int(v.sum()) for c, v in layer.items()}
         return (t["demand_units"] * self.b + t["prefetch_units"] * self.b_prefetch
                 + t["second_phase_units"] * (self.b - self.b_prefetch))
+
+    @property
+    def ffn_read(self) -> float:
+        return self.ffn_read_of()
+
+    @property
+    def batched(self) -> bool:
+        """Some step row stands for several tokens (a prefill batch)."""
+        return bool(np.any(self.result.row_tokens > 1))
+
+    def per_token(self, seconds: np.ndarray) -> float:
+        """Mean seconds per measured token of per-step-row times."""
+        return float(seconds.sum() / self.T) if self.batched else float(seconds.mean())
+
+    def rows(self, phase: int) -> np.ndarray:
+        return self.result.token_phase == phase
+
+    def phase(self, phase: int) -> dict[str, np.ndarray]:
+        return self.result.counts.phase[phase]
+
+    def phase_tokens(self, phase: int) -> int:
+        return int(self.result.row_tokens[self.rows(phase)].sum())
+
+    def phase_hit_rate(self, phase: int) -> float:
+        c = self.phase(phase)
+        return _ratio(int((c["hits"] + c["late"] + c["gate_hits"]).sum()), int(c["accesses"].sum()))
 
     @property
     def storage_bytes(self) -> float:
@@ -85,20 +123,21 @@ def _count(name: str, counter: str, definition: str) -> None:
 # -- time ----------------------------------------------------------------------------------------
 metric("tokens", "measured tokens T")(lambda f: f.T)
 metric("layers", "FFN layers L")(lambda f: f.result.n_layers)
-metric("time_per_token_s", "mean simulated time per measured token")(lambda f: float(f.result.token_time.mean()))
+metric("time_per_token_s", "mean simulated time per measured token")(lambda f: f.per_token(f.result.token_time))
 for _p in (50, 90, 99):
-    metric(f"time_per_token_p{_p}_s", f"{_p}th percentile of the per-token times")(
-        lambda f, p=_p: float(np.percentile(f.result.token_time, p)))
-metric("tokens_per_s", "1 / time_per_token_s")(lambda f: _ratio(1.0, f.result.token_time.mean()))
-metric("compute_per_token_s", "mean compute time per token")(lambda f: float(f.result.token_compute.mean()))
+    metric(f"time_per_token_p{_p}_s", f"{_p}th percentile of the per-token times (decode tokens when batched)")(
+        lambda f, p=_p: float(np.percentile(f.result.token_time[f.rows(DECODE)] if f.batched and f.rows(DECODE).any()
+                                            else f.result.token_time, p)))
+metric("tokens_per_s", "1 / time_per_token_s")(lambda f: _ratio(1.0, f.per_token(f.result.token_time)))
+metric("compute_per_token_s", "mean compute time per token")(lambda f: f.per_token(f.result.token_compute))
 metric("io_stall_per_token_s", "mean time per token the FFN waited for weights")(
-    lambda f: float(f.result.token_stall.mean()))
-metric("cache_mgmt_per_token_s", "mean cache-management time per token")(lambda f: float(f.result.token_mm.mean()))
+    lambda f: f.per_token(f.result.token_stall))
+metric("cache_mgmt_per_token_s", "mean cache-management time per token")(lambda f: f.per_token(f.result.token_mm))
 metric("io_time_per_token_s", "storage busy time / T")(lambda f: f.totals.io_busy / f.T)
 metric("interconnect_time_per_token_s", "interconnect busy time / T (a discrete compute unit's transfers)")(
     lambda f: f.totals.link_busy / f.T)
-metric("prefill_time_s", "the prompt's prefill on the compute unit (prompt_tokens; 0 without)")(
-    lambda f: f.totals.prefill_s)
+metric("prompt_prefill_s", "the analytic prefill of the prompt_tokens positions before the trace, on the "
+       "compute unit (0 without)")(lambda f: f.totals.prompt_prefill_s)
 
 # -- traffic -------------------------------------------------------------------------------------
 metric("storage_bytes", "FFN bytes read + streamed non-FFN bytes")(lambda f: float(f.storage_bytes))
@@ -106,19 +145,19 @@ metric("storage_bytes_per_token", "storage_bytes / T")(lambda f: f.storage_bytes
 metric("ffn_storage_bytes", "demand units·b + prefetched units·b_p + second-phase units·(b − b_p)")(
     lambda f: float(f.ffn_read))
 metric("useful_bytes", "demand units·b + useful prefetches·b_p + second-phase units·(b − b_p)")(
-    lambda f: float(f.tot["demand_units"] * f.b + f.tot["prefetch_useful"] * f.b_prefetch
+    lambda f: float(f.units_bytes(("demand_units",), f.b) + f.units_bytes(("prefetch_useful",), f.b_prefetch)
                     + f.tot["second_phase_units"] * (f.b - f.b_prefetch)))
 metric("wasted_bytes", "(useless + unused at end + bypassed + gate-dropped prefetches)·b_p")(
-    lambda f: float((f.tot["prefetch_useless"] + f.tot["prefetch_unused_at_end"] + f.tot["prefetch_bypassed"]
-                     + f.tot["prefetch_gate_dropped"]) * f.b_prefetch))
+    lambda f: float(f.units_bytes(("prefetch_useless", "prefetch_unused_at_end", "prefetch_bypassed",
+                                   "prefetch_gate_dropped"), f.b_prefetch)))
 metric("device_read_bytes", "storage_bytes + padding: what the device read (read granularity, page faults)")(
     lambda f: f.storage_bytes + f.totals.padding_bytes)
 metric("read_amplification", "device_read_bytes / storage_bytes")(
     lambda f: _ratio(f.storage_bytes + f.totals.padding_bytes, f.storage_bytes))
-metric("ffn_bytes_used_per_token", "accesses·b / T")(lambda f: f.tot["accesses"] * f.b / f.T)
+metric("ffn_bytes_used_per_token", "accesses·b / T")(lambda f: f.units_bytes(("accesses",), f.b) / f.T)
 metric("ffn_share_loaded_per_token", "ffn_storage_bytes / T / FFN bytes")(lambda f: _ratio(f.ffn_read / f.T, f.ffn_bytes))
 metric("preloaded_bytes", "units placed before decoding (static-pin, warm) · b; counted, not timed")(
-    lambda f: float(f.totals.preloaded_units * f.b))
+    lambda f: float(f.totals.preloaded_bytes))
 _count("requests", "requests", "storage requests issued")
 metric("mean_request_bytes", "requested bytes / requests")(lambda f: _ratio(f.tot["request_bytes"], f.tot["requests"]))
 
@@ -133,9 +172,10 @@ metric("hit_rate", "(hits + late_hits + gate_hits) / accesses: needed units not 
 metric("timely_hit_rate", "hits / accesses: resident when needed")(lambda f: _ratio(f.tot["hits"], f.tot["accesses"]))
 metric("miss_ratio", "demand_misses / accesses")(lambda f: _ratio(f.tot["misses"], f.tot["accesses"]))
 metric("byte_miss_ratio", "demand-missed bytes / accessed bytes")(
-    lambda f: _ratio(f.tot["misses"] * f.b, f.tot["accesses"] * f.b))
+    lambda f: _ratio(f.units_bytes(("misses",), f.b), f.units_bytes(("accesses",), f.b)))
 _count("evictions", "evictions", "units removed from the cache (replacement and expiry)")
 _count("expired", "expired", "units a policy dropped voluntarily (window)")
+_count("demand_streamed", "demand_streamed", "units read on demand and used but not cached (a prefill batch over the partition)")
 metric("preloaded_units", "units placed before decoding")(lambda f: f.totals.preloaded_units)
 metric("dropped_units", "false_negatives=drop: needed units outside the predicted set, never read or computed")(
     lambda f: f.totals.dropped_units)
@@ -160,7 +200,7 @@ for _name, _definition in (
 _count("prefetch_late", "late", "= late_hits")
 
 # -- pollution -----------------------------------------------------------------------------------
-metric("pollution_bytes", "prefetched units evicted unused · b")(lambda f: float(f.tot["pollution_units"] * f.b))
+metric("pollution_bytes", "prefetched units evicted unused · b")(lambda f: float(f.units_bytes(("pollution_units",), f.b)))
 _count("pollution_misses", "pollution_misses", "misses on units a prefetch fill displaced")
 
 # -- predictor accuracy --------------------------------------------------------------------------
@@ -175,17 +215,41 @@ metric("energy_per_token_j", "(device read bytes·E_store + DRAM bytes·E_dram +
     lambda f: ((f.storage_bytes + f.totals.padding_bytes) * f.energy_storage + f.totals.dram_bytes * f.energy_dram
                + f.totals.cache_bytes * f.energy_cache + f.totals.flops * f.energy_flop) / f.T)
 
+# -- decode and prefill ------------------------------------------------------------------------
+metric("decode_tokens", "measured decode tokens")(lambda f: f.phase_tokens(DECODE))
+metric("prefill_tokens", "measured prompt tokens, replayed in batches")(lambda f: f.phase_tokens(PREFILL))
+metric("decode_time_per_token_s", "mean simulated time of a decode token")(
+    lambda f: float(f.result.token_time[f.rows(DECODE)].mean()) if f.rows(DECODE).any() else float("nan"))
+for _name, _attr, _what in (("compute", "token_compute", "compute"), ("io_stall", "token_stall", "I/O stall"),
+                            ("cache_mgmt", "token_mm", "cache-management")):
+    metric(f"decode_{_name}_per_token_s", f"mean {_what} time of a decode token")(
+        lambda f, a=_attr: float(getattr(f.result, a)[f.rows(DECODE)].mean()) if f.rows(DECODE).any() else float("nan"))
+metric("prefill_time_s", "simulated time of every measured prefill batch")(
+    lambda f: float(f.result.token_time[f.rows(PREFILL)].sum()))
+metric("decode_hit_rate", "hit_rate over decode steps")(lambda f: f.phase_hit_rate(DECODE))
+metric("prefill_hit_rate", "hit_rate over prefill batch steps")(lambda f: f.phase_hit_rate(PREFILL))
+metric("decode_ffn_storage_bytes_per_token", "ffn_storage_bytes of decode steps / decode tokens")(
+    lambda f: _ratio(f.ffn_read_of(f.phase(DECODE)), f.phase_tokens(DECODE)))
+metric("prefill_ffn_storage_bytes", "ffn_storage_bytes of prefill batch steps")(lambda f: f.ffn_read_of(f.phase(PREFILL)))
+metric("decode_predictor_precision", "predictor_precision over predictions for decode steps")(
+    lambda f: _ratio(int(f.phase(DECODE)["pred_tp"].sum()),
+                     int((f.phase(DECODE)["pred_tp"] + f.phase(DECODE)["pred_fp"]).sum())))
+metric("decode_predictor_recall", "predictor_recall over predictions for decode steps")(
+    lambda f: _ratio(int(f.phase(DECODE)["pred_tp"].sum()),
+                     int((f.phase(DECODE)["pred_tp"] + f.phase(DECODE)["pred_fn"]).sum())))
+
 metric("per_layer", "every per-layer counter, as JSON")(
     lambda f: json.dumps({k: v.tolist() for k, v in f.result.counts.layer.items()}))
 
 
 def summarize(result: ReplayResult, fp: ModelFootprint, profile, store_energy_per_byte: float) -> dict[str, Any]:
     figures = RunFigures(
-        tot={k: int(v.sum()) for k, v in result.counts.layer.items()}, result=result, b=fp.neuron_bytes,
+        tot={k: int(v.sum()) for k, v in result.counts.layer.items()}, result=result, b=fp.unit_size,
         b_prefetch=result.prefetch_unit_bytes, ffn_bytes=fp.ffn_bytes, energy_storage=store_energy_per_byte,
         energy_dram=profile.dram.energy_per_byte,
         energy_cache=profile.cache.energy_per_byte if profile.cache is not None else 0.0,
-        energy_flop=profile.compute.energy_per_flop)
+        energy_flop=profile.compute.energy_per_flop,
+        unit_bytes=None if fp.uniform else np.asarray(fp.unit_bytes, dtype=float))
     return {name: m.compute(figures) for name, m in METRICS.items()}
 
 
@@ -215,6 +279,10 @@ SUMMARY_LINES: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
                                       f"{r['pollution_misses']:,} misses on displaced units in total"),
     ("predictor", lambda r: f"precision {r['predictor_precision']:.3f}, recall {r['predictor_recall']:.3f}, "
                             f"over-prediction {r['over_prediction']:.2f}"),
+    ("decode (per token) / prefill", lambda r: (
+        f"{_ms(r['decode_time_per_token_s'])} (hit rate {r['decode_hit_rate']:.3f}) over {r['decode_tokens']:,} "
+        f"tokens / {r['prefill_time_s']:,.2f} s (hit rate {r['prefill_hit_rate']:.3f}) over {r['prefill_tokens']:,} "
+        f"prompt tokens") if r.get("prefill_tokens") else None),
     ("energy per token", lambda r: f"{r['energy_per_token_j'] * 1e3:,.2f} mJ"),
     ("speed-up vs dense / vs none", lambda r: f"{r['speedup_vs_dense']:.2f}x / {r['speedup_vs_none']:.2f}x"),
 )
@@ -222,12 +290,16 @@ SUMMARY_LINES: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
 
 def format_summary(record: dict[str, Any]) -> str:
     bound = "  [a bound: sees the future]" if record.get("bound") else ""
+    budget = (f"cache {record['cache_budget'] / 2**20:,.1f} MiB" if record.get("cache_budget")
+              else f"budget {record['dram_budget']}")
     head = (f"{record['trace_name']} on {record['profile']} | predictor {record['predictor']} | "
-            f"cache {record['cache']} | budget {record['dram_budget']} | {record['precision']} {record['layout']}{bound}")
+            f"cache {record['cache']} | {budget} | {record['precision']} {record['layout']}{bound}")
     lines = [head]
     for label, fmt in SUMMARY_LINES:
         try:
-            lines.append(f"  {label:<34} {fmt(record)}")
+            line = fmt(record)
         except KeyError:   # e.g. no baselines were run
             continue
+        if line is not None:
+            lines.append(f"  {label:<34} {line}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from sparsesim.errors import InputError
 from sparsesim.simulator.kernels import PEAK_FIELD
 from sparsesim.simulator.profile import HardwareProfile, require
 from sparsesim.simulator.scenario import Scenario
+from sparsesim.traceunits import NEURON
 
 
 def needed_fields(scenario: Scenario, profile: HardwareProfile) -> list[tuple[str, str]]:
@@ -46,3 +47,18 @@ def check_time_model(scenario: Scenario, profile: HardwareProfile) -> None:
     if scenario.io_depth > profile.storage.queue_depth:
         raise InputError(f"scenario field 'io_depth': {scenario.io_depth} reads in flight, but profile "
                          f"{profile.name} sustains storage.queue_depth = {profile.storage.queue_depth}")
+
+
+def check_trace_fit(scenario: Scenario, kind: str, batched: bool) -> None:
+    """Refuse, in one line, a setting that works on single neuron-trace tokens only: the cluster
+    pipeline and a hot unit split one token's FFN into neurons, so neither applies to an expert trace
+    (an expert is read and computed whole) or to a trace whose prompt is replayed in prefill batches."""
+    for field, value in (("pipeline", scenario.pipeline), ("hot_unit", scenario.hot_unit)):
+        if value == "none":
+            continue
+        if kind != NEURON:
+            raise InputError(f"scenario field '{field}': {value} splits a token's FFN into neurons; this trace's "
+                             f"unit is a routed expert ({kind}), read and computed whole")
+        if batched:
+            raise InputError(f"scenario field '{field}': {value} times one token's FFN; this trace replays its "
+                             f"prompt in prefill batches (its phase column)")

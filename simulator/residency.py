@@ -70,16 +70,17 @@ class Residency:
     def room_for_prefetch(self, layer: int, n_fetch: int) -> int:
         """How many of ``n_fetch`` units just predicted for ``layer`` (and already counted in its
         protected set) the cache could keep: capacity less every other unit that is protected or
-        in flight in the partition, whether resident yet or not — those claims came first."""
+        in flight in the partition, whether resident yet or not — those claims came first. In the
+        global pool claims and capacity are weights; the answer is in units of ``layer``."""
         cache = self.cache
         if cache.global_pool:
-            inflight, claimed = self.inflight, 0
+            inflight, weight, claimed = self.inflight, cache.weight, 0
             for l, units in self.protected.items():
-                claimed += (units | inflight[l]).bit_count()
+                claimed += (units | inflight[l]).bit_count() * weight[l]
             for l in self._inflight_layers:
                 if l not in self.protected:
-                    claimed += inflight[l].bit_count()
-            return cache.capacity[0] - claimed + n_fetch
+                    claimed += inflight[l].bit_count() * weight[l]
+            return (cache.capacity[0] - claimed) // weight[layer] + n_fetch
         claimed = (self.protected.get(layer, 0) | self.inflight[layer]).bit_count()
         return cache.capacity[layer] - claimed + n_fetch
 
@@ -134,11 +135,11 @@ class Residency:
         if n_units > free:
             optional = cache.policy.admit(layer, step, optional, True, free)
         n_optional = optional.bit_count() if optional is not units else n_units
-        evicted = cache.evict(layer, step, n_urgent + n_optional - free, self.protected) if n_urgent + n_optional > free \
+        evicted = cache.make_room(layer, step, n_urgent + n_optional, self.protected) if n_urgent + n_optional > free \
             else {}
         free = cache.free(layer)
         if n_urgent > free:
-            _merge(evicted, cache.evict(layer, step, n_urgent - free, {layer: self.in_use}))
+            _merge(evicted, cache.make_room(layer, step, n_urgent, {layer: self.in_use}))
             free = cache.free(layer)
         room = free - n_urgent
         if n_optional > room:
@@ -148,18 +149,21 @@ class Residency:
             cache.add(layer, step, inserted, True, n_urgent + n_optional)
         return inserted, n_urgent + n_optional, evicted
 
-    def insert_demand(self, layer: int, step: int, units: int) -> dict[int, int]:
-        """Units the running FFN needs: evict unprotected units first, then predicted ones, never
-        units in use. Always succeeds (a partition holds the largest needed set). Returns evicted."""
+    def insert_demand(self, layer: int, step: int, units: int, n: int) -> tuple[int, int, dict[int, int]]:
+        """Units the running FFN needs (``n`` of them): evict unprotected units first, then predicted
+        ones, never units in use. Returns (inserted, how many, evicted). Every unit is inserted when
+        the partition holds the step's needed set, which the run guarantees for every decode step; a
+        prefill batch's larger set streams the rest (lowest index first kept: read, used, not cached)."""
         cache = self.cache
-        n = units.bit_count()
-        evicted = cache.evict(layer, step, n - cache.free(layer), self.protected) if n > cache.free(layer) else {}
+        evicted = cache.make_room(layer, step, n, self.protected) if n > cache.free(layer) else {}
         if n > cache.free(layer):
-            _merge(evicted, cache.evict(layer, step, n - cache.free(layer), {self.in_use_layer: self.in_use}))
-        if n > cache.free(layer):
-            raise AssertionError(f"layer {layer}: no room for {n} units in use (capacity rule broken)")
-        cache.add(layer, step, units, False, n)
-        return evicted
+            _merge(evicted, cache.make_room(layer, step, n, {self.in_use_layer: self.in_use}))
+        free = cache.free(layer)
+        if n > free:
+            units, n = neuronset.first(units, free), free
+        if n:
+            cache.add(layer, step, units, False, n)
+        return units, n, evicted
 
     def expire(self, layer: int, step: int) -> int:
         """Units the policy drops now (the window policy), except protected ones."""

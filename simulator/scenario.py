@@ -5,9 +5,13 @@ non-FFN weights and the LM head occupy, where they live and how large the neuron
 Decisions (documented in ``docs/simulator.md``):
 
 * a neuron of a GLU FFN is 3 rows (gate, up, down-transposed) of ``d_model`` weights, 2 otherwise;
+  an expert trace's unit is a routed expert of the size its ``units`` metadata records;
 * ``dram_budget`` <= 1 is a fraction of the FFN bytes given to the neuron cache; a value > 1 (or a
   string with a unit) is the total DRAM for weights, of which the resident non-FFN weights are
-  taken first — a budget below them is an error;
+  taken first — a budget below them is an error; ``cache_budget`` (bytes) sizes the cache itself;
+* capacity is counted in *weight*: a unit of layer l weighs w_l = its bytes / the greatest common
+  divisor of all layers' unit bytes (1 for every neuron trace), so a byte budget is exact when
+  experts differ in size per layer;
 * quantised formats carry their scales: int8 = 34 B / 32 weights (GGUF Q8_0), int4 = 18 B / 32
   weights (Q4_0), q4_1 = 20 B / 32 weights (GGUF Q4_1: a scale and a minimum per 32 weights; the
   2.5 KB INT4 rows of PowerInfer-2's 4096-wide models).
@@ -20,10 +24,11 @@ chosen value needs is checked by :mod:`sparsesim.simulator.requirements`.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -32,6 +37,7 @@ from sparsesim.numbers import Number
 from sparsesim.simulator.reorder import REORDERINGS
 from sparsesim.simulator.schedule import SCHEDULES
 from sparsesim.simulator.units import BYTES
+from sparsesim.traceunits import NEURON, TraceUnits
 
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 34 / 32, "int4": 18 / 32,
                     "q4_1": 20 / 32}
@@ -56,6 +62,7 @@ MAX_THREADS = 1 << 10
 # numbers and out-of-range values are refused with one line naming the field).
 NUMBERS = {
     "dram_budget": Number(minimum=0, inclusive=False, maximum=MAX_BYTES, dim=BYTES),   # <= 1: a fraction
+    "cache_budget": Number(minimum=0, maximum=MAX_BYTES, dim=BYTES),   # the unit cache itself (0: by dram_budget)
     "max_request": Number(minimum=1, maximum=MAX_BYTES, integer=True, dim=BYTES),
     "lookahead": Number(minimum=0, maximum=1 << 20, integer=True),
     "insert_overhead": Number(minimum=0, maximum=1.0),   # seconds per neuron
@@ -80,6 +87,7 @@ class Scenario:
     ffn_in: str = "flash"            # flash: DRAM neuron cache; dram: on-chip cache over DRAM
     nonffn_in: str = "dram"          # dram: resident; flash: streamed every token (the naive baseline)
     dram_budget: float = 0.25        # <= 1: fraction of FFN bytes for the cache; > 1: total bytes
+    cache_budget: float = 0.0        # bytes of the unit cache itself (0: sized by dram_budget)
     partition: str = "global"        # one DRAM pool for all layers, or capacity split per layer
     layout: str = "per-matrix"       # per-matrix rows, or gate+up+down bundled per neuron
     coalesce: bool = True            # neurons adjacent in storage are read in one request
@@ -202,20 +210,29 @@ TIME_MODEL_FIELDS: tuple[str, ...] = tuple(_NAMES[_NAMES.index("compute_unit"):]
 
 @dataclass(frozen=True)
 class ModelFootprint:
-    """Byte sizes the timing model needs, from the trace metadata and the scenario."""
+    """Byte sizes the timing model and the cache need, from the trace metadata and the scenario.
+
+    Per-layer tuples hold the same value on every layer of a neuron trace; an expert trace's
+    experts (and the weights each layer reads every token) may differ per layer.
+    """
 
     n_layers: int
     d_model: int
-    d_ff: tuple[int, ...]
+    d_ff: tuple[int, ...]                   # units the cache holds per layer: neurons, or routed experts
     glu: bool
     bytes_per_weight: float
-    layer_nonffn_bytes: float    # attention (+ norms) of one layer, read once per token
-    head_bytes: float            # LM head weights read once per token
+    layer_nonffn_bytes: tuple[float, ...]   # per layer: attention (+ norms; an expert trace's resident weights)
+    head_bytes: float                       # LM head weights read once per token
     nonffn_resident_bytes: float
+    unit_bytes: tuple[float, ...]           # per layer: one unit as stored (a neuron's rows, a routed expert)
+    unit_flops: tuple[float, ...]           # per layer: FLOPs of one unit for one token
+    kind: str = NEURON
 
     @classmethod
-    def from_meta(cls, model: dict, scenario: Scenario) -> "ModelFootprint":
+    def from_meta(cls, model: dict, scenario: Scenario, units: TraceUnits | None = None) -> "ModelFootprint":
         bpw = scenario.bytes_per_weight
+        if units is not None and units.kind != NEURON:
+            return cls._experts(model, scenario, units)
         if scenario.two_phase and not model.get("glu"):
             raise InputError(f"scenario field 'two_phase': needs a gated FFN (gate, up, down rows per neuron); "
                              f"model {model.get('name')!r} has 2 matrices per neuron")
@@ -224,10 +241,38 @@ class ModelFootprint:
         head = float(model.get("lm_head_params", 0))
         non_ffn = float(model["non_ffn_params"])
         attention = float(model.get("attention_params", max(non_ffn - embedding, 0.0)))
-        return cls(n_layers=n_layers, d_model=int(model["d_model"]),
-                   d_ff=tuple(int(x) for x in model["d_ff"]), glu=bool(model["glu"]),
-                   bytes_per_weight=bpw, layer_nonffn_bytes=attention / n_layers * bpw,
-                   head_bytes=head * bpw, nonffn_resident_bytes=non_ffn * bpw)
+        d_model, glu = int(model["d_model"]), bool(model["glu"])
+        neuron_bytes = (3 if glu else 2) * (d_model * bpw)   # matrices × row_bytes, as the rows are read
+        return cls(n_layers=n_layers, d_model=d_model, d_ff=tuple(int(x) for x in model["d_ff"]), glu=glu,
+                   bytes_per_weight=bpw, layer_nonffn_bytes=(attention / n_layers * bpw,) * n_layers,
+                   head_bytes=head * bpw, nonffn_resident_bytes=non_ffn * bpw,
+                   unit_bytes=(neuron_bytes,) * n_layers, unit_flops=(2 * (3 if glu else 2) * d_model,) * n_layers)
+
+    @classmethod
+    def _experts(cls, model: dict, scenario: Scenario, units: TraceUnits) -> "ModelFootprint":
+        """Routed experts are the cached units; shared experts and dense layers' FFNs stay resident with the
+        other weights a layer reads every token (``docs/moe.md``, "Replay")."""
+        if scenario.two_phase:
+            raise InputError("scenario field 'two_phase': applies to neuron traces (gate rows of neurons); an "
+                             "expert is read whole")
+        bpw = scenario.bytes_per_weight
+        n_layers = units.n_layers
+        unit_bytes = tuple(units.routed_unit_bytes(l, bpw) if units.count[l] else 0.0 for l in range(n_layers))
+        # FLOPs: 2 per parameter per token; without a parameter count, the stored bytes at this precision.
+        unit_flops = tuple(2.0 * (units.unit_params[l] if units.unit_params[l] is not None else b / bpw)
+                           for l, b in enumerate(unit_bytes))
+        attention = float(model.get("attention_params", 0.0)) / n_layers * bpw
+        layer = []
+        for l in range(n_layers):
+            own = units.resident_bytes[l] if units.resident_bytes[l] is not None else attention
+            shared = units.shared[l] * units.shared_unit_bytes(l, bpw) if units.shared[l] else 0.0
+            layer.append(float(own) + shared)
+        non_ffn = model.get("non_ffn_params")
+        resident = float(non_ffn) * bpw + sum(layer) - attention * n_layers if non_ffn is not None else sum(layer)
+        return cls(n_layers=n_layers, d_model=int(model.get("d_model") or 0), d_ff=tuple(units.count),
+                   glu=bool(model.get("glu", True)), bytes_per_weight=bpw, layer_nonffn_bytes=tuple(layer),
+                   head_bytes=float(model.get("lm_head_params", 0)) * bpw, nonffn_resident_bytes=resident,
+                   unit_bytes=unit_bytes, unit_flops=unit_flops, kind=units.kind)
 
     @property
     def matrices(self) -> int:
@@ -238,30 +283,76 @@ class ModelFootprint:
         """One matrix row (or down-projection column) of one neuron."""
         return self.d_model * self.bytes_per_weight
 
+    def slice_bytes(self, layer: int) -> float:
+        """What one unit holds of one matrix (a neuron's row; an expert's part of each matrix, taken equal):
+        the piece storage requests are cut from."""
+        return self.unit_bytes[layer] / self.matrices
+
     @property
     def neuron_bytes(self) -> float:
         return self.matrices * self.row_bytes
 
     @property
+    def unit_size(self) -> float:
+        """Bytes of the largest unit (every unit's, on a uniform trace)."""
+        return max(self.unit_bytes)
+
+    @functools.cached_property
+    def uniform(self) -> bool:
+        """Every unit the same size (every neuron trace)."""
+        return len(set(self.unit_bytes[l] for l in range(self.n_layers) if self.d_ff[l])) <= 1
+
+    @property
     def ffn_bytes(self) -> float:
-        return sum(self.d_ff) * self.neuron_bytes
+        """Bytes of every cacheable unit (the FFN of a neuron trace; the routed experts of an expert trace)."""
+        if self.uniform:
+            return sum(self.d_ff) * self.unit_size
+        return float(sum(d * b for d, b in zip(self.d_ff, self.unit_bytes)))
+
+    @functools.cached_property
+    def weight_bytes(self) -> Fraction:
+        """Bytes of one unit of weight: the greatest common divisor of the layers' unit bytes, exactly."""
+        return _fraction_gcd(self.unit_bytes[l] for l in range(self.n_layers) if self.d_ff[l])
+
+    @functools.cached_property
+    def weights(self) -> tuple[int, ...]:
+        """Per layer: the weight of one unit in the cache's capacity (1 on every neuron trace)."""
+        g = self.weight_bytes
+        return tuple(int(Fraction(b) / g) if d else 1 for b, d in zip(self.unit_bytes, self.d_ff))
+
+    @functools.cached_property
+    def total_weight(self) -> int:
+        return sum(d * w for d, w in zip(self.d_ff, self.weights))
 
     def cache_units(self, scenario: Scenario) -> np.ndarray:
-        """The cache's capacity in units per partition ([C] global, [C_l] per layer), exactly
-        (``docs/simulator.md``, "Capacity"): rational arithmetic, a fractional budget read as the
-        decimal it was written as, so 0.35 of 860 neurons is 301 (floating point gives 300)."""
-        units = sum(self.d_ff)
+        """The cache's capacity per partition, exactly (``docs/simulator.md``, "Capacity"): [C] in weight
+        for the global pool, [C_l] in units of each layer for the per-layer partition. Rational
+        arithmetic, a fractional budget read as the decimal it was written as, so 0.35 of 860 neurons is
+        301 (floating point gives 300)."""
+        total_weight = self.total_weight
+        g = self.weight_bytes
         b = scenario.dram_budget
-        if b <= 1:
-            total = math.floor(Fraction(str(b)) * units)
-        else:   # bytes of the DRAM-resident copies, at the compute precision (compute_precision)
-            scale = Fraction(BYTES_PER_WEIGHT[scenario.arithmetic_precision]) / Fraction(scenario.bytes_per_weight)
+        scale = Fraction(BYTES_PER_WEIGHT[scenario.arithmetic_precision]) / Fraction(scenario.bytes_per_weight)
+        unit = g * scale    # one weight as held in DRAM, at the compute precision (compute_precision)
+        if scenario.cache_budget:
+            total = min(math.floor(Fraction(scenario.cache_budget) / unit), total_weight)
+        elif b <= 1:
+            total = math.floor(Fraction(str(b)) * total_weight)
+        else:
             resident = Fraction(self.nonffn_resident_bytes) * scale if scenario.nonffn_in == "dram" else Fraction(0)
             if b < resident:
                 raise InputError(f"scenario field 'dram_budget': {b:.4g} B is smaller than the resident "
                                  f"non-FFN weights ({float(resident):.4g} B at {scenario.arithmetic_precision})")
-            total = min(math.floor((Fraction(b) - resident) / (Fraction(self.neuron_bytes) * scale)), units)
+            total = min(math.floor((Fraction(b) - resident) / unit), total_weight)
         if scenario.partition == "global":
             return np.array([total], dtype=np.int64)
-        # LLM in a Flash's preallocated per-layer matrices: capacity in proportion to d_ff
-        return np.array([total * d // units for d in self.d_ff], dtype=np.int64)
+        # LLM in a Flash's preallocated per-layer matrices: each layer the same share of its units
+        return np.array([total * d // total_weight for d in self.d_ff], dtype=np.int64)
+
+
+def _fraction_gcd(values: Sequence[float]) -> Fraction:
+    fractions = [Fraction(v) for v in values]
+    if not fractions:
+        return Fraction(1)
+    den = math.lcm(*(f.denominator for f in fractions))
+    return Fraction(math.gcd(*(int(f * den) for f in fractions)), den)

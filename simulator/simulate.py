@@ -27,12 +27,15 @@ from sparsesim.simulator.predictors import PREDICTORS, PredictorContext
 from sparsesim.simulator.profile import HardwareProfile, load_profile
 from sparsesim.simulator.reorder import apply_order, neuron_order
 from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
-from sparsesim.simulator.requirements import check_time_model
+from sparsesim.simulator.requirements import check_time_model, check_trace_fit
 from sparsesim.simulator.residency import Residency
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
+from sparsesim.simulator.steps import ReplaySteps, replay_steps
 from sparsesim.simulator.storage import BackingStore
 from sparsesim.simulator.streaming import open_streamed
 from sparsesim.tracefile import Trace, mask_bytes, popcount_rows, read_meta, read_trace
+from sparsesim.tracecolumns import PREFILL
+from sparsesim.traceunits import NEURON
 
 SCENARIO_FIELDS = {f.name: f.type for f in dataclasses.fields(Scenario)}
 
@@ -93,11 +96,9 @@ def load_trace(path: str | os.PathLike, stream: bool | None = None) -> Trace:
 
 def _load(path: str, stream: bool | None) -> Trace:
     meta, pf = read_meta(path)
-    if isinstance(meta.get("units"), dict) and meta["units"].get("kind") != "neuron":
-        raise InputError(f"{path}: a trace of {meta['units'].get('kind')} units; the simulator replays neuron "
-                         f"traces only until expert replay lands (issue 16, phase 2)")
     if stream is None:
-        stream = pf.metadata.num_rows * mask_bytes(meta["model"]["d_ff"]) > IN_MEMORY_LIMIT
+        neurons = not isinstance(meta.get("units"), dict) or meta["units"].get("kind", NEURON) == NEURON
+        stream = neurons and pf.metadata.num_rows * mask_bytes(meta["model"]["d_ff"]) > IN_MEMORY_LIMIT
     return open_streamed(path) if stream else read_trace(path)
 
 
@@ -106,21 +107,29 @@ def _load_cached(key: tuple, path: str, stream: bool | None) -> Trace:
     return _load(path, stream)
 
 
-def _need(trace: Trace, fp: ModelFootprint, dense: bool, hot: np.ndarray | None = None) -> np.ndarray:
-    """Largest needed set per layer over the trace (every neuron without sparsity; a hot unit's
-    units are never needed from the cache)."""
+def _need(trace: Trace, steps: ReplaySteps, fp: ModelFootprint, dense: bool,
+          hot: np.ndarray | None = None) -> np.ndarray:
+    """Largest needed set per layer over the decode step rows (every unit without sparsity, a hot
+    unit's units apart: they are never needed from the cache); a prefill batch's larger set streams
+    what does not fit (``docs/simulator.md``, "Steps")."""
     if dense:
         return np.array(fp.d_ff) - (0 if hot is None else popcount_rows(hot))
-    return trace.active.max(axis=0)
+    if steps.phase is None and fp.kind == NEURON:
+        return trace.active.max(axis=0)
+    rows = steps.decode_rows()
+    if rows.size == 0:
+        return np.zeros(fp.n_layers, dtype=np.int64)
+    return np.bitwise_count(np.asarray(steps.masks)[rows]).sum(axis=-1, dtype=np.int64).max(axis=0)
 
 
-def _needed_sets(trace: Trace, dense: bool, hot: np.ndarray | None = None) -> np.ndarray:
+def _needed_sets(steps: ReplaySteps, n_bytes: int, d_ff: list[int], dense: bool,
+                 hot: np.ndarray | None = None) -> np.ndarray:
     if not dense:
-        return trace.masks
-    rows = np.stack([full(d, trace.n_bytes) for d in trace.d_ff])
+        return steps.masks
+    rows = np.stack([full(d, n_bytes) for d in d_ff])
     if hot is not None:
         rows &= ~hot
-    return np.broadcast_to(rows, trace.masks.shape)
+    return np.broadcast_to(rows, steps.masks.shape)
 
 
 def _hot_rows(trace: Trace, profile_trace: Trace | None, share: float) -> np.ndarray:
@@ -142,11 +151,9 @@ def _without(trace: Trace | None, hot: np.ndarray) -> Trace | None:
     return dataclasses.replace(trace, masks=masks, active=popcount_rows(masks).astype(np.int32))
 
 
-def _capacity(trace: Trace, fp: ModelFootprint, scenario: Scenario, dense: bool,
-              hot: np.ndarray | None = None) -> np.ndarray:
+def _capacity(need: np.ndarray, fp: ModelFootprint, scenario: Scenario, hot: np.ndarray | None = None) -> np.ndarray:
     """The cache's capacity per partition (the one rule: ``ModelFootprint.cache_units``, less a hot
     unit's resident units); refuses a budget that cannot hold one layer step's needed set."""
-    need = _need(trace, fp, dense, hot)
     capacity = fp.cache_units(scenario)
     if hot is not None:
         hot_units = popcount_rows(hot)
@@ -155,32 +162,57 @@ def _capacity(trace: Trace, fp: ModelFootprint, scenario: Scenario, dense: bool,
             raise InputError(f"scenario field 'hot_share': the hot units ({int(hot_units.sum())}, resident in DRAM) take "
                              f"more than dram_budget {scenario.dram_budget} gives the FFN "
                              f"({int(fp.cache_units(scenario).sum())} units)")
+    weights = np.asarray(fp.weights)
     if scenario.partition == "global":
-        ok, minimum = capacity[0] >= need.max(), int(need.max())
+        minimum = int((need * weights).max())
+        ok = capacity[0] >= minimum
     else:
-        units = sum(fp.d_ff)
+        total = fp.total_weight
         ok = bool(np.all(capacity >= need))
-        minimum = int(max(-(-int(n) * units // d) for n, d in zip(need, fp.d_ff)))   # smallest C with ⌊C·U_l/U⌋ ≥ need_l
+        minimum = int(max(-(-int(n) * total // d) for n, d in zip(need, fp.d_ff) if d))   # smallest C: ⌊C·U_l/W⌋ ≥ need_l
     if not ok:
-        need_bytes = minimum * fp.neuron_bytes
-        raise InputError(f"dram_budget {scenario.dram_budget}: the cache ({int(capacity.sum())} units) cannot hold one "
-                         f"layer's needed set; the minimum for this trace and predictor is "
-                         f"{need_bytes / fp.ffn_bytes:.4f} of the FFN ({need_bytes:.4g} B, partition {scenario.partition})")
+        need_bytes = float(minimum * fp.weight_bytes)
+        asked = (f"cache_budget {scenario.cache_budget:.6g} B" if scenario.cache_budget
+                 else f"dram_budget {scenario.dram_budget}")
+        raise InputError(f"{asked}: the cache ({_capacity_bytes(capacity, fp, scenario):.6g} B) cannot hold one layer "
+                         f"step's needed set; the minimum for this trace and predictor is "
+                         f"{need_bytes / fp.ffn_bytes:.4f} of the {'FFN' if fp.kind == NEURON else 'experts'} "
+                         f"({need_bytes:.6g} B, partition {scenario.partition})")
     return capacity
+
+
+def _capacity_bytes(capacity: np.ndarray, fp: ModelFootprint, scenario: Scenario) -> float:
+    """Bytes the cache holds at most."""
+    if scenario.partition == "global":
+        return float(int(capacity[0]) * fp.weight_bytes)
+    return float(sum(int(c) * b for c, b in zip(capacity, fp.unit_bytes)))
+
+
+def _cycle(trace: Trace, fp: ModelFootprint, capacity_bytes: float) -> dict[str, Any]:
+    """The token cycle of an expert trace — every layer's top-k experts — and whether the budget is below
+    it (global LRU then hits nothing: ``docs/moe.md``); not defined for neuron traces."""
+    if fp.kind == NEURON:
+        return {"cycle_bytes": float("nan"), "flooding_bytes": float("nan"), "budget_below_cycle": False}
+    cycle = trace.units.cycle_bytes(fp.bytes_per_weight)
+    return {"cycle_bytes": cycle, "flooding_bytes": trace.units.flooding_bytes(fp.bytes_per_weight),
+            "budget_below_cycle": bool(capacity_bytes < cycle)}
 
 
 def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = "apple-m1-max",
              predictor: str = "oracle", cache: str = "lru", *, scenario: Scenario | None = None,
              settings: Sequence[str] = (), train_trace: str | os.PathLike | Trace | None = None,
              profile_trace: str | os.PathLike | Trace | None = None, seed: int = 0,
-             baselines: bool = True, io_log: list | None = None, stream: bool | None = None) -> dict[str, Any]:
+             baselines: bool = True, io_log: list | None = None, lookup_log: list | None = None,
+             stream: bool | None = None) -> dict[str, Any]:
     """Replay ``trace`` and return the flat result record (see ``docs/metrics.md``).
 
     ``predictor`` and ``cache`` are registry names with optional parameters (``"window:k=4"``);
     ``settings`` are ``key=value`` overrides of scenario fields or dotted profile fields.
     ``train_trace`` trains predictors that learn offline; ``profile_trace`` gives offline neuron
     statistics to replacement policies (``static-pin``); both must come from other text.
-    ``io_log``, if a list, receives every storage batch as scheduled (:class:`IoBatch`).
+    ``io_log``, if a list, receives every storage batch as scheduled (:class:`IoBatch`); ``lookup_log``,
+    if a list, every lookup as ``(step row, layer, hit, late, staged, miss)``, the sets as integers
+    (bit i = unit i; step rows: :class:`~sparsesim.simulator.steps.ReplaySteps`).
     ``stream`` reads the masks row group by row group (bounded memory); by default traces whose
     masks exceed ``IN_MEMORY_LIMIT`` bytes are streamed.
     """
@@ -193,9 +225,7 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     scenario = dataclasses.replace(scenario or Scenario(), **scenario_overrides)
     if 0 < scenario.max_tokens < trace.n_tokens:
         trace = _first_tokens(trace, scenario.max_tokens)
-    if scenario.warmup >= trace.n_tokens:
-        raise InputError(f"scenario field 'warmup': {scenario.warmup} tokens leaves none of the trace's "
-                         f"{trace.n_tokens} tokens to measure")
+
     if isinstance(profile, HardwareProfile):
         hw = profile
         if profile_overrides:
@@ -203,7 +233,7 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     else:
         hw = load_profile(profile, profile_overrides)
     check_time_model(scenario, hw)
-    fp = ModelFootprint.from_meta(trace.model, scenario)
+    fp = ModelFootprint.from_meta(trace.model, scenario, trace.units)
     train = _companion(train_trace, trace, "training")
     profile_trace = _companion(profile_trace, trace, "profiling")
     requested = scenario   # recorded as asked; the replay below may run on reordered masks
@@ -214,6 +244,7 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
             extra={k: apply_order(np.asarray(v), orders) for k, v in t.extra.items()})
             for t in (trace, train, profile_trace))
         scenario = dataclasses.replace(scenario, reorder="none")
+    check_trace_fit(scenario, fp.kind, trace.phase is not None and bool(np.any(trace.phase == PREFILL)))
     originals = (trace, train, profile_trace)   # the baselines split off the hot units themselves
     hot = hot_accesses = None
     if scenario.hot_unit != "none":   # the hot unit's units stay resident; the rest of the run sees the cold part
@@ -222,26 +253,34 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
         hot = _hot_rows(trace, profile_trace, scenario.hot_share)
         hot_accesses = int(popcount_rows(np.asarray(trace.masks)[scenario.warmup:] & hot).sum())
         trace, train, profile_trace = (_without(t, hot) for t in originals)
+    steps = replay_steps(trace)
+    if scenario.warmup >= steps.n_steps:
+        raise InputError(f"scenario field 'warmup': {scenario.warmup} steps leaves none of the trace's "
+                         f"{steps.n_steps} steps to measure (a prefill batch is one step)")
     pred_name, pred_params = parse_policy(predictor)
     cache_name, cache_params = parse_policy(cache)
     pred = PREDICTORS.create(pred_name, pred_params)
     policy = REPLACEMENT.create(cache_name, cache_params)
-    pred.setup(PredictorContext.of(trace, train, seed))
+    pred.setup(PredictorContext.of(trace, train, seed, steps))
     if scenario.false_negatives == "drop" and (pred_name == "none" or scenario.schedule == "none"):
         raise InputError("scenario field 'false_negatives': drop computes the predicted set, so it needs a predictor "
                          f"and a schedule that predicts (predictor {pred_name!r}, schedule {scenario.schedule!r})")
-    capacity = _capacity(trace, fp, scenario, pred.dense, hot)
+    need = _need(trace, steps, fp, pred.dense, hot)
+    capacity = _capacity(need, fp, scenario, hot)
     if scenario.ffn_in == "dram" and hw.cache is None:
         raise InputError(f"profile {hw.name}: ffn_in=dram needs an on-chip 'cache' section in the profile")
     geometry = CacheGeometry(n_layers=trace.n_layers, d_ff=tuple(trace.d_ff), n_bytes=trace.n_bytes,
-                             n_tokens=trace.n_tokens, capacity=capacity, partition=scenario.partition,
-                             need_max=_need(trace, fp, pred.dense, hot), masks=_needed_sets(trace, pred.dense, hot),
-                             profile_masks=None if profile_trace is None else profile_trace.masks, outside=hot)
+                             n_tokens=steps.n_steps, capacity=capacity, partition=scenario.partition,
+                             need_max=need, masks=_needed_sets(steps, trace.n_bytes, trace.d_ff, pred.dense, hot),
+                             profile_masks=None if profile_trace is None else profile_trace.masks, weight=fp.weights,
+                             outside=hot)
     store = BackingStore.flash(hw.storage) if scenario.ffn_in == "flash" else BackingStore.dram(hw.dram)
-    engine = ReplayEngine(trace.masks, trace.token, fp, scenario, hw, store,
-                          Residency(NeuronCache(geometry, policy)), pred, io_log, model=trace.model,
+    engine = ReplayEngine(steps, fp, scenario, hw, store, Residency(NeuronCache(geometry, policy)), pred, io_log,
+                          lookup_log, model=trace.model,
                           hot=None if hot is None else [neuronset.from_row(row) for row in hot])
     record = _config(trace, hw, requested, predictor, cache, seed, train, profile_trace)
+    record["cache_capacity_bytes"] = _capacity_bytes(capacity, fp, scenario)
+    record.update(_cycle(trace, fp, record["cache_capacity_bytes"]))
     record["predictor_sees_future"] = bool(pred.sees_future)
     record["policy_sees_future"] = bool(policy.sees_future)
     record["hot_set_sees_future"] = hot is not None and originals[2] is None
@@ -249,6 +288,7 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     result = engine.run()
     result.counts.totals.hot_accesses = hot_accesses or 0
     record.update(summarize(result, fp, hw, store.energy_per_byte))
+    record["trace_unit"] = fp.kind
     trace, train, profile_trace = originals
     if baselines:
         for name in ("dense", "none"):
@@ -295,7 +335,8 @@ def _first_tokens(trace: Trace, n: int) -> Trace:
         raise InputError(f"{trace.path}: the 'max_tokens' limit needs the trace in memory (it is streamed)")
     return dataclasses.replace(trace, seq=trace.seq[:n], pos=trace.pos[:n], token=trace.token[:n],
                                masks=trace.masks[:n], active=trace.active[:n],
-                               extra={k: v[:n] for k, v in trace.extra.items()})
+                               extra={k: v[:n] for k, v in trace.extra.items()},
+                               columns={k: v[:n] for k, v in trace.columns.items()})
 
 
 def _companion(other: str | os.PathLike | Trace | None, trace: Trace, role: str) -> Trace | None:

@@ -15,9 +15,12 @@ scheme (:mod:`~sparsesim.simulator.memory_management`); a low-rank predictor cos
 hot unit computes its hot units densely at the same time as the compute unit, sharing DRAM
 (:mod:`~sparsesim.simulator.heterogeneous`); and ``pipeline=cluster`` times a layer's reads and
 compute as PowerInfer-2's cluster pipeline (:mod:`~sparsesim.simulator.pipeline`). Every kernel's
-time is linear in the units it touches plus a dispatch cost per call, so each is two constants
-computed once; with every setting at its default they are the formulas the model had before
-(``roofline(bytes, FLOPs, DRAM bandwidth, compute.flops)``), to the last bit.
+time is linear in the units it touches plus a dispatch cost per call, so each is two constants per
+layer computed once; with every setting at its default they are the formulas the model had before
+(``roofline(bytes, FLOPs, DRAM bandwidth, compute.flops)``), to the last bit. On a neuron trace every
+layer's constants are the same; an expert trace's experts (a dense product over their own matrices)
+and the weights each layer reads every token may differ per layer. A prefill batch step (``tokens``
+> 1) reads each weight once and does the arithmetic of every token of the batch.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from sparsesim.simulator.memory_management import management_calls, management_c
 from sparsesim.simulator.pipeline import powerinfer2_stages, uniform_makespan
 from sparsesim.simulator.predictor_cost import low_rank_work
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
+from sparsesim.traceunits import NEURON
 
 __all__ = ["StepCosts", "roofline"]
 
@@ -49,39 +53,35 @@ class StepCosts:
         peak = unit.peak
         # With the FFN in DRAM the weights the FFN reads come from the on-chip cache.
         self.on_chip = sc.ffn_in == "dram" and profile.cache is not None
-        ffn_bw = profile.cache.bandwidth if self.on_chip else unit.bandwidth
+        self.ffn_bw = ffn_bw = profile.cache.bandwidth if self.on_chip else unit.bandwidth
         self.bytes_per_weight = bpw = fp.bytes_per_weight      # storage precision
         wc = sc.compute_bytes_per_weight                       # the DRAM-resident copy the arithmetic reads
-        self.scale = 1.0 if wc == bpw else wc / bpw
+        self.scale = scale = 1.0 if wc == bpw else wc / bpw
         d, m = fp.d_model, fp.matrices
-        self._nonffn = self._dense_kernel(fp.layer_nonffn_bytes, 4)    # q, k, v, o projections
+        self.matrices = m
+        self._nonffn = [self._dense_kernel(b, 4) for b in fp.layer_nonffn_bytes]   # q, k, v, o projections
         self._head = self._dense_kernel(fp.head_bytes, 1)
         self.predict = predictor_flops / peak if predictor_flops else 0.0
-        # Per-unit constants: every FFN kernel is linear in the units it touches.
-        self.unit_bytes = fp.neuron_bytes if self.scale == 1.0 else fp.neuron_bytes * self.scale
-        self.unit_flops = 2 * m * d
-        self.row_bytes = fp.row_bytes if self.scale == 1.0 else fp.row_bytes * self.scale
+        # Per-unit constants per layer: every FFN kernel is linear in the units it touches.
+        self.unit_bytes = list(fp.unit_bytes) if scale == 1.0 else [b * scale for b in fp.unit_bytes]
+        self.unit_flops = list(fp.unit_flops)
+        self.row_bytes = fp.row_bytes if scale == 1.0 else fp.row_bytes * scale
         self.row_flops = 2 * d
         eff = unit.efficiency
-        kind = "dense" if dense or sc.ffn_compute == "matrix" else "sparse"
-        unit_roofline = roofline(self.unit_bytes, self.unit_flops, ffn_bw, peak)
+        # A neuron is gathered rows and a scattered column; an expert, or the whole layer, a dense product.
+        self.kind = "dense" if dense or sc.ffn_compute == "matrix" or fp.kind != NEURON else "sparse"
         row_roofline = roofline(self.row_bytes, self.row_flops, ffn_bw, peak)
-        if kind == "dense":
-            self.unit_seconds = unit_roofline / eff.get("dense", 1.0)
-        elif eff.get("gather", 1.0) == eff.get("scatter", 1.0):
-            self.unit_seconds = unit_roofline / eff.get("gather", 1.0)
-        else:   # m - 1 gathered rows (gate/up, fc1) and one scattered column (down)
-            self.unit_seconds = (m - 1) * row_roofline / eff.get("gather", 1.0) + row_roofline / eff.get("scatter", 1.0)
-        self.ffn_dispatch = m * unit.dispatch          # one call per matrix (m - 1 gathers and a scatter)
         self.row_gather = row_roofline / eff.get("gather", 1.0)
         self.row_scatter = row_roofline / eff.get("scatter", 1.0)
         self.row_seconds = self.row_gather
+        self.unit_seconds = [self._unit_seconds(b, f) for b, f in zip(self.unit_bytes, self.unit_flops)]
+        self.ffn_dispatch = m * unit.dispatch          # one call per matrix (m - 1 gathers and a scatter)
         self.ffn_matrix = sc.ffn_compute == "matrix"
         # Memory management (docs/time-model.md): per inserted or removed unit. Nothing when the FFN
         # lives in DRAM: the on-chip cache is hardware-managed.
         scheme = sc.memory_management if sc.ffn_in == "flash" else "none"
-        one = management_cost(scheme, 1, 0, self.unit_bytes, unit.copy_bandwidth(), sc.insert_overhead)
-        self.moved_bytes, self.moved_seconds = one.bytes, one.seconds
+        moved = [management_cost(scheme, 1, 0, b, unit.copy_bandwidth(), sc.insert_overhead) for b in self.unit_bytes]
+        self.moved_bytes, self.moved_seconds = [c.bytes for c in moved], [c.seconds for c in moved]
         self.scheme, self.dispatch = scheme, unit.dispatch
         # KV cache: per layer step at position p, p x (bytes, FLOPs) + two calls (docs/metrics.md).
         self.kv = None
@@ -111,6 +111,17 @@ class StepCosts:
         if sc.pipeline == "cluster":
             self._pieces = self._unit_pieces(fp, sc)
 
+    def _unit_seconds(self, nbytes: float, flops: float) -> float:
+        """Seconds of the FFN kernels per unit of ``nbytes`` and ``flops`` (dispatch apart)."""
+        unit_roofline = roofline(nbytes, flops, self.ffn_bw, self.unit.peak)
+        eff = self.unit.efficiency
+        if self.kind == "dense":
+            return unit_roofline / eff.get("dense", 1.0)
+        if eff.get("gather", 1.0) == eff.get("scatter", 1.0):
+            return unit_roofline / eff.get("gather", 1.0)
+        # m - 1 gathered rows (gate/up, fc1) and one scattered column (down)
+        return (self.matrices - 1) * self.row_gather + self.row_scatter
+
     def _dense_kernel(self, nbytes: float, calls: int) -> tuple[float, float, float, float]:
         """A matrix-vector product over ``nbytes`` of weights (storage precision): (storage bytes,
         DRAM bytes at the compute precision, FLOPs, seconds)."""
@@ -119,24 +130,36 @@ class StepCosts:
         return nbytes, resident, flops, self.unit.time("dense", Work(resident, flops, calls))
 
     # -- dense work -----------------------------------------------------------------------------
-    def nonffn(self, token: int) -> tuple[float, float]:
-        """One layer's attention and norms, a matrix-vector product over weights held in DRAM, and
-        with ``kv_cache`` its KV cache at ``token``'s position. Returns (bytes of those weights at the
-        storage precision, seconds)."""
-        nbytes, resident, flops, seconds = self._nonffn
+    def nonffn(self, layer: int, position: int, tokens: int = 1) -> tuple[float, float]:
+        """One layer's attention and norms (an expert trace: every weight the layer reads but the routed
+        experts), a matrix-vector product per token over weights held in DRAM, and with ``kv_cache``
+        the KV cache of the step's tokens, the first ``position`` replayed tokens in. Returns (bytes of
+        those weights at the storage precision, seconds)."""
+        nbytes, resident, flops, seconds = self._nonffn[layer]
         t = self.totals
         t.dram_bytes += resident
+        if tokens > 1:   # a prefill batch: the weights read once, every token's arithmetic
+            flops *= tokens
+            seconds = self.unit.time("dense", Work(resident, flops, 4))
         t.flops += flops
         if self.kv is None:
             return nbytes, seconds
         kv_bytes, kv_flops, kv_seconds, kv_dispatch = self.kv
-        position = self.prompt_tokens + token
-        t.dram_bytes += position * kv_bytes
-        t.flops += position * kv_flops
-        return nbytes, seconds + position * kv_seconds + kv_dispatch
+        p = self.prompt_tokens + position
+        if tokens == 1:
+            t.dram_bytes += p * kv_bytes
+            t.flops += p * kv_flops
+            return nbytes, seconds + p * kv_seconds + kv_dispatch
+        # a batch: the KV of its last position read once, each token attending to every earlier one
+        attended = tokens * p + tokens * (tokens - 1) // 2
+        work = Work((p + tokens - 1) * kv_bytes, attended * kv_flops)
+        t.dram_bytes += work.bytes
+        t.flops += work.flops
+        return nbytes, seconds + self.unit.time("dense", work) + kv_dispatch
 
     def head(self) -> tuple[float, float]:
-        """The LM head once per token, as :meth:`nonffn` (no KV cache)."""
+        """The LM head once per step, as :meth:`nonffn` (no KV cache; a prefill batch outputs the
+        logits of its last token only)."""
         nbytes, resident, flops, seconds = self._head
         self.totals.dram_bytes += resident
         self.totals.flops += flops
@@ -149,7 +172,7 @@ class StepCosts:
         self.totals.flops += work.flops
         return self.rank_seconds[layer]
 
-    def prefill(self, fp: ModelFootprint) -> float:
+    def prompt_prefill(self, fp: ModelFootprint) -> float:
         """Seconds to prefill the ``prompt_tokens`` before the first replayed token on the compute
         unit: every weight read once, ``2 n params`` FLOPs plus attention over the prompt
         (``context.prefill_work``), a matrix-matrix product. Not part of any per-token time."""
@@ -167,14 +190,24 @@ class StepCosts:
         else:
             self.totals.dram_bytes += nbytes
 
-    def ffn(self, units: int) -> float:
-        """The FFN over ``units`` units (gate/up rows and down column each): the computed units, or
-        under ``ffn_compute=matrix`` every resident unit of the layer; its kernel calls' dispatch."""
-        self._read_ffn(units * self.unit_bytes)
-        self.totals.flops += units * self.unit_flops
+    def ffn(self, layer: int, units: int, token_units: int = 0) -> float:
+        """The FFN of ``layer`` over ``units`` units (the computed units, or under
+        ``ffn_compute=matrix`` every resident unit of the layer) and its kernel calls' dispatch; a
+        prefill batch computes ``token_units`` (Σ over its tokens of each token's units) from those
+        ``units`` read once."""
+        nbytes = units * self.unit_bytes[layer]
+        self._read_ffn(nbytes)
+        if token_units <= units:
+            self.totals.flops += units * self.unit_flops[layer]
+            seconds = units * self.unit_seconds[layer]
+        else:
+            flops = token_units * self.unit_flops[layer]
+            self.totals.flops += flops
+            seconds = roofline(nbytes, flops, self.ffn_bw, self.unit.peak) / \
+                self.unit.efficiency.get("dense" if self.kind == "dense" else "gather", 1.0)
         if self.ffn_dispatch and units:
-            return units * self.unit_seconds + self.ffn_dispatch
-        return units * self.unit_seconds
+            return seconds + self.ffn_dispatch
+        return seconds
 
     def gate_rows(self, units: int) -> float:
         """Two-phase: evaluating staged gate rows whose unit turned out inactive."""
@@ -190,18 +223,25 @@ class StepCosts:
         if charge:
             self.totals.dram_bytes += hot_bytes[layer]
             self.totals.flops += hot_flops[layer]
-        cold = Part(cold_units * self.unit_bytes, seconds)
+        cold = Part(cold_units * self.unit_bytes[layer], seconds)
         hot = Part(hot_bytes[layer], hot_seconds[layer])
         return concurrent_time([hot, cold], shared) if shared else max(hot.seconds, cold.seconds)
 
-    def management(self, inserted: int, removed: int) -> float:
-        """Inserting ``inserted`` and removing ``removed`` units in the DRAM cache (one operation), by
-        the memory-management scheme: bytes moved, bookkeeping, and its kernel calls' dispatch."""
+    def management(self, layer: int, inserted: int, removed: int, removed_from: dict[int, int] | None = None) -> float:
+        """Inserting ``inserted`` units of ``layer`` and removing ``removed`` of ``layer`` (and
+        ``removed_from[l]`` of other layers) in the DRAM cache, one operation, by the memory-management
+        scheme: bytes moved, bookkeeping, and its kernel calls' dispatch."""
         units = inserted + removed
-        self.totals.dram_bytes += units * self.moved_bytes
+        nbytes, seconds = units * self.moved_bytes[layer], units * self.moved_seconds[layer]
+        if removed_from:
+            for l, n in removed_from.items():
+                nbytes += n * self.moved_bytes[l]
+                seconds += n * self.moved_seconds[l]
+                removed += n
+        self.totals.dram_bytes += nbytes
         if self.dispatch:
-            return units * self.moved_seconds + management_calls(self.scheme, inserted, removed) * self.dispatch
-        return units * self.moved_seconds
+            return seconds + management_calls(self.scheme, inserted, removed) * self.dispatch
+        return seconds
 
     # -- the cluster pipeline -------------------------------------------------------------------
     def _unit_pieces(self, fp: ModelFootprint, sc: Scenario) -> tuple[list[float], list[float]]:
@@ -238,13 +278,13 @@ class StepCosts:
         k = miss * max(len(gate_pieces), len(updown_pieces))
         io_servers = max(1, int(self.read_path.depth // max(math.ceil(k), 1)))
         pred = self.predictor(layer) / clusters if self.rank_work[layer] is not None else 0.0
-        m = self.unit_flops // self.row_flops
+        m = self.matrices
         gate = per * self.row_gather
         updown = per * ((m - 2) * self.row_gather + self.row_scatter)
         dispatch = self.unit.dispatch
         stages = powerinfer2_stages(n * pred, self._io_stage(gate_pieces, miss, io_servers), n * gate + dispatch,
                                     self._io_stage(updown_pieces, miss, io_servers), n * updown + (m - 1) * dispatch)
-        self._read_ffn(units * self.unit_bytes)
-        self.totals.flops += units * self.unit_flops
+        self._read_ffn(units * self.unit_bytes[layer])
+        self.totals.flops += units * self.unit_flops[layer]
         compute = clusters * (pred + gate + updown) + clusters * m * dispatch / n
         return uniform_makespan(stages, clusters, {"compute": n, "io": io_servers}), compute

@@ -231,7 +231,8 @@ class Trace:
 
     @property
     def d_ff(self) -> list[int]:
-        return [int(x) for x in self.model["d_ff"]]
+        """Units per layer: FFN neurons (``model.d_ff``), or an expert trace's routed experts."""
+        return [int(x) for x in self.units.count]
 
     @property
     def n_bytes(self) -> int:

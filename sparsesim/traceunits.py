@@ -93,6 +93,15 @@ class TraceUnits:
         k = self.top_k if self.top_k is not None else self.count
         return float(sum(k[l] * self.routed_unit_bytes(l, bytes_per_weight) for l in range(self.n_layers) if k[l]))
 
+    def flooding_bytes(self, bytes_per_weight: float | None = None) -> float:
+        """The largest cache below which a global LRU cache hits nothing at all: the token cycle less all
+        but one routed unit of the layer where those are largest. Between it and the cycle, at most a few
+        units of each layer's previous step survive (``docs/moe.md``, "The cliff")."""
+        k = self.top_k if self.top_k is not None else self.count
+        spare = max(((k[l] - 1) * self.routed_unit_bytes(l, bytes_per_weight) for l in range(self.n_layers) if k[l]),
+                    default=0.0)
+        return self.cycle_bytes(bytes_per_weight) - spare
+
     def to_meta(self) -> dict:
         """The ``units`` metadata object (lists; null for unknown sizes)."""
         if self.kind == NEURON:

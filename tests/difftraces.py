@@ -1,8 +1,9 @@
 """The traces of the differential and libCacheSim tests (not a test module).
 
 Tiny synthetic traces (``sparsesim.simulator.synth``), hand-made ones that stress ties and full
-caches (``tracebuild.write_trace``), and a real stories260K trace (``trace_model`` on Python docs,
-with a stored low-rank predictor column). Each comes with a training/profiling trace of other
+caches (``tracebuild.write_trace``), expert traces whose experts differ in size per layer, with
+budgets in bytes (``tracebuild.write_expert_trace``), and a real stories260K trace (``trace_model``
+on Python docs, with a stored low-rank predictor column). Each comes with a training/profiling trace of other
 text or another seed, for the predictors that learn offline and for ``static-pin``.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracebuild import write_trace
+from tracebuild import write_expert_trace, write_trace
 
 from sparsesim.simulator.synth import synthesize
 
@@ -29,6 +30,7 @@ class TraceCase:
     budgets: tuple[float, ...]
     glu: bool
     stored: bool = False      # has a pred:<name> column for the `stored` predictor
+    budget_kind: str = "dram_budget"   # expert traces: "cache_budget", the cache's size in bytes
 
 
 def _sliding(tokens: int, layers: int, d_ff: int, size: int, stride: int) -> np.ndarray:
@@ -60,6 +62,11 @@ TRACES = (
     TraceCase("ties", (0.2, 0.4, 0.75), glu=True),
     TraceCase("full", (0.0834, 0.25, 0.5), glu=True),
     TraceCase("stories260K", (0.15, 0.35, 0.7), glu=True, stored=True),
+    # Experts of 300 / 200 / 500 B (weights 3, 2, 5): 1700 B is below the token cycle (2500 B) and too
+    # small for the per-layer slices; 4550 B leaves a remainder no expert fits.
+    TraceCase("experts", (1700, 3000, 4550), glu=False, budget_kind="cache_budget"),
+    # 600 B holds exactly one step of layer 0 (two 300 B experts): every arrival meets a full cache.
+    TraceCase("experts-full", (600, 1000, 1700), glu=False, budget_kind="cache_budget"),
 )
 # The libCacheSim comparison: a larger synthetic trace (reuse at many distances) and stories260K;
 # budgets here are the flat caches' capacities as a share of all units.
@@ -67,6 +74,23 @@ LIBCACHESIM_TRACES = (
     TraceCase("synth-lcs", (0.3, 0.6, 0.9), glu=True),
     TraceCase("stories260K", (0.3, 0.6, 0.9), glu=True, stored=True),
 )
+
+
+# name: (experts per layer, top-k, bytes per expert, (tokens, training tokens), (seed, training seed))
+EXPERTS = {
+    "experts": ([8, 6, 8], [2, 2, 3], [300, 200, 500], (14, 20), (11, 12)),
+    "experts-full": ([6, 6], [2, 2], [300, 200], (16, 20), (13, 14)),
+}
+
+
+def _routes(count: list[int], top_k: list[int], tokens: int, seed: int) -> np.ndarray:
+    """[tokens, layers, k] routed ids, from about half of each layer's experts so that reuse is frequent."""
+    rng = np.random.default_rng(seed)
+    route = np.full((tokens, len(count), max(top_k)), -1, np.int16)
+    for t in range(tokens):
+        for l, (c, k) in enumerate(zip(count, top_k)):
+            route[t, l, :k] = rng.choice(c // 2 + k, k, replace=False)
+    return route
 
 
 # name: (generator shape, (tokens, training tokens), (seed, training seed))
@@ -84,6 +108,10 @@ def build_trace(case: TraceCase, directory: Path) -> tuple[Path, Path]:
         shape, (tokens, train_tokens), (seed, train_seed) = SYNTHETIC[case.name]
         synthesize(out, **shape, tokens=tokens, seed=seed, progress=False)
         synthesize(train, **shape, tokens=train_tokens, seed=train_seed, progress=False)
+    elif case.name in EXPERTS:
+        count, top_k, unit_bytes, (tokens, train_tokens), (seed, train_seed) = EXPERTS[case.name]
+        write_expert_trace(out, _routes(count, top_k, tokens, seed), count, unit_bytes)
+        write_expert_trace(train, _routes(count, top_k, train_tokens, train_seed), count, unit_bytes)
     elif case.name == "ties":
         write_trace(out, _sliding(12, 2, 16, 6, 3), d_model=16)
         write_trace(train, _sliding(16, 2, 16, 6, 5), d_model=16)

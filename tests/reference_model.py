@@ -14,8 +14,16 @@ order holds exactly:
 
     1. issue   2. arrivals   3. lookup   4. demand fill   5. use, expire   6. FFN end
 
+Expert units (an MoE trace's routed experts, of sizes that differ per layer) are modelled with
+capacity in weight: a unit of layer l weighs its bytes over the greatest common divisor of every
+layer's unit bytes (1 for every neuron), the global pool holds units whose weights sum to at most
+its capacity, a per-layer partition counts its own units; the budget is a share of every unit's
+bytes or, for experts, a cache size in bytes (``Config.budget_kind="cache_budget"``). Traces with
+prefill batches (a ``phase`` column) are not modelled.
+
 Not modelled: ``prefetch_cap``, ``warm``, ``warmup``, ``reorder`` (``Config`` has no field for
-them), bypass by value (``lru:bypass=true``) and budgets in bytes (``NotImplementedError``).
+them), bypass by value (``lru:bypass=true``) and budgets in bytes for neuron traces
+(``NotImplementedError``).
 Reading choices where the contract is silent are marked ``READING`` below and listed in
 ``docs/validation.md``.
 """
@@ -72,21 +80,35 @@ def decimal_fraction(value) -> Fraction:
     return Fraction(str(value))
 
 
-def capacities(budget, d_ff: list[int], partition: str) -> dict:
-    """Units per partition: C = floor(b * U); per-layer C_l = floor(C * U_l / U). Keys: None
-    for the global pool, else the layer."""
-    b = decimal_fraction(budget)
-    if b <= 0:
-        raise Refused(f"dram_budget {budget}: must be > 0")
-    if b > 1:
-        raise NotImplementedError("budgets in bytes (> 1) are not modelled")
-    total = sum(d_ff)
-    c = math.floor(b * total)
+def capacities(budget, d_ff: list[int], partition: str, weights: list[int] | None = None,
+               cache_bytes: Fraction | None = None, weight_bytes: Fraction = Fraction(1)) -> dict:
+    """Capacity per partition. With W = Σ U_l · w_l (every unit's weight; w = 1 for neurons):
+    C = floor(b · W), or for a cache size in bytes C = min(floor(bytes / weight_bytes), W), a weight;
+    per-layer C_l = floor(C · U_l / W) units of layer l. Keys: None for the global pool, else the layer."""
+    weights = weights or [1] * len(d_ff)
+    total = sum(d * w for d, w in zip(d_ff, weights))
+    if cache_bytes is not None:
+        c = min(math.floor(cache_bytes / weight_bytes), total)
+    else:
+        b = decimal_fraction(budget)
+        if b <= 0:
+            raise Refused(f"dram_budget {budget}: must be > 0")
+        if b > 1:
+            raise NotImplementedError("budgets in bytes (> 1) are not modelled")
+        c = math.floor(b * total)
     if partition == "global":
         return {None: c}
     if partition == "per-layer":
         return {l: (c * d) // total for l, d in enumerate(d_ff)}
     raise ValueError(partition)
+
+
+def unit_weights(unit_bytes: list[Fraction], d_ff: list[int]) -> tuple[list[int], Fraction]:
+    """Each layer's unit weight and the bytes of one weight: the gcd of the layers' unit bytes."""
+    sizes = [b for b, d in zip(unit_bytes, d_ff) if d]
+    den = math.lcm(*(b.denominator for b in sizes))
+    g = Fraction(math.gcd(*(int(b * den) for b in sizes)), den)
+    return [int(b / g) if d else 1 for b, d in zip(unit_bytes, d_ff)], g
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,8 +149,8 @@ class Entry:
 class Result:
     per_layer: dict[str, list[int]]
     capacity: dict
-    unit_bytes: Fraction
-    gate_row_bytes: Fraction
+    unit_bytes: list[Fraction]          # per layer
+    gate_row_bytes: list[Fraction]      # per layer: what one prefetch reads of a unit
     preloaded_units: int = 0
 
     def total(self, name: str) -> int:
@@ -138,14 +160,12 @@ class Result:
     def ffn_storage_bytes(self) -> Fraction:
         """(demand + prefetched) x unit bytes; with two-phase a prefetch reads a gate row and the
         second phase the rest of the unit (docs/metrics.md, ffn_storage_bytes)."""
-        return (self.total("demand_units") * self.unit_bytes
-                + self.total("prefetch_units") * self.gate_row_bytes
-                + self.total("second_phase_units") * (self.unit_bytes - self.gate_row_bytes))
+        return sum((self.layer_bytes(l) for l in range(len(self.unit_bytes))), Fraction(0))
 
     def layer_bytes(self, layer: int) -> Fraction:
         p = self.per_layer
-        return (p["demand_units"][layer] * self.unit_bytes + p["prefetch_units"][layer] * self.gate_row_bytes
-                + p["second_phase_units"][layer] * (self.unit_bytes - self.gate_row_bytes))
+        b, g = self.unit_bytes[layer], self.gate_row_bytes[layer]
+        return p["demand_units"][layer] * b + p["prefetch_units"][layer] * g + p["second_phase_units"][layer] * (b - g)
 
 
 class ReferenceCache:
@@ -153,9 +173,10 @@ class ReferenceCache:
 
     def __init__(self, n_layers: int, d_ff: list[int], needed: list[list[frozenset[int]]], truth,
                  policy: str, params: dict, partition: str, capacity: dict, two_phase: bool,
-                 pinned: frozenset[Unit] = frozenset()):
+                 pinned: frozenset[Unit] = frozenset(), weights: list[int] | None = None):
         self.L = n_layers
         self.d_ff = d_ff
+        self.weights = weights or [1] * n_layers
         self.needed = needed            # [t][l] -> indices the FFN computes (every unit for dense)
         self.truth = truth              # [t][l] -> the trace's mask (predictor accuracy)
         self.policy = policy
@@ -187,6 +208,25 @@ class ReferenceCache:
 
     def residents_of(self, part) -> list[Unit]:
         return [u for u in self.resident if self.part(u) == part]
+
+    def size(self, unit: Unit) -> int:
+        """What a unit takes of its partition: its layer's weight in the global pool, 1 in a layer's own."""
+        return self.weights[unit[0]] if self.partition == "global" else 1
+
+    def taken(self, units) -> int:
+        return sum(self.size(u) for u in units)
+
+    def free_room(self, part) -> int:
+        return self.capacity[part] - self.taken(self.residents_of(part))
+
+    def evict_in_order(self, order: list[Unit], room: int, by_prefetch: bool) -> None:
+        """Evict from the front of ``order`` until their sizes add up to ``room``."""
+        freed = 0
+        for victim in order:
+            if freed >= room:
+                break
+            self.evict(victim, by_prefetch)
+            freed += self.size(victim)
 
     def predicted_units(self) -> set[Unit]:
         out: set[Unit] = set()
@@ -241,17 +281,17 @@ class ReferenceCache:
     def insert_prefetch(self, layer: int, units: list[int], g: int) -> None:
         """An arrival: may evict only units neither in use nor predicted; bypasses what cannot fit."""
         part = self.part((layer, 0))
-        free = self.capacity[part] - len(self.residents_of(part))
+        free = self.free_room(part)
         protected = self.in_use | self.predicted_units()
         candidates = [u for u in self.residents_of(part) if u not in protected]
-        need = len(units) - free
-        if need > len(candidates):
-            fit = free + len(candidates)
+        w = self.size((layer, 0))
+        need = len(units) * w - free
+        if need > self.taken(candidates):
+            fit = (free + self.taken(candidates)) // w
             self.count("prefetch_bypassed", layer, len(units) - fit)
             units = sorted(units)[:fit]
-            need = len(candidates)
-        for victim in sorted(candidates, key=lambda u: self.key(u, g))[:max(need, 0)]:
-            self.evict(victim, by_prefetch=True)
+            need = self.taken(candidates)
+        self.evict_in_order(sorted(candidates, key=lambda u: self.key(u, g)), need, by_prefetch=True)
         for i in units:
             self.resident[(layer, i)] = Entry(fill=g, last=g, uses=0, prefetched_unused=True)
         self.count("inserted", layer, len(units))
@@ -259,19 +299,17 @@ class ReferenceCache:
     def insert_demand(self, layer: int, units: list[int], g: int, prefetched: bool = False) -> None:
         """Units the FFN needs now: evict units not in use, unpredicted ones first."""
         part = self.part((layer, 0))
-        free = self.capacity[part] - len(self.residents_of(part))
-        need = len(units) - free
+        need = len(units) * self.size((layer, 0)) - self.free_room(part)
         if need > 0:
             predicted = self.predicted_units()
             free_tier = [u for u in self.residents_of(part) if u not in self.in_use and u not in predicted]
             predicted_tier = [u for u in self.residents_of(part) if u not in self.in_use and u in predicted]
             order = (sorted(free_tier, key=lambda u: self.key(u, g))
                      + sorted(predicted_tier, key=lambda u: self.key(u, g)))
-            if len(order) < need:
+            if self.taken(order) < need:
                 raise AssertionError(f"step {g}: a demand insertion of {len(units)} units cannot make room "
                                      f"(capacity {self.capacity[part]}); the budget check should have refused")
-            for victim in order[:need]:
-                self.evict(victim, by_prefetch=False)
+            self.evict_in_order(order, need, by_prefetch=False)
         for i in units:
             self.resident[(layer, i)] = Entry(fill=g, last=g, uses=0, prefetched_unused=False)
         self.count("inserted", layer, len(units))
@@ -297,7 +335,8 @@ class ReferenceCache:
         if not self.two_phase:   # gate rows go to the staging buffer, which the capacity does not bound
             part = self.part((l, 0))
             claims = {u for u in self.in_use | self.predicted_units() | in_flight if self.part(u) == part}
-            keep = max(self.capacity[part] - len(claims) + len(fetch), 0)
+            # K = floor((capacity - claims) / w) + |fetch| (claims include P(h), so its fetch set too)
+            keep = max((self.capacity[part] - self.taken(claims)) // self.size((l, 0)) + len(fetch), 0)
             self.count("prefetch_no_room", l, len(fetch[keep:]))
             fetch = fetch[:keep]
         self.count("prefetch_issued", l, len(fetch))
@@ -387,10 +426,11 @@ class Config:
     two_phase: bool = False
     precision: str = "fp16"
     seed: int = 0
+    budget_kind: str = "dram_budget"     # or "cache_budget": the cache's size in bytes (expert traces)
 
     def settings(self) -> list[str]:
         """The same configuration as ``simulate(settings=...)`` overrides."""
-        return [f"dram_budget={self.budget}", f"partition={self.partition}", f"schedule={self.schedule}",
+        return [f"{self.budget_kind}={self.budget}", f"partition={self.partition}", f"schedule={self.schedule}",
                 f"lookahead={self.lookahead}", f"two_phase={str(self.two_phase).lower()}",
                 f"precision={self.precision}"]
 
@@ -413,10 +453,13 @@ def causal_view(trace, predictor):
     return CausalView(trace.masks, trace.token, allow_future=predictor.sees_future)
 
 
-def pinned_set(profile_masks: np.ndarray, d_ff: list[int], capacity: dict, need: dict, share) -> frozenset[Unit]:
+def pinned_set(profile_masks: np.ndarray, d_ff: list[int], capacity: dict, need: dict, share,
+               weights: list[int] | None = None) -> frozenset[Unit]:
     """READING of static-pin: the hottest units of the profiling masks (count of tokens active,
     ties to the lowest (layer, index), never-active units not pinned) fill
-    floor(share x (capacity - largest needed set of one step)) of each partition."""
+    floor(share x (capacity - largest needed set of one step)) of each partition; in the global
+    pool sizes are weights, and the hottest are taken while they fit."""
+    weights = weights or [1] * len(d_ff)
     share = decimal_fraction(share)
     counts = {}
     for l, d in enumerate(d_ff):
@@ -428,7 +471,13 @@ def pinned_set(profile_masks: np.ndarray, d_ff: list[int], capacity: dict, need:
         room = math.floor(share * (cap - need[part]))
         pool = [u for u in counts if (part is None or u[0] == part) and counts[u] > 0]
         pool.sort(key=lambda u: (-counts[u], u))
-        pinned |= set(pool[:max(room, 0)])
+        taken = 0
+        for u in pool:
+            size = weights[u[0]] if part is None else 1
+            if taken + size > room:
+                break
+            pinned.add(u)
+            taken += size
     return frozenset(pinned)
 
 
@@ -436,13 +485,24 @@ def replay(trace, config: Config, *, train=None, profile_trace=None) -> Result:
     """Replay ``trace`` (a :class:`sparsesim.tracefile.Trace`) under ``config`` by the contract."""
     model = trace.model
     L, d_ff = trace.n_layers, trace.d_ff
-    d_model, glu = int(model["d_model"]), bool(model.get("glu", True))
     w = BYTES_PER_WEIGHT[config.precision]
-    rows = 3 if glu else 2
-    unit_bytes = rows * d_model * w
-    gate_row_bytes = d_model * w if config.two_phase else unit_bytes
-    if config.two_phase and not glu:
-        raise Refused("two_phase needs a gated FFN")
+    units = trace.units
+    if units.kind == "expert":   # routed experts as recorded (or their parameters x precision)
+        if config.two_phase:
+            raise Refused("two_phase: an expert is read whole")
+        if trace.phase is not None:
+            raise NotImplementedError("prefill batches are not modelled")
+        unit_bytes = [Fraction(units.unit_bytes[l]) if units.unit_bytes[l] is not None
+                      else Fraction(units.unit_params[l]) * w if d_ff[l] else Fraction(0) for l in range(L)]
+        gate_row_bytes = unit_bytes
+    else:
+        d_model, glu = int(model["d_model"]), bool(model.get("glu", True))
+        rows = 3 if glu else 2
+        unit_bytes = [rows * d_model * w] * L
+        gate_row_bytes = [d_model * w] * L if config.two_phase else unit_bytes
+        if config.two_phase and not glu:
+            raise Refused("two_phase needs a gated FFN")
+    weights, weight_bytes = unit_weights(unit_bytes, d_ff)
     from sparsesim.simulator.simulate import parse_policy
 
     cache_name, cache_params = parse_policy(config.cache)
@@ -456,9 +516,10 @@ def replay(trace, config: Config, *, train=None, profile_trace=None) -> Result:
     T = len(truth)
     needed = [[frozenset(range(d)) for d in d_ff] for _ in range(T)] if pred.dense else truth
 
-    capacity = capacities(config.budget, d_ff, config.partition)
+    cache_bytes = decimal_fraction(config.budget) if config.budget_kind == "cache_budget" else None
+    capacity = capacities(config.budget, d_ff, config.partition, weights, cache_bytes, weight_bytes)
     if config.partition == "global":
-        need = {None: max(len(s) for row in needed for s in row)}
+        need = {None: max(len(s) * weights[l] for row in needed for l, s in enumerate(row))}
     else:
         need = {l: max(len(needed[t][l]) for t in range(T)) for l in range(L)}
     for part, cap in capacity.items():
@@ -468,9 +529,9 @@ def replay(trace, config: Config, *, train=None, profile_trace=None) -> Result:
     pinned = frozenset()
     if cache_name == "static-pin":
         source = profile_trace if profile_trace is not None else trace
-        pinned = pinned_set(np.asarray(source.masks), d_ff, capacity, need, cache_params.get("share", 1.0))
+        pinned = pinned_set(np.asarray(source.masks), d_ff, capacity, need, cache_params.get("share", 1.0), weights)
     cache = ReferenceCache(L, d_ff, needed, truth, cache_name, cache_params, config.partition, capacity,
-                           config.two_phase, pinned)
+                           config.two_phase, pinned, weights)
     for unit in sorted(pinned):
         cache.resident[unit] = Entry(fill=-1, last=-1)
 

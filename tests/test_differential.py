@@ -72,7 +72,8 @@ def grid(case: TraceCase) -> list[Config]:
     out = []
     for pred, cache, part, budget, sched, two in itertools.product(
             predictors(case), POLICIES, PARTITIONS, case.budgets, SCHEDULES, (False, True) if case.glu else (False,)):
-        out.append(Config(predictor=pred, cache=cache, partition=part, budget=budget, schedule=sched, two_phase=two))
+        out.append(Config(predictor=pred, cache=cache, partition=part, budget=budget, schedule=sched, two_phase=two,
+                          budget_kind=case.budget_kind))
     return out
 
 
@@ -198,7 +199,7 @@ def test_grid_covers_every_registered_policy_and_predictor():
     from sparsesim.simulator.replacement import REPLACEMENT
 
     assert {p.partition(":")[0] for p in POLICIES} == builtin(REPLACEMENT)
-    assert set(predictors(TRACES[-1])) == builtin(PREDICTORS)
+    assert set().union(*(predictors(case) for case in TRACES)) == builtin(PREDICTORS)
     assert sum(len(grid(c)) for c in TRACES) >= 200
 
 

@@ -14,7 +14,7 @@ import yaml
 
 from sparsesim.errors import InputError
 from sparsesim.simulator.simulate import simulate
-from tracebuild import sliding, write_trace
+from tracebuild import sliding, write_expert_trace, write_trace
 
 L, D_FF, D_MODEL = 2, 64, 32
 ROW = D_MODEL * 2                 # fp16 row: 64 B
@@ -121,8 +121,8 @@ def test_a_low_rank_predictor_costs_its_two_kernels_per_layer_step(resident, pro
 def test_prefill_is_reported_apart_from_the_tokens(resident, profile):
     r = run(resident, profile, settings=WARM + ["kv_cache=true", "kv_dim=16", "prompt_tokens=10"])
     params = L * (D_FF * 3 * D_MODEL + ATTENTION)
-    assert r["prefill_time_s"] == pytest.approx(params * 2 / 1e9 / 0.5, rel=1e-12)   # weights read once
-    assert run(resident, profile, settings=WARM)["prefill_time_s"] == 0
+    assert r["prompt_prefill_s"] == pytest.approx(params * 2 / 1e9 / 0.5, rel=1e-12)   # weights read once
+    assert run(resident, profile, settings=WARM)["prompt_prefill_s"] == 0
 
 
 # --- memory management ---------------------------------------------------------------------------
@@ -278,6 +278,74 @@ def test_dropped_false_negatives_are_never_read_and_bytes_stay_conserved(tmp_pat
     assert drop["hits"] + drop["late_hits"] + drop["gate_hits"] + drop["demand_misses"] == drop["accesses"]
     assert drop["useful_bytes"] + drop["wasted_bytes"] == pytest.approx(drop["ffn_storage_bytes"])
     assert drop["demand_misses"] < fetch["demand_misses"] and fetch["dropped_units"] == 0
+
+
+# --- expert traces and prefill batches -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory):
+    """Two layers of 4 experts, 300 B and 200 B each, 1000 B of resident weights per layer; every token
+    routes to expert 0 and 1 of each layer. 4 prompt tokens in one batch, then 3 decode tokens."""
+    route = np.tile(np.array([[0, 1], [0, 1]], dtype=np.int16), (7, 1, 1))
+    return write_expert_trace(tmp_path_factory.mktemp("e") / "experts.parquet", route, count=[4, 4],
+                              unit_bytes=[300, 200], phase=[0] * 4 + [1] * 3, batch=[0, 0, 0, 0, 1, 2, 3])
+
+
+EXPERT_NONFFN = 1000 / 1e9 / 0.5 + 4 * US     # a layer's resident weights, 4 calls
+
+
+def test_an_expert_is_a_dense_kernel_with_its_own_layer_bytes(experts, profile):
+    r = run(experts, profile, settings=["cache_budget=2000", "warm=true", "compute_unit=cpu"])
+    # decode: two experts per layer, each a dense product over its own bytes (efficiency 0.5), 3 calls
+    ffn = [2 * 300 / 1e9 / 0.5 + 3 * US, 2 * 200 / 1e9 / 0.5 + 3 * US]
+    assert r["demand_misses"] == 0
+    assert r["decode_time_per_token_s"] == pytest.approx(2 * EXPERT_NONFFN + sum(ffn) + HEAD, rel=1e-12)
+    # the prefill batch reads every weight once for its 4 tokens (memory-bound: the same time)
+    assert r["prefill_time_s"] == pytest.approx(2 * EXPERT_NONFFN + sum(ffn) + HEAD, rel=1e-12)
+
+
+def test_management_charges_each_layer_its_own_expert_bytes(experts, profile):
+    r = run(experts, profile, settings=["cache_budget=2000", "compute_unit=cpu", "insert_overhead=0"])
+    # cold: the prefill batch inserts 2 experts per layer, one operation of 3 calls per layer
+    copy = 2 * (2 * 300 + 2 * 200) / (1e9 * 0.5)
+    assert r["evictions"] == 0 and r["demand_misses"] == 4
+    assert r["cache_mgmt_per_token_s"] * r["tokens"] == pytest.approx(copy + 2 * 3 * US, rel=1e-12)
+
+
+def test_kv_of_a_prefill_batch_is_read_once_and_decode_positions_follow_it(experts, profile):
+    base = run(experts, profile, settings=["cache_budget=2000", "warm=true", "compute_unit=cpu"])
+    kv = run(experts, profile, settings=["cache_budget=2000", "warm=true", "compute_unit=cpu", "kv_cache=true",
+                                         "kv_dim=16", "prompt_tokens=10"])
+    per_position = 2 * 16 * 2 / 1e9 / 0.5     # K and V rows of 16 fp16 values, dense kernel
+    # the batch: positions 10 .. 13, the KV up to its last position read once; decode at 14, 15, 16
+    assert kv["prefill_time_s"] - base["prefill_time_s"] == pytest.approx(2 * (13 * per_position + 2 * US), rel=1e-9)
+    assert kv["decode_time_per_token_s"] - base["decode_time_per_token_s"] == pytest.approx(
+        2 * (15 * per_position + 2 * US), rel=1e-9)
+
+
+@pytest.mark.parametrize("settings, problem", [
+    (["pipeline=cluster"], "scenario field 'pipeline': cluster splits a token's FFN into neurons"),
+    (["hot_unit=npu", "hot_share=0.5"], "scenario field 'hot_unit': npu splits a token's FFN into neurons"),
+])
+def test_neuron_only_parts_are_refused_on_an_expert_trace(experts, profile, settings, problem):
+    with pytest.raises(InputError, match=problem):
+        run(experts, profile, settings=["cache_budget=2000"] + settings)
+
+
+def test_neuron_only_parts_are_refused_on_prefill_batches(tmp_path, profile):
+    from sparsesim.tracecolumns import column_types
+    from sparsesim.tracefile import TraceWriter
+    active = sliding(4, L, D_FF, 8, 8)
+    model = {"name": "hand-built", "architecture": "test", "n_layers": L, "d_model": D_MODEL, "d_ff": [D_FF] * L,
+             "glu": True, "activation": "test", "attention_params": ATTENTION * L, "non_ffn_params": ATTENTION * L}
+    path = tmp_path / "batched.parquet"
+    with TraceWriter(path, {"kind": "synthetic", "model": model}, columns=column_types(("phase",))) as w:
+        w.write(np.zeros(4, np.int32), np.arange(4), np.arange(4), np.packbits(active, axis=-1, bitorder="little"),
+                columns={"phase": np.array([0, 0, 1, 1], np.int8)})
+    with pytest.raises(InputError, match="scenario field 'pipeline': cluster times one token's FFN; this trace "
+                                         "replays its prompt in prefill batches"):
+        run(str(path), profile, settings=["pipeline=cluster"])
 
 
 # --- bad input -------------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_trace_cli_on_a_checkpoint_directory(saved_moe, wikitext, tmp_path):
     out = tmp_path / "t.parquet"
     r = _cli("trace", "--model", saved_moe, "--text", wikitext, "--tokens", TOKENS, "--window", WINDOW, "-o", out)
     assert r.returncode == 0, r.stderr
-    assert "experts" in r.stdout and "top-2" in r.stdout
+    assert "experts" in r.stdout and "top-2" in r.stdout and "pred:router-ahead for layers 2;" in r.stdout
     trace = read_trace(out)
     assert trace.units.kind == "expert" and trace.n_tokens == TOKENS
     assert trace.meta["perplexity"]["dense"] == trace.meta["perplexity"]["sparse"] > 1
@@ -137,3 +137,54 @@ def test_neuron_flags_on_an_moe_model_are_one_line_errors(saved_moe, wikitext, t
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "mixture-of-experts model" in r.stderr and "--sparsity" in r.stderr
     assert not (tmp_path / "t.parquet").exists()
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "olmoe", "deepseek_v3", "gemma4"])
+def test_router_ahead_is_the_next_layers_router_on_this_layers_moe_input(family, tokenizer, wikitext, tmp_path):
+    """The stored pred:router-ahead row of layer l is the top-k of layer l's router on the hidden state that
+    entered layer l-1's MoE block, recomputed here from hooks and the router weights (a plain linear router:
+    Qwen3-MoE, Mixtral, OLMoE; DeepSeek-V3's grouped router is checked through its own gate). Gemma 4 routes
+    inside the decoder layer: no prediction is stored. Random weights: plumbing only."""
+    from sparsesim.simulator.simulate import simulate
+    from sparsesim.tracing.models import describe
+    from sparsesim.tracing.trace import trace_model
+
+    model = tiny_moe(family)
+    lm = describe(model, tokenizer, family)
+    out = tmp_path / f"{family}.parquet"
+    trace_model(out=out, model=lm, text=wikitext, tokens=TOKENS, window=WINDOW, ppl=False)
+    trace = read_trace(out)
+    if family == "gemma4":
+        assert "router-ahead" not in trace.extra and "learned" not in trace.meta
+        return
+    learned = trace.meta["learned"]["router-ahead"]
+    moe = [i for i, c in enumerate(FAMILIES[family][1]) if c]
+    assert learned["input_offset"] == 1 and learned["train_rows"] is None
+    assert learned["layers"] == [l for l in moe if l - 1 in moe]
+    k = trace.units.top_k
+    for s in np.unique(trace.seq):
+        rows = trace.seq == s
+        inputs = {}
+        hooks = [model.model.layers[l].mlp.register_forward_pre_hook(
+            lambda m, a, l=l: inputs.__setitem__(l, a[0].reshape(-1, a[0].shape[-1]))) for l in moe]
+        with torch.inference_mode():
+            model(input_ids=torch.from_numpy(trace.token[rows].astype(np.int64))[None], use_cache=False)
+        for h in hooks:
+            h.remove()
+        for layer in learned["layers"]:
+            gate = model.model.layers[layer].mlp.gate
+            x = inputs[layer - 1].float()
+            with torch.inference_mode():
+                logits = torch.nn.functional.linear(x, gate.weight.float())
+                expected = (reference_topk(family, model, layer, logits, k[layer]) if family == "deepseek_v3"
+                            else torch.topk(logits, k[layer], dim=-1).indices)
+            bits = np.unpackbits(trace.extra["router-ahead"][rows, layer], axis=-1, bitorder="little")
+            assert np.array_equal(bits[:, :trace.units.count[layer]],
+                                  np.eye(trace.units.count[layer], dtype=np.uint8)[expected.numpy()].sum(1)), (s, layer)
+        assert not trace.extra["router-ahead"][rows][:, [l for l in range(3) if l not in learned["layers"]]].any()
+    r = simulate(trace, "oneplus-15r", "stored:name=router-ahead", "lru", settings=["cache_budget=1MiB", "precision=fp32"],
+                 baselines=False)
+    assert r["prefetch_requested"] == sum(k[l] for l in learned["layers"]) * TOKENS and not r["predictor_sees_future"]
+    with pytest.raises(InputError, match="use a lookahead <= 1"):
+        simulate(trace, "oneplus-15r", "stored:name=router-ahead", "lru", baselines=False,
+                 settings=["cache_budget=1MiB", "precision=fp32", "lookahead=2"])

@@ -85,7 +85,7 @@ def test_predicted_sets_are_protected_by_hand():
     p = {k: v[0] for k, v in r.per_layer.items()}
     assert (p["hits"], p["misses"], p["evictions"]) == (5, 3, 3)
     assert (p["prefetch_issued"], p["prefetch_no_room"], p["prefetch_bypassed"], p["prefetch_useful"]) == (2, 3, 0, 2)
-    assert r.ffn_storage_bytes == 5 * r.unit_bytes
+    assert r.ffn_storage_bytes == 5 * r.unit_bytes[0]
     room = replay(one_layer([{0, 1}, {1, 2}, {0, 2}, {0, 1}]), Config("oracle", "lru", budget=1))
     assert room.total("misses") == 0 and room.total("prefetch_no_room") == 0
 

@@ -204,7 +204,7 @@ def test_streamed_replay_holds_a_bounded_window(tmp_path):
     a = simulate(streamed, "oneplus-12", "previous-token", "lru", settings=["dram_budget=0.3"], baselines=False)
     b = simulate(path, "oneplus-12", "previous-token", "lru", settings=["dram_budget=0.3"], baselines=False,
                  stream=False)
-    assert a == b
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)   # NaN (undefined metrics) equal too
     assert streamed.masks.max_groups_held <= 3
 
 

@@ -95,9 +95,10 @@ def necessary_residency(trace, needed, io_log, two_phase) -> tuple[dict[int, set
     uses and the reads in io_log. A unit used before any read must have been preloaded (resident
     from the start, as ``static-pin`` and ``warm`` do).
 
-    A demand batch is read at its step. A prefetch batch's (token, layer) names the target layer
-    and either the target's token or, for a target in the next token, the issuing one; its read
-    is placed anywhere in those two tokens (conservative: it may break a residency interval).
+    A demand batch is read at its step. A prefetch batch's (token, layer) names its target step
+    (the io_log names the token a prefetch is for); issued at most a token ahead (lookahead <= L),
+    its read is placed anywhere from the token before the target's to the one after it
+    (conservative: it may break a residency interval).
     Under two_phase a prefetch reads gate rows only and makes nothing resident.
     """
     L = trace.n_layers
@@ -106,7 +107,7 @@ def necessary_residency(trace, needed, io_log, two_phase) -> tuple[dict[int, set
         if batch.neurons is None or (two_phase and batch.kind == "prefetch"):
             continue
         step = batch.token * L + batch.layer
-        window = (batch.token * L, (batch.token + 2) * L - 1) if batch.kind == "prefetch" else (step, step)
+        window = ((batch.token - 1) * L, (batch.token + 2) * L - 1) if batch.kind == "prefetch" else (step, step)
         for i in unpack(batch.neurons, trace.d_ff[batch.layer]):
             reads.setdefault((batch.layer, i), []).append(window)
     uses: dict[tuple[int, int], list[int]] = {}

@@ -68,8 +68,8 @@ def test_default_unit_is_the_model_before_units_existed():
         profile.dram.bandwidth, profile.compute.flops, 0.0, {})
     # The engine's attention step today is this unit's dense kernel over one layer's attention weights.
     footprint = ModelFootprint.from_meta(shape_model("mistral-7b", *SHAPES["mistral-7b"]), scenario)
-    _, engine_seconds = StepCosts(footprint, scenario, profile, 0.0, Totals()).nonffn(0)
-    attention = Work(footprint.layer_nonffn_bytes, 2 * footprint.layer_nonffn_bytes / footprint.bytes_per_weight, 1)
+    _, engine_seconds = StepCosts(footprint, scenario, profile, 0.0, Totals()).nonffn(0, 0)
+    attention = Work(footprint.layer_nonffn_bytes[0], 2 * footprint.layer_nonffn_bytes[0] / footprint.bytes_per_weight, 1)
     assert unit.time("dense", attention) == pytest.approx(engine_seconds)
 
 
@@ -121,7 +121,7 @@ def test_matrix_management_at_the_default_unit_is_the_engines_formula():
     unit = Unit.from_profile(profile, "default", scenario.arithmetic_precision, "t")
     cost = memory_management.management_cost("matrix", 7, 5, footprint.neuron_bytes, unit.copy_bandwidth(),
                                              scenario.insert_overhead)
-    assert cost.seconds == pytest.approx(engine.management(7, 5))
+    assert cost.seconds == pytest.approx(engine.management(0, 7, 5))
     assert cost.bytes == pytest.approx(engine.totals.dram_bytes)
 
 

@@ -206,13 +206,6 @@ def test_sizes_come_from_bytes_or_parameters():
         units.routed_unit_bytes(0)
 
 
-def test_simulator_refuses_expert_traces_until_expert_replay(tmp_path, capsys):
-    path = expert_trace(tmp_path / "e.parquet", phases=False)
-    assert main(["simulate", "--trace", str(path), "--no-baselines"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "a trace of expert units" in err and "phase 2" in err
-
-
 def test_inspect_an_expert_trace(tmp_path, capsys):
     assert main(["inspect", str(expert_trace(tmp_path / "e.parquet")), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -131,11 +131,14 @@ def _trace(args: argparse.Namespace) -> int:
                  f"(layers {min(s['measured']):.3f}-{max(s['measured']):.3f})")
     if ppl:
         line += f", ppl dense {ppl['dense']:.3f} sparse {ppl['sparse']:.3f} (window {ppl['window']})"
-    if "learned" in meta:
-        lr = meta["learned"]["lowrank"]
+    learned = meta.get("learned", {})
+    if "lowrank" in learned:
+        lr = learned["lowrank"]
         held = lr["heldout"]
         line += (f", pred:lowrank rank {lr['rank']} on layers 1-{len(held['precision'])}: evaluation-token "
                  f"precision {_mean(held['precision']):.3f} recall {_mean(held['recall']):.3f}")
+    if "router-ahead" in learned:
+        line += f", pred:router-ahead for layers {', '.join(map(str, learned['router-ahead']['layers']))}"
     print(f"{line}; {time.perf_counter() - start:.1f} s")
     if args.save_thresholds is not None:
         print(f"wrote {args.save_thresholds} (thresholds)")

@@ -36,6 +36,7 @@ class MoELayer:
     experts: nn.Module | None
     n_experts: int                    # 0 on a dense layer
     shared: tuple[FFN, ...]           # always-active FFNs (shared experts; a dense layer's FFN)
+    block: nn.Module | None = None    # the MoE block holding the bank, when called as block(hidden_states)
 
     @property
     def expert_params(self) -> int:
@@ -82,7 +83,15 @@ def _layer(name: str, list_path: str, index: int, layer: nn.Module) -> MoELayer:
         raise InputError(f"model {name}: layer {prefix} has shared experts of different sizes "
                          f"({', '.join(f.path for f in shared)}); one size per layer is supported")
     _check_call(name, bank, f"{prefix}.{path}")
-    return MoELayer(index, prefix, f"{prefix}.{path}", bank, int(bank.num_experts), shared)
+    return MoELayer(index, prefix, f"{prefix}.{path}", bank, int(bank.num_experts), shared,
+                    parent if parent_path and _one_input(parent) else None)
+
+
+def _one_input(module: nn.Module) -> bool:
+    """The module is called with the hidden states alone (a sparse MoE block, not a decoder layer)."""
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(params) == 1
 
 
 def _shared(parent: nn.Module, index: int, prefix: str, parent_path: str) -> list[FFN]:
@@ -167,3 +176,83 @@ class RouteRecorder:
             weight[:, layer, :k] = torch.gather(w, -1, order).numpy()
         self._seen.clear()
         return route, weight
+
+
+class _Routed(Exception):
+    """Raised by the bank's hook to stop a router-ahead call once the router has chosen."""
+
+    def __init__(self, index: torch.Tensor):
+        super().__init__()
+        self.index = index
+
+
+class RouterAhead:
+    """Context manager: the router-ahead prediction, layer l's router applied one layer early.
+
+    Sources: Hwang et al., "Pre-gated MoE", ISCA 2024 (arXiv 2308.12066), which selects layer l's
+    experts one block early (with a trained pre-gate), and expert-offloading systems that prefetch by
+    running a later layer's own gate on the current hidden state (e.g. HOBBIT's layer-level prefetching,
+    arXiv 2411.01433): the hidden state entering layer l-1's MoE block goes through layer l's routing,
+    so layer l's experts can be fetched while layer l-1 computes. Here layer l's own MoE block is called on that hidden state and stopped at its
+    expert bank, so the prediction is exactly what layer l's router (softmax, sigmoid, groups, biases)
+    chooses for it. Layers whose block is not called as ``block(hidden_states)`` (Gemma 4 routes
+    inside the decoder layer), the first MoE layer and a layer after a dense one get no prediction.
+    """
+
+    def __init__(self, layers: list[MoELayer]):
+        self.pairs = [(prev, cur) for prev, cur in zip(layers, layers[1:])
+                      if prev.block is not None and cur.block is not None]
+        self._inputs: dict[int, torch.Tensor] = {}
+        self._handles: list = []
+        self._predicting = False   # the blocks called by take() are not the model's forward
+
+    @property
+    def available(self) -> bool:
+        return bool(self.pairs)
+
+    def _keep(self, layer: int):
+        def pre(module, args, kwargs):
+            if not self._predicting:
+                x = args[0] if args else next(iter(kwargs.values()))
+                self._inputs[layer] = x.detach()
+        return pre
+
+    def __enter__(self) -> "RouterAhead":
+        self._handles = [prev.block.register_forward_pre_hook(self._keep(prev.layer), with_kwargs=True)
+                         for prev, _ in self.pairs]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def take(self, n_layers: int, width: int) -> np.ndarray:
+        """The last forward's predictions: routed ids [tokens, layers, width] (-1: none), row l predicted
+        for layer l from layer l-1's MoE input. Call after the forward (and after the route recorder's
+        ``take``): the calls here run each block's router again, never its experts."""
+        first = next(iter(self._inputs.values()), None)
+        tokens = 0 if first is None else first.reshape(-1, first.shape[-1]).shape[0]
+        out = np.full((tokens, n_layers, width), -1, np.int16)
+
+        def stop(module, args, kwargs):
+            names = list(inspect.signature(module.forward).parameters)
+            raise _Routed((dict(zip(names, args)) | kwargs)[names[1]])
+
+        self._predicting = True
+        try:
+            for prev, cur in self.pairs:
+                handle = cur.experts.register_forward_pre_hook(stop, with_kwargs=True, prepend=True)
+                try:
+                    with torch.no_grad():
+                        cur.block(self._inputs[prev.layer])
+                    raise InputError(f"router-ahead: the expert bank of layer {cur.layer} was not called")
+                except _Routed as routed:
+                    index = routed.index.reshape(tokens, -1).cpu().numpy()
+                    out[:, cur.layer, :index.shape[1]] = index
+                finally:
+                    handle.remove()
+        finally:
+            self._predicting = False
+            self._inputs.clear()
+        return out

@@ -33,14 +33,17 @@ class CausalView:
     """Read-only window on the trace that moves forward as the replay proceeds.
 
     ``frontier`` is the global layer step ``token * n_layers + layer`` at which the current
-    prediction is issued: masks of steps strictly before it are visible, and token ids up to and
+    prediction is issued (a "token" is a step row: a decode token, or a prefill batch whose mask is
+    the union of its tokens'): masks of steps strictly before it are visible, and token ids up to and
     including the current token. Every index is checked before it is used, so no arithmetic on
     indices (negative numbers, which numpy would wrap to the end of the trace, layers outside
     0 … L−1, ranges that run past the frontier) reaches a mask that does not exist yet.
     """
 
-    def __init__(self, masks: np.ndarray, tokens: np.ndarray, allow_future: bool = False):
+    def __init__(self, masks: np.ndarray, tokens: np.ndarray, allow_future: bool = False,
+                 last_masks: np.ndarray | None = None):
         self._masks = masks
+        self._last = masks if last_masks is None else last_masks   # a step row's last token (a batch's)
         self._tokens = tokens
         self.n_tokens, self.n_layers = masks.shape[0], masks.shape[1]
         self.allow_future = allow_future
@@ -64,6 +67,12 @@ class CausalView:
         """The true mask of an earlier (token, layer), as a copy."""
         token, layer = self._index(token, layer, "the mask")
         return self._masks[token, layer].copy()
+
+    def last_token_mask(self, token: int, layer: int) -> np.ndarray:
+        """The mask of the last token of an earlier step row: the row itself, except that a prefill
+        batch's row holds the union of its tokens and this is its last token's own."""
+        token, layer = self._index(token, layer, "the mask")
+        return self._last[token, layer].copy()
 
     def union(self, layer: int, start: int, stop: int) -> np.ndarray:
         """OR of the masks of ``layer`` over tokens ``start .. stop-1`` (``start`` below 0 reads from 0)."""
@@ -101,14 +110,23 @@ class PredictorContext:
     train_tokens: np.ndarray | None = None
     extra: dict = field(default_factory=dict)  # the trace's stored predicted-mask columns
     meta: dict = field(default_factory=dict)   # the trace's metadata (``stored`` reads its "learned" section)
+    phase: np.ndarray | None = None            # [S] PREFILL / DECODE of each step row predicted for (None: all decode)
+    trace_masks: np.ndarray | None = None      # [T, L, n_bytes] the replayed trace's own masks, one row per token
+    trace_phase: np.ndarray | None = None      # [T] their phase (None: no phase column)
 
     @classmethod
-    def of(cls, trace, train=None, seed: int = 0) -> "PredictorContext":
-        """The context for replaying ``trace`` (a :class:`sparsesim.tracefile.Trace`), with an optional
-        training trace of the same model shape (checked by the caller)."""
-        return cls(n_layers=trace.n_layers, d_ff=tuple(trace.d_ff), n_bytes=trace.n_bytes, seed=seed,
+    def of(cls, trace, train=None, seed: int = 0, steps=None) -> "PredictorContext":
+        """The context for replaying ``trace`` (a :class:`sparsesim.tracefile.Trace`) in ``steps``
+        (:class:`~sparsesim.simulator.steps.ReplaySteps`; default: one step row per token), with an
+        optional training trace of the same model shape (checked by the caller). ``trace_masks`` are
+        for predictors that learn from the replayed trace itself: from its prompt (causal once the
+        prompt has run) or from all of it (a bound)."""
+        return cls(n_layers=trace.n_layers, d_ff=tuple(trace.units.count), n_bytes=trace.n_bytes, seed=seed,
                    train_masks=None if train is None else train.masks,
-                   train_tokens=None if train is None else train.token, extra=trace.extra, meta=trace.meta)
+                   train_tokens=None if train is None else train.token, meta=trace.meta,
+                   extra=trace.extra if steps is None else {k: steps.gather(v) for k, v in trace.extra.items()},
+                   phase=trace.phase if steps is None else steps.phase, trace_masks=trace.masks,
+                   trace_phase=trace.phase)
 
 
 class Predictor:

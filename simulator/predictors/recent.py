@@ -15,12 +15,12 @@ class PreviousToken(Predictor):
     Source: Alizadeh et al., "LLM in a Flash", ACL 2024 (arXiv 2312.11514), whose sliding window
     rests on consecutive tokens sharing most active neurons. Normally that is token t-1; when
     the lookahead reaches back past it (lookahead >= n_layers) the latest visible token is used.
-    No prediction (``None``) for the first token.
+    After a prefill batch it is the batch's last token. No prediction (``None``) for the first token.
     """
 
     def predict(self, view: CausalView, token: int, layer: int) -> np.ndarray | None:
         source = latest_token(view, token, layer)
-        return None if source < 0 else view.mask(source, layer)
+        return None if source < 0 else view.last_token_mask(source, layer)
 
 
 @PREDICTORS.register("window")

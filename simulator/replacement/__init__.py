@@ -8,14 +8,17 @@ implements any of these hooks; the engine calls them and never changes to add a 
 ``on_fill(layer, step, filled, prefetch)`` neurons inserted (demand fill or prefetch arrival)
 ``on_access(layer, step, used)``         neurons the FFN used at this layer step
 ``victims(layer, step, n, candidates)``  return exactly ``n`` neurons of ``candidates`` to evict
-``global_victims(step, n, candidates)``  the same over all layers (global capacity partition)
+``global_victims(step, n, candidates)``  over all layers (global partition): units of total weight >= ``n``
 ``on_evict(layer, evicted)``             neurons that left the cache (evicted or expired)
 ``expire(layer, step)``                  neurons to drop voluntarily now (e.g. a token window)
 ``admit(layer, step, filled, prefetch, free)`` the subset of a prefetch worth inserting (bypass the rest)
 ``preload()``                            [L, n_bytes] packed rows of neurons resident before decoding
 
 A neuron set of one layer is a Python int, bit i = neuron i (:mod:`sparsesim.simulator.neuronset`);
-``global_victims`` gets one per layer and returns {layer: set}. ``step`` is the global layer step
+``global_victims`` gets one per layer and returns {layer: set}; ``n`` is a *weight*: a unit of layer
+l weighs ``geometry.weight[l]`` (1 on every neuron trace; an expert's bytes over the common divisor of
+all layers' expert bytes), and the policy returns, in its order, units whose weights sum to at least
+``n`` — cutting its last class at ceil(remaining / weight) units. ``step`` is the global layer step
 ``token * n_layers + layer``, so it increases monotonically through the replay. Policies keep
 their own state; they must not modify the cache.
 """
@@ -38,17 +41,27 @@ class CacheGeometry:
     d_ff: tuple[int, ...]
     n_bytes: int
     n_tokens: int
-    capacity: np.ndarray                  # [L] neurons per layer (per-layer) or [1] global
+    capacity: np.ndarray                  # [L] units per layer (per-layer) or [1] weight (global)
     partition: str
     need_max: np.ndarray | None = None    # [L] largest needed set of any step (headroom to keep free)
     masks: np.ndarray | None = None       # [T, L, n_bytes] the needed sets, for offline policies
     profile_masks: np.ndarray | None = None   # a separate profiling trace's masks, if given
     outside: np.ndarray | None = None     # [L, n_bytes] units resident outside the cache (a hot unit's)
     extra: dict = field(default_factory=dict)
+    weight: tuple[int, ...] = ()          # [L] capacity weight of one unit of each layer (empty: all 1)
+
+    def __post_init__(self) -> None:
+        if not self.weight:
+            self.weight = (1,) * self.n_layers
 
     @property
     def width(self) -> int:
         return self.n_bytes * 8
+
+    @property
+    def unit_weights(self) -> bool:
+        """Every unit weighs 1 (every neuron trace): capacity counts units."""
+        return all(w == 1 for w in self.weight)
 
 
 class ReplacementPolicy:

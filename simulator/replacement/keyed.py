@@ -149,15 +149,17 @@ class RecencyClasses(PrefetchRecord):
         while head < len(order) and not order[head][2]:
             head += 1
         self._head = head
+        weight = self.geometry.weight
         out: dict[int, int] = {}
         for i in range(head, len(order)):
             _, layer, members = order[i]
             take = members & candidates[layer]
             if not take:
                 continue
-            size = take.bit_count()
+            w = weight[layer]
+            size = take.bit_count() * w
             if size >= n:
-                out[layer] = out.get(layer, 0) | neuronset.first(take, n)
+                out[layer] = out.get(layer, 0) | neuronset.first(take, -(-n // w))
                 break
             out[layer] = out.get(layer, 0) | take
             n -= size
@@ -227,9 +229,15 @@ class KeyedReplacement(PrefetchRecord):
         return neuronset.from_bool(bits)
 
     def global_victims(self, step: int, n: int, candidates: Sequence[int]) -> dict[int, int]:
-        """Over all layers, ties at the cut to the lowest layer, then the lowest index."""
+        """Over all layers, ties at the cut to the lowest layer, then the lowest index; ``n`` is a weight."""
         width = self.geometry.width
-        flat = self._smallest(np.flatnonzero(np.concatenate([self._bits(c) for c in candidates])), n)
+        flat = np.flatnonzero(np.concatenate([self._bits(c) for c in candidates]))
+        if self.geometry.unit_weights:
+            flat = self._smallest(flat, n)
+        else:   # the smallest keys, in key order, until their weights reach n
+            flat = flat[np.lexsort((flat, self.key.reshape(-1)[flat]))]
+            reach = np.cumsum(np.asarray(self.geometry.weight)[flat // width])
+            flat = np.sort(flat[:int(np.searchsorted(reach, n)) + 1])
         chosen = np.zeros(len(candidates) * width, dtype=bool)
         chosen[flat] = True
         chosen = chosen.reshape(len(candidates), width)

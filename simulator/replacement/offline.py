@@ -30,17 +30,19 @@ class StaticPin(LeastRecentlyUsed):
         source = geometry.profile_masks if geometry.profile_masks is not None else geometry.masks
         freq = bitset.frequency(np.asarray(source)).astype(float)          # [L, width]
         for l, d in enumerate(geometry.d_ff):
-            freq[l, d:] = -1.0                                 # padding bits are never pinned
+            freq[l, d:] = 0.0                                  # padding bits are never active
         need = geometry.need_max if geometry.need_max is not None else np.zeros(geometry.n_layers, int)
         pinned = np.zeros(freq.shape, dtype=bool)
-        if geometry.partition == "global":
-            n = int(max(geometry.capacity[0] - need.max(), 0) * self.share)
-            order = np.lexsort((np.arange(freq.size), -freq.reshape(-1)))[:n]
-            pinned.reshape(-1)[order] = True
+        if geometry.partition == "global":   # hottest first, as many as their weights fit
+            weight = np.asarray(geometry.weight)
+            room = int(max(geometry.capacity[0] - (need * weight).max(), 0) * self.share)
+            order = _hottest(freq.reshape(-1))
+            reach = np.cumsum(np.repeat(weight, freq.shape[1])[order])
+            pinned.reshape(-1)[order[:int(np.searchsorted(reach, room, side="right"))]] = True
         else:
             for l in range(geometry.n_layers):
                 n = int(max(geometry.capacity[l] - need[l], 0) * self.share)
-                pinned[l, np.lexsort((np.arange(freq.shape[1]), -freq[l]))[:n]] = True
+                pinned[l, _hottest(freq[l])[:n]] = True
         self.packed_pinned = np.packbits(pinned, axis=1, bitorder="little")
         self.pinned = [neuronset.from_bool(row) for row in pinned]
         self._cold = [self._full ^ p for p in self.pinned]
@@ -60,16 +62,24 @@ class StaticPin(LeastRecentlyUsed):
         return cold | neuronset.first(candidates & self.pinned[layer], n - n_cold)
 
     def global_victims(self, step, n, candidates):
+        weight = self.geometry.weight
         cold = [c & k for c, k in zip(candidates, self._cold)]
-        n_cold = sum(c.bit_count() for c in cold)
+        n_cold = sum(c.bit_count() * w for c, w in zip(cold, weight))
         if n_cold >= n:
             return super().global_victims(step, n, cold)
         out, need = {l: c for l, c in enumerate(cold) if c}, n - n_cold
-        for layer, c in enumerate(candidates):   # pinned neurons go lowest layer, lowest index first
-            take = neuronset.first(c & self.pinned[layer], need)
+        for layer, c in enumerate(candidates):   # pinned units go lowest layer, lowest index first
+            take = neuronset.first(c & self.pinned[layer], -(-need // weight[layer]))
             if take:
                 out[layer] = out.get(layer, 0) | take
-                need -= take.bit_count()
-            if need == 0:
+                need -= take.bit_count() * weight[layer]
+            if need <= 0:
                 break
         return out
+
+
+def _hottest(freq: np.ndarray) -> np.ndarray:
+    """Indices of the units ever active, most often first, ties to the lower index (never-active
+    units are never pinned: the contract's "Policies' order")."""
+    order = np.lexsort((np.arange(freq.size), -freq))
+    return order[freq[order] > 0]

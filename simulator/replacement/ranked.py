@@ -71,8 +71,9 @@ class ClassOrder:
         if not cls[3]:
             del self.index[(cls[0], cls[1], cls[2])]
 
-    def select(self, n: int, candidates: Sequence[int]) -> dict[int, int]:
-        """Remove and return the ``n`` smallest-keyed units among ``candidates`` (one set per layer)."""
+    def select(self, n: int, candidates: Sequence[int], weight: Sequence[int]) -> dict[int, int]:
+        """Remove and return the smallest-keyed units among ``candidates`` (one set per layer) whose
+        weights (``weight[layer]`` per unit) sum to at least ``n``."""
         out: dict[int, int] = {}
         emptied = []
         for major in self.majors:
@@ -87,9 +88,10 @@ class ClassOrder:
                 take = units & candidates[layer]
                 if not take:
                     continue
-                size = take.bit_count()
+                w = weight[layer]
+                size = take.bit_count() * w
                 if size >= n:
-                    take = neuronset.first(take, n)
+                    take = neuronset.first(take, -(-n // w))
                     n = 0
                 else:
                     n -= size
@@ -136,12 +138,12 @@ class RankedClasses(PrefetchRecord):
         return self.orders[0] if self.global_order else self.orders[layer]
 
     def victims(self, layer, step, n, candidates):
-        chosen = self.orders[layer].select(n, _OneLayer(layer, candidates))
+        chosen = self.orders[layer].select(n, _OneLayer(layer, candidates), _ONE)   # per layer: n units
         self._chosen = chosen
         return chosen.get(layer, 0)
 
     def global_victims(self, step, n, candidates):
-        self._chosen = self.orders[0].select(n, candidates)
+        self._chosen = self.orders[0].select(n, candidates, self.geometry.weight)
         return dict(self._chosen)
 
     def on_evict(self, layer, evicted):
@@ -154,6 +156,16 @@ class RankedClasses(PrefetchRecord):
 
     def _forget(self, layer: int, units: int) -> None:
         raise NotImplementedError
+
+
+class _Ones:
+    """Weight 1 for every layer: a per-layer partition counts units."""
+
+    def __getitem__(self, layer: int) -> int:
+        return 1
+
+
+_ONE = _Ones()
 
 
 class _OneLayer:
