@@ -43,6 +43,11 @@ class Totals:
     flops: float = 0.0
     io_busy: float = 0.0             # s the storage device spent serving batches
     preloaded_units: int = 0         # placed before decoding (static-pin, warm): counted, not timed
+    padding_bytes: float = 0.0       # bytes the device read beyond the units' own (read granularity, page faults)
+    link_busy: float = 0.0           # s the interconnect spent moving reads into a discrete unit's memory
+    dropped_units: int = 0           # false_negatives=drop: needed units outside the predicted set, never read
+    hot_accesses: int = 0            # needed units a hot unit computed (resident, outside the cache)
+    prompt_prefill_s: float = 0.0    # the prompt_tokens' prefill on the compute unit, apart from the replay
     preloaded_bytes: float = 0.0
 
 

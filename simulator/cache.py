@@ -43,7 +43,8 @@ class NeuronCache:
             else:
                 free = [cap - c.bit_count() for cap, c in zip(self.capacity, chosen)]
             for l, d in enumerate(g.d_ff):
-                chosen[l] |= neuronset.first(neuronset.full(d) ^ (chosen[l] & neuronset.full(d)), free[l])
+                cacheable = neuronset.full(d) if g.outside is None else neuronset.full(d) & ~neuronset.from_row(g.outside[l])
+                chosen[l] |= neuronset.first(cacheable & ~chosen[l], free[l])
         for l in range(g.n_layers):
             self.resident[l] = chosen[l]
             self.size[l] = chosen[l].bit_count()

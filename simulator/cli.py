@@ -44,7 +44,7 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
                                          f"default {SIMULATE_DEFAULTS['dram_budget']}")
     p.add_argument("--cache-budget", help="bytes of the unit cache itself, resident weights apart ('4000MiB'); "
                                           "overrides --dram-budget")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8", "int4"))
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8", "int4", "q4_1"))
     p.add_argument("--layout", choices=("per-matrix", "bundled"))
     p.add_argument("--lookahead", type=int, help="prefetch issued k layers ahead")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",

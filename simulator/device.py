@@ -6,6 +6,12 @@ prefetch that finds the device idle starts at the end of the current instant, so
 read issued at the same simulated time goes first.
 Each batch costs one simpy timeout — never one event per neuron or per request. A process that
 must wait for a batch yields :meth:`StorageQueue.completion`.
+
+A batch's service time comes from the run's read path (:class:`~sparsesim.simulator.io_path.ReadPath`),
+or is given with the batch (a pipelined layer's reads, timed with its clusters). For a compute unit
+with its own memory (a discrete GPU) a completed read still crosses the interconnect: ``link``
+gives the seconds of a batch's transfer, served one batch at a time after its read and overlapping
+the device's next read (one more timeout per batch); the batch completes when its transfer does.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Callable
 
 import simpy
 
-from sparsesim.simulator.storage import BackingStore
+from sparsesim.simulator.io_path import ReadPath
 
 DEMAND, PREFETCH = 0, 1
 
@@ -24,30 +30,36 @@ class Batch:
     """One storage batch: its requests ({size in bytes: count}) and, for FFN reads, the layer, the
     unit set it brings in and the step it is read for (the target of a prefetch)."""
 
-    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done", "target")
+    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done", "target",
+                 "seconds")
 
     def __init__(self, requests: dict[float, int], priority: int, layer: int, neurons: int,
-                 on_done: Callable[["Batch"], None] | None, issued: float, target: int):
+                 on_done: Callable[["Batch"], None] | None, issued: float, target: int, seconds: float | None = None):
         self.requests, self.priority, self.layer, self.neurons = requests, priority, layer, neurons
-        self.on_done, self.issued, self.target = on_done, issued, target
+        self.on_done, self.issued, self.target, self.seconds = on_done, issued, target, seconds
         self.start = self.end = -1.0
         self._done: simpy.Event | None = None
 
 
 class StorageQueue:
-    def __init__(self, env: simpy.Environment, store: BackingStore,
-                 on_finish: Callable[[Batch], None] | None = None):
+    def __init__(self, env: simpy.Environment, read_path: ReadPath,
+                 on_finish: Callable[[Batch], None] | None = None, link: Callable[[Batch], float] | None = None):
         self.env = env
-        self.store = store
+        self.batch_time = read_path.store.batch_time if read_path.exact else read_path.batch_time
         self.on_finish = on_finish          # sees every batch when it completes (the I/O log)
+        self.link = link                    # seconds of a batch's transfer to a unit's own memory, if any
         self._waiting = (deque(), deque())  # by priority
         self._serving: Batch | None = None
         self._kick_pending = False
         self.busy = 0.0                     # s spent serving batches
+        self.link_busy = 0.0                # s the interconnect spent on transfers
+        self._link_free = 0.0               # when the interconnect finishes its last transfer
 
     def submit(self, requests: dict[float, int], priority: int, layer: int = -1, neurons: int = 0,
-               on_done: Callable[[Batch], None] | None = None, target: int = -1) -> Batch:
-        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now, target)
+               on_done: Callable[[Batch], None] | None = None, target: int = -1,
+               seconds: float | None = None) -> Batch:
+        """Queue a batch; ``seconds`` overrides its service time (else the read path's)."""
+        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now, target, seconds)
         if self._serving is None and priority == DEMAND:
             self._start(batch)
         else:
@@ -78,14 +90,24 @@ class StorageQueue:
     def _start(self, batch: Batch) -> None:
         self._serving = batch
         batch.start = self.env.now
-        seconds = self.store.batch_time(batch.requests)
+        seconds = self.batch_time(batch.requests) if batch.seconds is None else batch.seconds
         self.busy += seconds
         self.env.timeout(seconds).callbacks.append(self._finish)
 
-    def _finish(self, _event: simpy.Event) -> None:
-        batch, self._serving = self._serving, None
+    def _finish(self, _event: simpy.Event, batch: Batch | None = None) -> None:
+        """The batch being served is read (``batch`` None): the next one starts; with a link, the
+        batch completes after its transfer (this method again, with ``batch``)."""
+        if batch is None:
+            batch, self._serving = self._serving, None
+            self._start_next()
+            if self.link is not None:   # after its read, behind the interconnect's earlier transfers
+                transfer = self.link(batch)
+                self.link_busy += transfer
+                self._link_free = max(self.env.now, self._link_free) + transfer
+                self.env.timeout(self._link_free - self.env.now).callbacks.append(
+                    lambda event, b=batch: self._finish(event, b))
+                return
         batch.end = self.env.now
-        self._start_next()
         if batch.on_done is not None:
             batch.on_done(batch)
         if self.on_finish is not None:

@@ -8,12 +8,16 @@ residency contract fixes (``docs/simulator.md``) and wires the parts that hold e
 :class:`~sparsesim.simulator.device.StorageQueue` (the storage device) and
 :class:`~sparsesim.simulator.accounting.Accounting` (what is counted).
 
-A step: (1) predictions due now are issued as prefetch batches; (2) non-FFN work (a flash read
-first when those weights live in flash); (3) the FFN's lookup: hits, late hits (in flight), gate
-hits (two-phase staged) and misses (one demand batch); (4) after the waits the misses are
-inserted; (5) the policy sees the use, the window policy may expire units; (6) the FFN computes
-over the needed units, plus the cache-management time of every insertion and removal since the
-last charge. One simpy timeout per batch and per compute slot — never one per unit.
+A step: (1) predictions due now are issued as prefetch batches (after the non-FFN work with
+``predict_from=attention-output``); (2) non-FFN work (a flash read first when those weights live in
+flash); (3) the FFN's lookup: hits, late hits (in flight), gate hits (two-phase staged) and misses
+(one demand batch) over the needed set — under ``false_negatives=drop`` the predicted set (the
+residency contract's drop rule); (4) after the waits the misses are inserted; (5) the policy sees the
+use, the window policy may expire units; (6) the FFN computes over the needed units (or the resident
+matrix), with a hot unit's part at the same time, plus the cache-management time of every insertion
+and removal since the last charge. Under ``pipeline=cluster`` the misses' reads and the FFN are one
+pipelined slot timed by :meth:`StepCosts.pipelined`. One simpy timeout per batch and per compute
+slot — never one per unit or per cluster.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import simpy
 from sparsesim.simulator import neuronset
 from sparsesim.simulator.accounting import Accounting, Counts
 from sparsesim.simulator.device import DEMAND, PREFETCH, Batch, StorageQueue
+from sparsesim.simulator.heterogeneous import transfer_time
+from sparsesim.simulator.io_path import ReadPath
 from sparsesim.simulator.predictors import CausalView, Predictor
 from sparsesim.simulator.residency import Residency
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
@@ -71,7 +77,8 @@ class IoBatch:
 class ReplayEngine:
     def __init__(self, steps: ReplaySteps, footprint: ModelFootprint, scenario: Scenario,
                  profile, store: BackingStore, residency: Residency, predictor: Predictor,
-                 io_log: list[IoBatch] | None = None, lookup_log: list[tuple] | None = None):
+                 io_log: list[IoBatch] | None = None, lookup_log: list[tuple] | None = None,
+                 model: dict | None = None, hot: list[int] | None = None):
         self.masks = masks = steps.masks
         self.steps = steps
         self.fp = footprint
@@ -86,9 +93,18 @@ class ReplayEngine:
         self.schedule = PrefetchSchedule(scenario.schedule, scenario.lookahead, self.L, self.T * self.L)
         self.view = CausalView(masks, steps.tokens, allow_future=predictor.sees_future, last_masks=steps.last_masks)
         self.acc = Accounting(self.L)
-        self.costs = StepCosts(footprint, scenario, profile, predictor.flops, self.acc.totals)
-        self._all = [neuronset.full(d) for d in footprint.d_ff]
-        self._n_all = list(footprint.d_ff)
+        self.read_path = ReadPath(store, scenario, profile)
+        self.shaped_reads = not self.read_path.exact
+        self.costs = StepCosts(footprint, scenario, profile, predictor.flops, self.acc.totals, dense=predictor.dense,
+                               model=model, hot_units=None if hot is None else [h.bit_count() for h in hot],
+                               read_path=self.read_path)
+        self.link = self._link_time(profile) if scenario.ffn_in == "flash" else None
+        self.drop = scenario.false_negatives == "drop"
+        self._computed: dict[int, int] = {}      # drop: target step -> the predicted set its FFN computes
+        # A hot unit's units are resident outside the cache: predictions and the dense baseline skip them.
+        self._cold = None if hot is None else [neuronset.full(d) & ~h for d, h in zip(footprint.d_ff, hot)]
+        self._all = self._cold or [neuronset.full(d) for d in footprint.d_ff]
+        self._n_all = [s.bit_count() for s in self._all] if hot is not None else list(footprint.d_ff)
         self._rows: dict[int, tuple[list[int], list[int]]] = {}   # token -> needed sets and sizes, last few tokens
         self.weight = residency.cache.weight
         self.uniform = footprint.uniform
@@ -117,7 +133,7 @@ class ReplayEngine:
 
     # -- storage ------------------------------------------------------------------------------
     def _read(self, layer: int, units: int, priority: int, on_done=None, rows: int | None = None,
-              target: int | None = None) -> Batch:
+              target: int | None = None, seconds: float | None = None) -> Batch:
         """Submit the reads of ``rows`` of each unit's rows (None: all). Bundled, a partial read of
         one unit is not adjacent to the next one's (the rest of its record lies between), so
         partial reads never coalesce there."""
@@ -127,8 +143,37 @@ class ReplayEngine:
         else:
             requests = request_sizes(units, self._slice[layer], rows, sc.layout, sc.coalesce and sc.layout != "bundled",
                                      sc.max_request)
+        if self.shaped_reads:
+            requests = self._device_requests(layer, units, requests)
         self.acc.requests(layer, requests)
-        return self.device.submit(requests, priority, layer, units, on_done, self.step if target is None else target)
+        return self.device.submit(requests, priority, layer, units, on_done, self.step if target is None else target,
+                                  seconds)
+
+    def _device_requests(self, layer: int, units: int, requests: dict[float, int]) -> dict[float, int]:
+        """What reaches the device for ``requests`` of ``units``: page faults through the page cache,
+        or the requests shaped by the read granularity; the bytes beyond the units' own are padding."""
+        read_path = self.read_path
+        if read_path.page_cache:
+            shaped = read_path.fault_requests(units, self.nb, layer, self.fp.d_ff, self.fp.row_bytes,
+                                              self.fp.matrices, self.sc.layout)
+        else:
+            shaped = read_path.shape(requests)
+        self.acc.totals.padding_bytes += (sum(s * n for s, n in shaped.items())
+                                          - sum(s * n for s, n in requests.items()))
+        return shaped
+
+    def _link_time(self, profile):
+        """Seconds to move a read batch into a discrete compute unit's own memory (None: the unit
+        reads DRAM): its bytes at the compute precision over the interconnect, one transfer each."""
+        spec = profile.unit(self.sc.compute_unit)
+        if spec is None or spec.capacity is None:
+            return None
+        bandwidth, latency = profile.interconnect.bandwidth, profile.interconnect.latency or 0.0
+        scale = self.costs.scale
+
+        def link(batch: Batch) -> float:
+            return transfer_time(sum(s * n for s, n in batch.requests.items()) * scale, bandwidth, 1, latency)
+        return link
 
     def _log(self, batch: Batch) -> None:
         """The exact read schedule, for replay against real storage."""
@@ -142,12 +187,10 @@ class ReplayEngine:
     def _charge_management(self, layer: int, n_inserted: int, evicted: dict[int, int], n_evicted: int) -> None:
         """Insertions into ``layer`` and the removals they caused (global: from any layer)."""
         if self.uniform:
-            self._mm_debt += self.costs.management(layer, n_inserted + n_evicted)
-            return
-        debt = self.costs.management(layer, n_inserted)
-        for l, units in evicted.items():
-            debt += self.costs.management(l, units.bit_count())
-        self._mm_debt += debt
+            self._mm_debt += self.costs.management(layer, n_inserted, n_evicted)
+        else:
+            self._mm_debt += self.costs.management(layer, n_inserted, 0,
+                                                   {l: units.bit_count() for l, units in evicted.items()})
 
     # -- prefetch -------------------------------------------------------------------------------
     def _issue(self, target: int) -> None:
@@ -156,9 +199,13 @@ class ReplayEngine:
         if pred is None:
             return
         pred = neuronset.from_row(pred)
+        if self._cold is not None:
+            pred &= self._cold[layer]
         truth, n_truth = self._needed(token)
         self.acc.predicted(layer, pred, truth[layer], n_truth[layer])
         self.res.predict(layer, target, pred)
+        if self.drop:
+            self._computed[target] = pred
         fetch = self.res.fetch_set(layer, pred)
         n = fetch.bit_count()
         dropped = no_room = 0
@@ -212,6 +259,8 @@ class ReplayEngine:
             for size, n in request_sizes(ready, fp.row_bytes, up_down, sc.layout,
                                          sc.coalesce and sc.layout != "bundled", sc.max_request).items():
                 requests[size] = requests.get(size, 0) + n
+            if self.shaped_reads:
+                requests = self._device_requests(layer, miss | ready, requests)
             self.acc.requests(layer, requests)
             waits.append(self.device.completion(self.device.submit(requests, DEMAND, layer, miss | ready,
                                                                     target=self.step)))
@@ -243,14 +292,21 @@ class ReplayEngine:
     # -- the decode loop ----------------------------------------------------------------------
     def _decode(self, env: simpy.Environment):
         L, acc, res, costs, policy = self.L, self.acc, self.res, self.costs, self.policy
-        dense, two_phase = self.predictor.dense, self.sc.two_phase
+        dense, two_phase, drop = self.predictor.dense, self.sc.two_phase, self.drop
         resident, inflight, staged = res.resident, res.inflight, res.staged
+        after_attention = self.sc.predict_from == "attention-output"
+        pipelined, hot = self.sc.pipeline == "cluster", costs.hot is not None
+        matrix = costs.ffn_matrix
+        predict_layer = self.sc.predictor_rank > 0 and not pipelined
+        sizes = res.cache.size
         phases, row_tokens, token_units = self.steps.phase, self.steps.n_tokens, self.steps.token_units
         lookup_log = self.lookup_log
+        positions = self.steps.positions.tolist()
         for t in range(self.T):
             if t == self.sc.warmup:
                 self._snapshot = acc.snapshot()
                 self._snapshot.totals.io_busy = self.device.busy
+                self._snapshot.totals.link_busy = self.device.link_busy
             if phases is not None:
                 acc.set_phase(int(phases[t]))
             batch = int(row_tokens[t]) if row_tokens is not None else 1   # tokens this step row computes
@@ -259,19 +315,29 @@ class ReplayEngine:
             needed, n_needed = (self._all, self._n_all) if dense else self._needed(t)
             for l in range(L):
                 self.step = step = t * L + l
-                # 1. predictions due now
+                if after_attention:   # 2. before 1: a layer's prediction reads its attention output
+                    s, w = yield from self._dense_weights(env, costs.nonffn(l, positions[t], batch))
+                    stall, compute = stall + s, compute + w
+                # 1. predictions due now: their cost on the critical path (a low-rank predictor of the layer
+                # with predictor_rank, inside the clusters under pipeline=cluster), then the issue
                 targets = self.schedule.targets(step)
-                if targets and costs.predict:
-                    yield env.timeout(costs.predict * len(targets))
-                    compute += costs.predict * len(targets)
+                seconds = costs.predictor(l) if predict_layer else \
+                    costs.predict * len(targets) if targets and costs.predict else 0.0
+                if seconds:
+                    yield env.timeout(seconds)
+                    compute += seconds
                 self.view.frontier = step
                 for target in targets:
                     self._issue(target)
-                # 2. non-FFN work of this layer
-                s, w = yield from self._dense_weights(env, l, batch)
-                stall, compute = stall + s, compute + w
+                if not after_attention:   # 2. non-FFN work of this layer
+                    s, w = yield from self._dense_weights(env, costs.nonffn(l, positions[t], batch))
+                    stall, compute = stall + s, compute + w
                 # 3. lookup: resident, in-flight and staged sets are disjoint
                 need, n_need = needed[l], n_needed[l]
+                if drop and step in self._computed:   # the drop rule: the FFN computes the predicted set
+                    need = self._computed.pop(step)
+                    acc.totals.dropped_units += (needed[l] & ~need).bit_count()
+                    n_need = need.bit_count()
                 res.begin_use(l, need)
                 hit = need & resident[l]
                 late = need & inflight[l]
@@ -288,7 +354,7 @@ class ReplayEngine:
                 waits = [self.device.completion(b) for b in self.pending[l] if b.neurons & late] if late else []
                 if two_phase:
                     waits = self._two_phase_reads(env, l, ready, miss, late, waits)
-                elif n_miss:
+                elif n_miss and not pipelined:
                     waits.append(self.device.completion(self._read(l, miss, DEMAND)))
                 for event in waits:
                     yield event
@@ -305,22 +371,39 @@ class ReplayEngine:
                 stale = res.expire(l, step)
                 if stale:
                     self._charge_management(l, 0, {l: stale}, acc.expired(l, stale))
-                # 6. the FFN over the needed units, plus cache management since the last charge
-                t_ffn = costs.ffn(l, n_need, int(token_units[t, l])) if batch > 1 else costs.ffn(l, n_need)
+                # 6. the FFN over the needed units (or the resident matrix), plus cache management
                 charge, self._mm_debt = self._mm_debt, 0.0
-                yield env.timeout(t_ffn + charge)
-                compute += t_ffn
+                if pipelined:   # the misses are read inside the FFN, cluster by cluster
+                    reads = self._read(l, miss, DEMAND) if n_miss else None
+                    t_ffn, busy = costs.pipelined(l, n_need, n_miss)
+                    if hot:
+                        t_ffn, busy = costs.with_hot(l, t_ffn, n_need), costs.with_hot(l, busy, n_need, charge=False)
+                    t0 = env.now
+                    yield env.timeout(t_ffn + charge)
+                    if reads is not None and reads.end < 0:
+                        yield self.device.completion(reads)
+                    compute += busy
+                    stall += max(env.now - t0 - charge - busy, 0.0)
+                else:
+                    n_ffn = sizes[l] if matrix else n_need
+                    t_ffn = costs.ffn(l, n_ffn, (n_ffn * batch if matrix else int(token_units[t, l]))
+                                      if batch > 1 else 0)
+                    if hot:
+                        t_ffn = costs.with_hot(l, t_ffn, n_ffn)
+                    yield env.timeout(t_ffn + charge)
+                    compute += t_ffn
                 mm += charge
                 res.end_step(l, step)
-            s, w = yield from self._dense_weights(env, -1)   # the LM head
+            s, w = yield from self._dense_weights(env, costs.head())   # the LM head
             stall, compute = stall + s, compute + w
             self.token_time[t] = env.now - start
             self.token_compute[t], self.token_stall[t], self.token_mm[t] = compute, stall, mm
 
-    def _dense_weights(self, env: simpy.Environment, layer: int, tokens: int = 1):
-        """Non-FFN weights (a layer's attention; the LM head for ``layer`` -1): streamed from flash first
-        when they live there, then computed from DRAM. Returns (stall, compute) seconds."""
-        nbytes, seconds = self.costs.head() if layer < 0 else self.costs.nonffn(layer, tokens)
+    def _dense_weights(self, env: simpy.Environment, cost: tuple[float, float]):
+        """Non-FFN weights (a layer's attention and KV cache, the LM head) of ``cost`` (bytes,
+        seconds): streamed from flash first when they live there, then computed from DRAM. Returns
+        (stall, compute) seconds."""
+        nbytes, seconds = cost
         stall = 0.0
         if self.sc.nonffn_in == "flash":
             t0 = env.now
@@ -336,11 +419,15 @@ class ReplayEngine:
         requests = {float(self.sc.max_request): int(n_full)} if n_full else {}
         if rest:
             requests[float(rest)] = requests.get(float(rest), 0) + 1
+        if self.read_path.granularity:
+            shaped = self.read_path.shape(requests)
+            self.acc.totals.padding_bytes += sum(s * n for s, n in shaped.items()) - total
+            return shaped
         return requests
 
     def run(self) -> ReplayResult:
         env = simpy.Environment()
-        self.device = StorageQueue(env, self.store, self._log if self.io_log is not None else None)
+        self.device = StorageQueue(env, self.read_path, self._log if self.io_log is not None else None, self.link)
         self.token_time = np.zeros(self.T)
         self.token_compute = np.zeros(self.T)
         self.token_stall = np.zeros(self.T)
@@ -352,11 +439,14 @@ class ReplayEngine:
         env.process(self._decode(env))
         env.run()
         self.acc.totals.io_busy = self.device.busy
+        self.acc.totals.link_busy = self.device.link_busy
         w = self.sc.warmup
+        counts = self.acc.finish(self._snapshot, self.res.staged)
+        counts.totals.prompt_prefill_s = self.costs.prompt_prefill(self.fp)   # once, before the replayed tokens
         phase = self.steps.phase[w:] if self.steps.phase is not None else np.full(self.T - w, DECODE, np.int8)
         row_tokens = self.steps.n_tokens[w:] if self.steps.n_tokens is not None else np.ones(self.T - w, np.int64)
         return ReplayResult(
-            counts=self.acc.finish(self._snapshot, self.res.staged), n_tokens=int(row_tokens.sum()), n_layers=self.L,
+            counts=counts, n_tokens=int(row_tokens.sum()), n_layers=self.L,
             token_time=self.token_time[w:], token_compute=self.token_compute[w:],
             token_stall=self.token_stall[w:], token_mm=self.token_mm[w:],
             prefetch_unit_bytes=self.prefetch_unit_bytes, token_phase=phase, row_tokens=row_tokens)

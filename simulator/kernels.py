@@ -24,12 +24,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sparsesim.simulator.profile import HardwareProfile, require
-from sparsesim.simulator.timing import roofline
 
 KINDS = ("dense", "gather", "scatter", "copy")
 # Compute precision -> the unit field holding its peak rate (int4 is unpacked to int8 for arithmetic).
 PEAK_FIELD = {"fp32": "flops_fp32", "fp16": "flops_fp16", "bf16": "flops_fp16", "int8": "ops_int8",
-              "int4": "ops_int8"}
+              "int4": "ops_int8", "q4_1": "ops_int8"}
+
+
+def roofline(nbytes: float, flops: float, bandwidth: float, flop_rate: float) -> float:
+    """Seconds of a kernel that streams ``nbytes`` and does ``flops``: the slower of the two."""
+    return max(nbytes / bandwidth, flops / flop_rate)
 
 
 @dataclass(frozen=True)

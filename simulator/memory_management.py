@@ -17,6 +17,12 @@ of ``b`` bytes (``b`` at the compute precision: what lives in DRAM):
                 is part of each page fault (``os.fault_overhead``, charged on the read path by
                 :mod:`sparsesim.simulator.io_path`), none here.
 ``none``        weights streamed into a fixed buffer and used in place (the naive baseline): none.
+
+Kernel calls (:func:`management_calls`): the matrix scheme keeps three arrays in step — the weight
+matrix, the bias and the pointer from each row to its neuron (§3.3) — and moves each with one
+vectorised operation per insertion and per deletion, so a step that inserts and deletes makes six
+calls on the compute unit, each paying its dispatch cost (``U.dispatch``; absent on CPUs, the eager
+per-operation cost on a GPU). The other schemes call nothing on the compute unit.
 """
 
 from __future__ import annotations
@@ -48,3 +54,11 @@ def management_cost(scheme: str, inserted: int, removed: int, neuron_bytes: floa
     if scheme == "segmented":
         return Management(moves * overhead, 0.0)
     return Management(0.0, 0.0)
+
+
+CALLS_PER_OPERATION = {"matrix": 3, "segmented": 0, "page-cache": 0, "none": 0}
+
+
+def management_calls(scheme: str, inserted: int, removed: int) -> int:
+    """Kernel calls of one insertion of ``inserted`` and one deletion of ``removed`` units."""
+    return CALLS_PER_OPERATION[scheme] * ((inserted > 0) + (removed > 0))

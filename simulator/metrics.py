@@ -134,6 +134,10 @@ metric("io_stall_per_token_s", "mean time per token the FFN waited for weights")
     lambda f: f.per_token(f.result.token_stall))
 metric("cache_mgmt_per_token_s", "mean cache-management time per token")(lambda f: f.per_token(f.result.token_mm))
 metric("io_time_per_token_s", "storage busy time / T")(lambda f: f.totals.io_busy / f.T)
+metric("interconnect_time_per_token_s", "interconnect busy time / T (a discrete compute unit's transfers)")(
+    lambda f: f.totals.link_busy / f.T)
+metric("prompt_prefill_s", "the analytic prefill of the prompt_tokens positions before the trace, on the "
+       "compute unit (0 without)")(lambda f: f.totals.prompt_prefill_s)
 
 # -- traffic -------------------------------------------------------------------------------------
 metric("storage_bytes", "FFN bytes read + streamed non-FFN bytes")(lambda f: float(f.storage_bytes))
@@ -146,6 +150,10 @@ metric("useful_bytes", "demand units·b + useful prefetches·b_p + second-phase 
 metric("wasted_bytes", "(useless + unused at end + bypassed + gate-dropped prefetches)·b_p")(
     lambda f: float(f.units_bytes(("prefetch_useless", "prefetch_unused_at_end", "prefetch_bypassed",
                                    "prefetch_gate_dropped"), f.b_prefetch)))
+metric("device_read_bytes", "storage_bytes + padding: what the device read (read granularity, page faults)")(
+    lambda f: f.storage_bytes + f.totals.padding_bytes)
+metric("read_amplification", "device_read_bytes / storage_bytes")(
+    lambda f: _ratio(f.storage_bytes + f.totals.padding_bytes, f.storage_bytes))
 metric("ffn_bytes_used_per_token", "accesses·b / T")(lambda f: f.units_bytes(("accesses",), f.b) / f.T)
 metric("ffn_share_loaded_per_token", "ffn_storage_bytes / T / FFN bytes")(lambda f: _ratio(f.ffn_read / f.T, f.ffn_bytes))
 metric("preloaded_bytes", "units placed before decoding (static-pin, warm) · b; counted, not timed")(
@@ -169,6 +177,12 @@ _count("evictions", "evictions", "units removed from the cache (replacement and 
 _count("expired", "expired", "units a policy dropped voluntarily (window)")
 _count("demand_streamed", "demand_streamed", "units read on demand and used but not cached (a prefill batch over the partition)")
 metric("preloaded_units", "units placed before decoding")(lambda f: f.totals.preloaded_units)
+metric("dropped_units", "false_negatives=drop: needed units outside the predicted set, never read or computed")(
+    lambda f: f.totals.dropped_units)
+metric("hot_accesses", "needed units a hot unit computed densely (hot_unit), outside the cache")(
+    lambda f: f.totals.hot_accesses)
+metric("hot_activation_share", "hot_accesses / (hot_accesses + accesses)")(
+    lambda f: _ratio(f.totals.hot_accesses, f.totals.hot_accesses + f.tot["accesses"]))
 
 # -- prefetching ---------------------------------------------------------------------------------
 for _name, _definition in (
@@ -197,8 +211,8 @@ metric("over_prediction", "(TP + FP) / (TP + FN)")(
     lambda f: _ratio(f.tot["pred_tp"] + f.tot["pred_fp"], f.tot["pred_tp"] + f.tot["pred_fn"]))
 
 # -- energy --------------------------------------------------------------------------------------
-metric("energy_per_token_j", "(storage bytes·E_store + DRAM bytes·E_dram + on-chip bytes·E_cache + FLOPs·E_flop) / T")(
-    lambda f: (f.storage_bytes * f.energy_storage + f.totals.dram_bytes * f.energy_dram
+metric("energy_per_token_j", "(device read bytes·E_store + DRAM bytes·E_dram + on-chip bytes·E_cache + FLOPs·E_flop) / T")(
+    lambda f: ((f.storage_bytes + f.totals.padding_bytes) * f.energy_storage + f.totals.dram_bytes * f.energy_dram
                + f.totals.cache_bytes * f.energy_cache + f.totals.flops * f.energy_flop) / f.T)
 
 # -- decode and prefill ------------------------------------------------------------------------

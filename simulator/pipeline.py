@@ -21,6 +21,7 @@ server per stage and C equal clusters the classic result holds exactly:
 
 from __future__ import annotations
 
+import functools
 import heapq
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -99,3 +100,14 @@ def makespan(clusters: Sequence[Sequence[Stage]], servers: Mapping[str, int]) ->
         idle[clusters[c][s].resource] += 1
         if s + 1 < len(clusters[c]):
             heapq.heappush(queues[clusters[c][s + 1].resource], (c, s + 1))
+
+
+@functools.lru_cache(maxsize=4096)
+def _uniform_makespan(stages: tuple[Stage, ...], clusters: int, servers: tuple[tuple[str, int], ...]) -> float:
+    return makespan([stages] * clusters, dict(servers))
+
+
+def uniform_makespan(stages: Sequence[Stage], clusters: int, servers: Mapping[str, int]) -> float:
+    """:func:`makespan` of ``clusters`` equal clusters, each through ``stages`` (memoised: a replay
+    asks for the same layer shapes many times)."""
+    return _uniform_makespan(tuple(stages), int(clusters), tuple(sorted(servers.items())))

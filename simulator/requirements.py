@@ -5,19 +5,15 @@ with one line naming the missing field and the setting (:func:`sparsesim.simulat
 e.g. ``profile oneplus-12: npu.ops_int8 is missing; scenario field 'hot_unit' = npu (int4 arithmetic)
 needs it``. Efficiencies and dispatch overheads are never required: absent, a kernel runs at its
 roofline (efficiency 1, no dispatch cost) — the upper bound the profile's peak numbers describe.
-
-:func:`refuse_unapplied` keeps a chosen setting from being silently ignored while the replay engine
-does not apply it yet (issue 17, phase 2 wires the time model into the engine's timing part).
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 from sparsesim.errors import InputError
 from sparsesim.simulator.kernels import PEAK_FIELD
 from sparsesim.simulator.profile import HardwareProfile, require
-from sparsesim.simulator.scenario import TIME_MODEL_FIELDS, Scenario
+from sparsesim.simulator.scenario import Scenario
+from sparsesim.traceunits import NEURON
 
 
 def needed_fields(scenario: Scenario, profile: HardwareProfile) -> list[tuple[str, str]]:
@@ -53,14 +49,16 @@ def check_time_model(scenario: Scenario, profile: HardwareProfile) -> None:
                          f"{profile.name} sustains storage.queue_depth = {profile.storage.queue_depth}")
 
 
-_DEFAULTS = {f.name: f.default for f in fields(Scenario)}
-
-
-def refuse_unapplied(scenario: Scenario) -> None:
-    """Until the replay engine applies the time model, a non-default time-model setting is an error
-    rather than a setting that is silently ignored."""
-    changed = [name for name in TIME_MODEL_FIELDS if getattr(scenario, name) != _DEFAULTS[name]]
-    if changed:
-        raise InputError(f"scenario field '{changed[0]}': defined and checked (docs/time-model.md) but not yet "
-                         f"applied by the replay engine (issue 17, phase 2); leave it at its default "
-                         f"{_DEFAULTS[changed[0]]!r} for now")
+def check_trace_fit(scenario: Scenario, kind: str, batched: bool) -> None:
+    """Refuse, in one line, a setting that works on single neuron-trace tokens only: the cluster
+    pipeline and a hot unit split one token's FFN into neurons, so neither applies to an expert trace
+    (an expert is read and computed whole) or to a trace whose prompt is replayed in prefill batches."""
+    for field, value in (("pipeline", scenario.pipeline), ("hot_unit", scenario.hot_unit)):
+        if value == "none":
+            continue
+        if kind != NEURON:
+            raise InputError(f"scenario field '{field}': {value} splits a token's FFN into neurons; this trace's "
+                             f"unit is a routed expert ({kind}), read and computed whole")
+        if batched:
+            raise InputError(f"scenario field '{field}': {value} times one token's FFN; this trace replays its "
+                             f"prompt in prefill batches (its phase column)")

@@ -13,7 +13,8 @@ Decisions (documented in ``docs/simulator.md``):
   divisor of all layers' unit bytes (1 for every neuron trace), so a byte budget is exact when
   experts differ in size per layer;
 * quantised formats carry their scales: int8 = 34 B / 32 weights (GGUF Q8_0), int4 = 18 B / 32
-  weights (Q4_0).
+  weights (Q4_0), q4_1 = 20 B / 32 weights (GGUF Q4_1: a scale and a minimum per 32 weights; the
+  2.5 KB INT4 rows of PowerInfer-2's 4096-wide models).
 
 The fields after ``two_phase`` are the time model's settings (``docs/time-model.md``): compute
 units and precision, memory management, intra-layer pipelining, the read path, predictor cost and
@@ -38,7 +39,8 @@ from sparsesim.simulator.schedule import SCHEDULES
 from sparsesim.simulator.units import BYTES
 from sparsesim.traceunits import NEURON, TraceUnits
 
-BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 34 / 32, "int4": 18 / 32}
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 34 / 32, "int4": 18 / 32,
+                    "q4_1": 20 / 32}
 LAYOUTS = ("per-matrix", "bundled")
 PARTITIONS = ("per-layer", "global")
 PLACEMENTS = ("flash", "dram")
@@ -49,6 +51,7 @@ COMPUTE_PRECISIONS = ("same", *BYTES_PER_WEIGHT)      # same: the storage precis
 MEMORY_MANAGEMENT = ("matrix", "segmented", "page-cache", "none")
 PIPELINES = ("none", "cluster")
 FALSE_NEGATIVES = ("fetch", "drop")
+FFN_COMPUTE = ("computed", "matrix")
 PREDICT_FROM = ("layer-input", "attention-output")
 
 MAX_BYTES = 1 << 50   # 1 PiB: far above any device's memory; a larger size is a typo
@@ -116,6 +119,8 @@ class Scenario:
     kv_cache: bool = False           # attention reads the KV cache of every earlier position
     prompt_tokens: int = 0           # positions before the first replayed token (KV length, prefill)
     kv_dim: int = 0                  # K (= V) width per layer (0: derived from the trace's attention parameters)
+    ffn_compute: str = "computed"    # computed: gather/scatter over the computed units | matrix: a dense
+                                     # product over every resident unit of the layer (LLM in a Flash)
 
     def __post_init__(self) -> None:
         def choice(field: str, allowed: tuple[str, ...]) -> None:
@@ -147,6 +152,7 @@ class Scenario:
         choice("pipeline", PIPELINES)
         choice("false_negatives", FALSE_NEGATIVES)
         choice("predict_from", PREDICT_FROM)
+        choice("ffn_compute", FFN_COMPUTE)
         share = self.hot_share
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
             raise InputError(f"scenario field 'hot_share': must be a number in [0, 1), got {share!r}")
@@ -161,6 +167,23 @@ class Scenario:
                              f"pipeline is {self.pipeline!r}")
         if self.kv_dim and not self.kv_cache:
             raise InputError("scenario field 'kv_dim': applies with kv_cache=true")
+        if self.two_phase and (self.pipeline != "none" or self.memory_management == "page-cache"):
+            raise InputError("scenario field 'two_phase': its gate-row prefetches do not combine with "
+                             "pipeline=cluster (whose clusters read gate rows first themselves) or with "
+                             "memory_management=page-cache (pages, not rows, are read)")
+        if self.pipeline != "none" and self.memory_management == "page-cache":
+            raise InputError("scenario field 'pipeline': cluster reads go through the I/O thread, not through "
+                             "page faults; memory_management=page-cache does not combine with it")
+        if self.ffn_compute == "matrix" and self.memory_management != "matrix":
+            raise InputError(f"scenario field 'ffn_compute': matrix (a dense product over the resident rows) needs "
+                             f"memory_management=matrix, the scheme that keeps them one contiguous block; got "
+                             f"{self.memory_management!r}")
+        if self.ffn_in == "dram" and (self.memory_management != "matrix" or self.pipeline != "none"
+                                      or self.hot_unit != "none" or self.read_granularity or self.io_depth
+                                      or self.io_threads != 1):
+            raise InputError("scenario fields of the flash read path and its management (memory_management, "
+                             "pipeline, hot_unit, read_granularity, io_depth, io_threads) apply with ffn_in=flash; "
+                             "with ffn_in=dram the on-chip cache is hardware-managed")
 
     @property
     def bytes_per_weight(self) -> float:
@@ -309,16 +332,18 @@ class ModelFootprint:
         total_weight = self.total_weight
         g = self.weight_bytes
         b = scenario.dram_budget
+        scale = Fraction(BYTES_PER_WEIGHT[scenario.arithmetic_precision]) / Fraction(scenario.bytes_per_weight)
+        unit = g * scale    # one weight as held in DRAM, at the compute precision (compute_precision)
         if scenario.cache_budget:
-            total = min(math.floor(Fraction(scenario.cache_budget) / g), total_weight)
+            total = min(math.floor(Fraction(scenario.cache_budget) / unit), total_weight)
         elif b <= 1:
             total = math.floor(Fraction(str(b)) * total_weight)
         else:
-            resident = Fraction(self.nonffn_resident_bytes) if scenario.nonffn_in == "dram" else Fraction(0)
+            resident = Fraction(self.nonffn_resident_bytes) * scale if scenario.nonffn_in == "dram" else Fraction(0)
             if b < resident:
                 raise InputError(f"scenario field 'dram_budget': {b:.4g} B is smaller than the resident "
-                                 f"non-FFN weights ({float(resident):.4g} B at {scenario.precision})")
-            total = min(math.floor((Fraction(b) - resident) / g), total_weight)
+                                 f"non-FFN weights ({float(resident):.4g} B at {scenario.arithmetic_precision})")
+            total = min(math.floor((Fraction(b) - resident) / unit), total_weight)
         if scenario.partition == "global":
             return np.array([total], dtype=np.int64)
         # LLM in a Flash's preallocated per-layer matrices: each layer the same share of its units

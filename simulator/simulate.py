@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sparsesim import __version__
+from sparsesim.simulator import bitset, neuronset
 from sparsesim.simulator.bitset import full
 from sparsesim.simulator.cache import NeuronCache
 from sparsesim.simulator.engine import ReplayEngine
@@ -26,13 +27,14 @@ from sparsesim.simulator.predictors import PREDICTORS, PredictorContext
 from sparsesim.simulator.profile import HardwareProfile, load_profile
 from sparsesim.simulator.reorder import apply_order, neuron_order
 from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
-from sparsesim.simulator.requirements import check_time_model, refuse_unapplied
+from sparsesim.simulator.requirements import check_time_model, check_trace_fit
 from sparsesim.simulator.residency import Residency
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
 from sparsesim.simulator.steps import ReplaySteps, replay_steps
 from sparsesim.simulator.storage import BackingStore
 from sparsesim.simulator.streaming import open_streamed
-from sparsesim.tracefile import Trace, mask_bytes, read_meta, read_trace
+from sparsesim.tracefile import Trace, mask_bytes, popcount_rows, read_meta, read_trace
+from sparsesim.tracecolumns import PREFILL
 from sparsesim.traceunits import NEURON
 
 SCENARIO_FIELDS = {f.name: f.type for f in dataclasses.fields(Scenario)}
@@ -105,11 +107,13 @@ def _load_cached(key: tuple, path: str, stream: bool | None) -> Trace:
     return _load(path, stream)
 
 
-def _need(trace: Trace, steps: ReplaySteps, fp: ModelFootprint, dense: bool) -> np.ndarray:
-    """Largest needed set per layer over the decode step rows (every unit without sparsity); a prefill
-    batch's larger set streams what does not fit (``docs/simulator.md``, "Steps")."""
+def _need(trace: Trace, steps: ReplaySteps, fp: ModelFootprint, dense: bool,
+          hot: np.ndarray | None = None) -> np.ndarray:
+    """Largest needed set per layer over the decode step rows (every unit without sparsity, a hot
+    unit's units apart: they are never needed from the cache); a prefill batch's larger set streams
+    what does not fit (``docs/simulator.md``, "Steps")."""
     if dense:
-        return np.array(fp.d_ff)
+        return np.array(fp.d_ff) - (0 if hot is None else popcount_rows(hot))
     if steps.phase is None and fp.kind == NEURON:
         return trace.active.max(axis=0)
     rows = steps.decode_rows()
@@ -118,17 +122,46 @@ def _need(trace: Trace, steps: ReplaySteps, fp: ModelFootprint, dense: bool) -> 
     return np.bitwise_count(np.asarray(steps.masks)[rows]).sum(axis=-1, dtype=np.int64).max(axis=0)
 
 
-def _needed_sets(steps: ReplaySteps, n_bytes: int, d_ff: list[int], dense: bool) -> np.ndarray:
+def _needed_sets(steps: ReplaySteps, n_bytes: int, d_ff: list[int], dense: bool,
+                 hot: np.ndarray | None = None) -> np.ndarray:
     if not dense:
         return steps.masks
     rows = np.stack([full(d, n_bytes) for d in d_ff])
+    if hot is not None:
+        rows &= ~hot
     return np.broadcast_to(rows, steps.masks.shape)
 
 
-def _capacity(need: np.ndarray, fp: ModelFootprint, scenario: Scenario) -> np.ndarray:
-    """The cache's capacity per partition (the one rule: ``ModelFootprint.cache_units``); refuses a
-    budget that cannot hold one layer step's needed set."""
+def _hot_rows(trace: Trace, profile_trace: Trace | None, share: float) -> np.ndarray:
+    """[L, n_bytes] packed: each layer's hottest ⌊share · d_ff⌋ units by activation frequency in the
+    profiling trace (else the replayed trace: a bound), ties to the lower index."""
+    source = np.asarray((profile_trace or trace).masks)
+    freq = bitset.frequency(source).astype(float)
+    hot = np.zeros(freq.shape, dtype=bool)
+    for l, d in enumerate(trace.d_ff):
+        hot[l, np.lexsort((np.arange(d), -freq[l, :d]))[:int(share * d)]] = True
+    return np.packbits(hot, axis=1, bitorder="little")[:, :trace.n_bytes]
+
+
+def _without(trace: Trace | None, hot: np.ndarray) -> Trace | None:
+    """The trace with the hot units cleared from every mask: the part the compute unit and the cache see."""
+    if trace is None:
+        return None
+    masks = np.asarray(trace.masks) & ~hot
+    return dataclasses.replace(trace, masks=masks, active=popcount_rows(masks).astype(np.int32))
+
+
+def _capacity(need: np.ndarray, fp: ModelFootprint, scenario: Scenario, hot: np.ndarray | None = None) -> np.ndarray:
+    """The cache's capacity per partition (the one rule: ``ModelFootprint.cache_units``, less a hot
+    unit's resident units); refuses a budget that cannot hold one layer step's needed set."""
     capacity = fp.cache_units(scenario)
+    if hot is not None:
+        hot_units = popcount_rows(hot)
+        capacity = capacity - (hot_units.sum() if scenario.partition == "global" else hot_units)
+        if np.any(capacity < 0):
+            raise InputError(f"scenario field 'hot_share': the hot units ({int(hot_units.sum())}, resident in DRAM) take "
+                             f"more than dram_budget {scenario.dram_budget} gives the FFN "
+                             f"({int(fp.cache_units(scenario).sum())} units)")
     weights = np.asarray(fp.weights)
     if scenario.partition == "global":
         minimum = int((need * weights).max())
@@ -200,7 +233,6 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     else:
         hw = load_profile(profile, profile_overrides)
     check_time_model(scenario, hw)
-    refuse_unapplied(scenario)
     fp = ModelFootprint.from_meta(trace.model, scenario, trace.units)
     train = _companion(train_trace, trace, "training")
     profile_trace = _companion(profile_trace, trace, "profiling")
@@ -212,6 +244,15 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
             extra={k: apply_order(np.asarray(v), orders) for k, v in t.extra.items()})
             for t in (trace, train, profile_trace))
         scenario = dataclasses.replace(scenario, reorder="none")
+    check_trace_fit(scenario, fp.kind, trace.phase is not None and bool(np.any(trace.phase == PREFILL)))
+    originals = (trace, train, profile_trace)   # the baselines split off the hot units themselves
+    hot = hot_accesses = None
+    if scenario.hot_unit != "none":   # the hot unit's units stay resident; the rest of the run sees the cold part
+        if not isinstance(trace.masks, np.ndarray):
+            raise InputError(f"{trace.path}: scenario field 'hot_unit' needs the trace in memory (it is streamed)")
+        hot = _hot_rows(trace, profile_trace, scenario.hot_share)
+        hot_accesses = int(popcount_rows(np.asarray(trace.masks)[scenario.warmup:] & hot).sum())
+        trace, train, profile_trace = (_without(t, hot) for t in originals)
     steps = replay_steps(trace)
     if scenario.warmup >= steps.n_steps:
         raise InputError(f"scenario field 'warmup': {scenario.warmup} steps leaves none of the trace's "
@@ -221,25 +262,34 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
     pred = PREDICTORS.create(pred_name, pred_params)
     policy = REPLACEMENT.create(cache_name, cache_params)
     pred.setup(PredictorContext.of(trace, train, seed, steps))
-    need = _need(trace, steps, fp, pred.dense)
-    capacity = _capacity(need, fp, scenario)
+    if scenario.false_negatives == "drop" and (pred_name == "none" or scenario.schedule == "none"):
+        raise InputError("scenario field 'false_negatives': drop computes the predicted set, so it needs a predictor "
+                         f"and a schedule that predicts (predictor {pred_name!r}, schedule {scenario.schedule!r})")
+    need = _need(trace, steps, fp, pred.dense, hot)
+    capacity = _capacity(need, fp, scenario, hot)
     if scenario.ffn_in == "dram" and hw.cache is None:
         raise InputError(f"profile {hw.name}: ffn_in=dram needs an on-chip 'cache' section in the profile")
     geometry = CacheGeometry(n_layers=trace.n_layers, d_ff=tuple(trace.d_ff), n_bytes=trace.n_bytes,
                              n_tokens=steps.n_steps, capacity=capacity, partition=scenario.partition,
-                             need_max=need, masks=_needed_sets(steps, trace.n_bytes, trace.d_ff, pred.dense),
-                             profile_masks=None if profile_trace is None else profile_trace.masks, weight=fp.weights)
+                             need_max=need, masks=_needed_sets(steps, trace.n_bytes, trace.d_ff, pred.dense, hot),
+                             profile_masks=None if profile_trace is None else profile_trace.masks, weight=fp.weights,
+                             outside=hot)
     store = BackingStore.flash(hw.storage) if scenario.ffn_in == "flash" else BackingStore.dram(hw.dram)
     engine = ReplayEngine(steps, fp, scenario, hw, store, Residency(NeuronCache(geometry, policy)), pred, io_log,
-                          lookup_log)
+                          lookup_log, model=trace.model,
+                          hot=None if hot is None else [neuronset.from_row(row) for row in hot])
     record = _config(trace, hw, requested, predictor, cache, seed, train, profile_trace)
     record["cache_capacity_bytes"] = _capacity_bytes(capacity, fp, scenario)
     record.update(_cycle(trace, fp, record["cache_capacity_bytes"]))
     record["predictor_sees_future"] = bool(pred.sees_future)
     record["policy_sees_future"] = bool(policy.sees_future)
-    record["bound"] = record["predictor_sees_future"] or record["policy_sees_future"]
-    record.update(summarize(engine.run(), fp, hw, store.energy_per_byte))
+    record["hot_set_sees_future"] = hot is not None and originals[2] is None
+    record["bound"] = record["predictor_sees_future"] or record["policy_sees_future"] or record["hot_set_sees_future"]
+    result = engine.run()
+    result.counts.totals.hot_accesses = hot_accesses or 0
+    record.update(summarize(result, fp, hw, store.energy_per_byte))
     record["trace_unit"] = fp.kind
+    trace, train, profile_trace = originals
     if baselines:
         for name in ("dense", "none"):
             key = (trace.path, trace.sha256, hw.sha256, requested, cache, name, seed,

@@ -33,6 +33,7 @@ class ReplaySteps:
     token_units: np.ndarray | None    # [S, L] Σ over the row's tokens of their needed units; None: one token each
     first_token: np.ndarray | None    # [S] the trace token where each step row starts; None: step row = token
     last_masks: np.ndarray | None     # [S, L, n_bytes] each step row's last token's own set; None: = masks
+    positions: np.ndarray             # [S] position in its sequence of each step row's first token (KV length)
 
     @property
     def n_steps(self) -> int:
@@ -56,7 +57,7 @@ def replay_steps(trace: Trace) -> ReplaySteps:
     phase = trace.phase
     if phase is None or not np.any(phase == PREFILL):
         return ReplaySteps(masks, trace.token, None if phase is None else phase.astype(np.int8), None, None, None,
-                           None)
+                           None, trace.pos)
     masks = np.asarray(masks)
     batch = trace.columns.get("batch")
     seq = trace.seq
@@ -72,7 +73,7 @@ def replay_steps(trace: Trace) -> ReplaySteps:
                        phase=phase[starts].astype(np.int8), n_tokens=np.diff(np.append(starts, len(phase))),
                        token_units=np.add.reduceat(np.bitwise_count(masks).sum(axis=-1, dtype=np.int64), starts,
                                                    axis=0),
-                       first_token=starts, last_masks=masks[ends])
+                       first_token=starts, last_masks=masks[ends], positions=trace.pos[starts])
 
 
 def _routed_rows(units, n_bytes: int) -> np.ndarray:

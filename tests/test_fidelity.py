@@ -172,6 +172,15 @@ def test_validate_io_refuses_a_weight_file_that_does_not_fit(tmp_path, disk_dir,
     assert scratch_names(disk_dir) == []
 
 
+@pytest.mark.parametrize("setting, named", [
+    ("read_granularity=4096", "read_granularity=4096"), ("memory_management=page-cache", "memory_management=page-cache"),
+    ("io_depth=1", "io_depth=1"), ("pipeline=cluster", "pipeline=cluster"), ("compute_unit=gpu", "compute_unit=gpu"),
+])
+def test_validate_io_refuses_a_read_path_it_does_not_replay(small_trace, tmp_path, setting, named):
+    with pytest.raises(InputError, match=rf"^validate-io replays reads as the device serves them .*; {named} "):
+        validate_io(small_trace, "linux-rtx4090", "oracle", "lru", ["dram_budget=0.5", setting], tmp_path, repeats=1)
+
+
 # -- interruption leaves nothing behind ------------------------------------------------------------------------
 
 

@@ -17,8 +17,8 @@ from sparsesim.errors import InputError
 from sparsesim.simulator import context, heterogeneous, io_path, memory_management, pipeline, predictor_cost
 from sparsesim.simulator.kernels import Unit, Work, ffn_dense, ffn_neurons, matvec
 from sparsesim.simulator.profile import SETTABLE_FIELDS, load_profile, profile_from_dict
-from sparsesim.simulator.requirements import check_time_model, refuse_unapplied
-from sparsesim.simulator.scenario import TIME_MODEL_FIELDS, Scenario
+from sparsesim.simulator.requirements import check_time_model
+from sparsesim.simulator.scenario import Scenario
 from sparsesim.simulator.storage import BackingStore
 from sparsesim.simulator.synth import SHAPES, shape_model
 
@@ -68,7 +68,7 @@ def test_default_unit_is_the_model_before_units_existed():
         profile.dram.bandwidth, profile.compute.flops, 0.0, {})
     # The engine's attention step today is this unit's dense kernel over one layer's attention weights.
     footprint = ModelFootprint.from_meta(shape_model("mistral-7b", *SHAPES["mistral-7b"]), scenario)
-    _, engine_seconds = StepCosts(footprint, scenario, profile, 0.0, Totals()).nonffn(0)
+    _, engine_seconds = StepCosts(footprint, scenario, profile, 0.0, Totals()).nonffn(0, 0)
     attention = Work(footprint.layer_nonffn_bytes[0], 2 * footprint.layer_nonffn_bytes[0] / footprint.bytes_per_weight, 1)
     assert unit.time("dense", attention) == pytest.approx(engine_seconds)
 
@@ -121,7 +121,7 @@ def test_matrix_management_at_the_default_unit_is_the_engines_formula():
     unit = Unit.from_profile(profile, "default", scenario.arithmetic_precision, "t")
     cost = memory_management.management_cost("matrix", 7, 5, footprint.neuron_bytes, unit.copy_bandwidth(),
                                              scenario.insert_overhead)
-    assert cost.seconds == pytest.approx(engine.management(0, 12))
+    assert cost.seconds == pytest.approx(engine.management(0, 7, 5))
     assert cost.bytes == pytest.approx(engine.totals.dram_bytes)
 
 
@@ -380,20 +380,8 @@ def test_bad_time_model_settings_are_one_line_errors(settings, problem):
 
 
 def test_time_model_fields_default_to_the_model_as_it_was():
-    refuse_unapplied(Scenario())                       # defaults: nothing to refuse
     assert Scenario().compute_bytes_per_weight == Scenario().bytes_per_weight
     assert Scenario(precision="fp16", compute_precision="fp32").compute_bytes_per_weight == 4.0
-
-
-def test_simulate_refuses_a_setting_the_engine_does_not_apply_yet(tmp_path):
-    from sparsesim.simulator.simulate import simulate
-    from tracebuild import write_trace
-
-    write_trace(tmp_path / "t.parquet", np.random.default_rng(0).random((4, 2, 64)) < 0.2, d_model=32)
-    for setting in ("pipeline=cluster", "memory_management=none", "io_depth=1", "kv_cache=true"):
-        with pytest.raises(InputError, match="not yet applied by the replay engine"):
-            simulate(tmp_path / "t.parquet", "oneplus-12", settings=[setting], baselines=False)
-    assert set(TIME_MODEL_FIELDS) >= {"pipeline", "memory_management", "io_depth", "kv_cache"}
 
 
 def test_a_full_queue_of_slots_delivers_the_curve_bandwidth():

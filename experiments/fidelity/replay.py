@@ -184,7 +184,19 @@ def plan_replay(trace: str | os.PathLike | Trace, profile: str | os.PathLike, pr
     if scenario.two_phase:
         raise InputError("validate-io: two_phase=true is not replayed (its partial-neuron reads have no "
                          "weight-file extents yet); validate the one-phase schedule instead")
+    shaped = [f"{name}={getattr(scenario, name)}" for name, plain in
+              (("read_granularity", 0), ("pipeline", "none"), ("io_threads", 1)) if getattr(scenario, name) != plain]
+    shaped += ["memory_management=page-cache"] if scenario.memory_management == "page-cache" else []
     hw: HardwareProfile = load_profile(os.fspath(profile), profile_overrides)
+    if scenario.io_depth not in (0, hw.storage.queue_depth):
+        shaped.append(f"io_depth={scenario.io_depth}")
+    unit = hw.unit(scenario.compute_unit)
+    if unit is not None and unit.capacity is not None:
+        shaped.append(f"compute_unit={scenario.compute_unit}")
+    if shaped:
+        raise InputError(f"validate-io replays reads as the device serves them at its queue depth; {shaped[0]} "
+                         f"shapes or times them otherwise (padding, page faults, pipelined slots, fewer reads in "
+                         f"flight, a transfer to a unit's own memory) and is not replayed")
     io_log: list[IoBatch] = []
     simulate(trace, hw, predictor, cache, scenario=scenario, baselines=False, io_log=io_log, seed=seed)
     fp = ModelFootprint.from_meta(trace.model, scenario)

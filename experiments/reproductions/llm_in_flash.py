@@ -27,15 +27,14 @@ tokens (the window needs k tokens to fill).
 
 **Table 3** — OPT-6.7B, ms per token (I/O / memory management / compute / total): CPU Naive
 2196 / 0 / 986 / 3182, CPU All 105 / 58 / 506 / 669, GPU Naive 2196 / 0 / 22 / 2218, GPU All
-30 / 34 / 20 / 84 (issue 17: CPU rows within 20 % per part, GPU rows within 20 % in total). The
-rows are reported three ways: published; ``simulated`` — what the replay engine gives today with
-the Table 2 mapping (naive / bundling rows) on ``apple-m1-max`` (CPU) and ``linux-rtx4090`` (GPU);
-``analytic`` — the time model's parts composed by hand (:func:`table3_budget`), the target the
-engine must reach once it applies them (phase 2 of issue 17). Every paper parameter is in
-:data:`PAPER` with its source; the two calibrated numbers are profile fields whose sources say so
-(``apple-m1-max`` ``cpu.dense_efficiency`` on CPU Naive compute, ``linux-rtx4090`` ``gpu.dispatch``
-on GPU Naive compute); everything else in the other rows is a prediction. Falcon 7B, Persimmon 8B,
-Phi-2 and Llama 2 rows of Table 3 are checks, never calibration (:func:`check_rows`).
+30 / 34 / 20 / 84 (issue 17: CPU rows within 20 % per part, GPU rows within 20 % in total). Each row
+is a replay through the engine on the same trace (:data:`TABLE3`): the Table 2 mapping (naive /
+bundling rows) plus the time model's settings, each taken from the paper and listed with its source
+in :data:`PAPER`, on ``apple-m1-max`` (CPU) and ``linux-rtx4090`` (GPU). The two calibrated numbers
+are profile fields whose sources say so (``apple-m1-max`` ``cpu.dense_efficiency`` on CPU Naive
+compute, ``linux-rtx4090`` ``gpu.dispatch`` on GPU Naive compute); every other part of every row is a
+prediction. Falcon 7B and Llama 2 7B rows of Table 3 are checks, never calibration: analytic
+compositions of the same parts with the OPT calibration (:func:`check_rows`).
 """
 
 from __future__ import annotations
@@ -45,11 +44,9 @@ import math
 from sparsesim.experiments.reproductions.time_budget import (
     Param, band, params_markdown, relative_error, rows_markdown,
 )
-from sparsesim.simulator.heterogeneous import transfer_time
 from sparsesim.simulator.io_path import batch_time
 from sparsesim.simulator.kernels import Unit, Work, ffn_dense
 from sparsesim.simulator.memory_management import management_cost
-from sparsesim.simulator.pipeline import Stage, makespan
 from sparsesim.simulator.predictor_cost import low_rank_work, mean_rank
 from sparsesim.simulator.profile import load_profile
 from sparsesim.simulator.roofline import decode_kernels
@@ -89,42 +86,84 @@ TOLERANCE = 0.20
 CHECKED = {"cpu-naive": PARTS, "cpu-all": PARTS, "gpu-naive": ("total",), "gpu-all": ("total",)}
 CALIBRATION = {("cpu-naive", "compute"): "apple-m1-max cpu.dense_efficiency",
                ("gpu-naive", "compute"): "linux-rtx4090 gpu.dispatch"}
-TABLE3_SETUP = {"cpu": ("apple-m1-max", "cpu", "fp32"), "gpu": ("linux-rtx4090", "gpu", "bf16")}
 
 _ARXIV = "https://arxiv.org/abs/2312.11514 (v3)"
+_NOTES = " (as summarised in ../shared/reference/sparsity_anchors.md §2.1)"
 PAPER: dict[str, Param] = {
     "storage_precision": Param("fp16", f"{_ARXIV} Table 2 caption and the 13.4 GB naive read"),
-    "cpu_precision": Param("fp32", f"{_ARXIV} §4: on the M1 Max CPU the models are kept in 32-bit format"),
-    "gpu_precision": Param("bf16", f"{_ARXIV} §4: the RTX 4090 machine runs bfloat16"),
+    "cpu_precision": Param("compute_precision=fp32", f"{_ARXIV} §4: on the M1 Max CPU the models are kept in 32-bit format"),
+    "gpu_precision": Param("compute_precision=bf16", f"{_ARXIV} §4: the RTX 4090 machine runs bfloat16"),
     "prompt_tokens": Param(128, f"{_ARXIV} §4: C4 validation, 128-token prompts"),
     "generated_tokens": Param(256, f"{_ARXIV} §4: 256 tokens generated per prompt"),
-    "window_load_share": Param(0.024, f"{_ARXIV} §4.1: with the window, 2.4 % of the FFN is loaded per token"),
-    "window_dram_share": Param(0.24, f"{_ARXIV} §4.1: the window keeps 24 % of the FFN in DRAM"),
-    "predictor_ranks": Param("128, 1024 in the last 4 layers (mean 240)",
-                             f"{_ARXIV}, predictor (as summarised in ../shared/reference/sparsity_anchors.md §2.1)"),
-    "bundle": Param("up column i + down row i, 2 x d_model weights", f"{_ARXIV} §3.2 row-column bundling"),
-    "memory_management": Param("preallocated matrix; delete = move the last row into the hole",
+    "kv_position": Param("kv_cache=true, prompt_tokens=240: the 16 measured tokens (8 .. 23) sit at KV positions "
+                         "248 .. 263, mean 255.5, the mean over the paper's 256 generated tokens after 128",
+                         f"{_ARXIV} §4 (derived: 128 + 255 / 2)"),
+    "window_load_share": Param(0.024, f"{_ARXIV} §4.1: with the window, 2.4 % of the FFN is loaded per token "
+                                      "(the trace's persistence reproduces it: Table 2)"),
+    "window_dram_share": Param("dram_budget: half the model (6.5 GB in 16 bits, 13 GB in 32)",
+                               f"{_ARXIV} Table 2 (6.5 GB, 16-bit) and §4 (models up to twice the DRAM)"),
+    "predictor_ranks": Param("predictor_rank=240: 128, 1024 in the last 4 layers (mean 240; cost is linear in rank)",
+                             f"{_ARXIV}, predictor{_NOTES}"),
+    "predict_from": Param("predict_from=attention-output, lookahead=0: a layer's predictor reads its own attention "
+                          "output, so its reads start after the attention and the FFN waits for them",
+                          f"{_ARXIV}, predictor (DejaVu uses the previous layer){_NOTES}"),
+    "false_negatives": Param("false_negatives=drop: the FFN computes the predicted neurons (the trace's mask is the "
+                             "predictor's flagged set, so nothing is dropped here)", f"{_ARXIV} §3.1{_NOTES}"),
+    "bundle": Param("layout=bundled: up column i + down row i, 2 x d_model weights", f"{_ARXIV} §3.2 row-column bundling"),
+    "memory_management": Param("memory_management=matrix, ffn_compute=matrix: the preallocated matrix; delete = move "
+                               "the last row into the hole, so the FFN is one dense product over the used rows",
                                f"{_ARXIV} §3.3, Fig. 7"),
-    "naive_io": Param("the model's bytes at 6.1 GB/s, on every backend",
-                      f"{_ARXIV} §4 Baselines: best theoretical I/O; Table 3 has 2196 ms for CPU, Metal M1 and GPU"),
+    "naive": Param("memory_management=none: weights streamed into a one-layer buffer and used in place; "
+                   "the model's bytes at 6.1 GB/s on every backend",
+                   f"{_ARXIV} §4 Baselines: best theoretical I/O; Table 3 has 2196 ms for CPU, Metal M1 and GPU"),
     "serial": Param("I/O + memory management + compute = total", f"{_ARXIV} Table 3: every total is the sum"),
+    "gpu_memory": Param("compute_unit=gpu: a 24 GB card; reads reach it over PCIe after the flash read",
+                        f"{_ARXIV} §4"),
 }
+_COMMON3 = ["kv_cache=true", "prompt_tokens=240"]
+_ALL = ["predictor_rank=240", "predict_from=attention-output", "lookahead=0", "false_negatives=drop",
+        "memory_management=matrix", "ffn_compute=matrix"]
+_BACKEND = {"cpu": ("apple-m1-max", ["compute_unit=cpu", "compute_precision=fp32"]),
+            "gpu": ("linux-rtx4090", ["compute_unit=gpu", "compute_precision=bf16"])}
+_ALL_BUDGET = {"cpu": "dram_budget=13 GB", "gpu": "dram_budget=6.5 GB"}   # half the model at its DRAM precision
+
+
+def table3_config(row: str) -> tuple[str, str, str, list[str]]:
+    """(profile, predictor, cache, settings) of one Table 3 row: the Table 2 row it extends (naive,
+    bundling) and the time model's settings (:data:`PAPER`)."""
+    backend, method = row.split("-")
+    profile, unit = _BACKEND[backend]
+    if method == "naive":
+        predictor, cache, settings = ROWS["naive"]
+        return profile, predictor, cache, COMMON + settings + _COMMON3 + unit + ["memory_management=none"]
+    predictor, cache, settings = ROWS["bundling"]
+    settings = [s for s in settings if not s.startswith("dram_budget")] + [_ALL_BUDGET[backend]]
+    return profile, predictor, cache, COMMON + settings + _COMMON3 + unit + _ALL
+
+
+def table3(trace: str) -> dict[str, dict]:
+    """Row -> the engine's record for that row."""
+    return {row: simulate(trace, profile, predictor, cache, settings=settings, baselines=False)
+            for row, (profile, predictor, cache, settings) in ((r, table3_config(r)) for r in TABLE3_MS)}
+
+
+def parts_ms(record: dict) -> dict[str, float]:
+    """A record's Table 3 parts in ms per token: I/O (the storage device's busy time), memory
+    management, compute, and the total time per token."""
+    return {"io": record["io_time_per_token_s"] * 1e3, "mem": record["cache_mgmt_per_token_s"] * 1e3,
+            "compute": record["compute_per_token_s"] * 1e3, "total": record["time_per_token_s"] * 1e3}
 
 
 def _opt() -> dict:
     return shape_model("opt-6.7b", *SHAPES["opt-6.7b"])
 
 
-def _mean_kv_position() -> float:
-    """Mean KV length over the generated tokens: prompt, then 0 .. generated - 1 more."""
-    return PAPER["prompt_tokens"].value + (PAPER["generated_tokens"].value - 1) / 2
-
-
 def _dense_compute(unit: Unit, model: dict, bytes_per_weight: float, ffn_share: float = 1.0,
                    predictor_rank: float = 0.0) -> float:
-    """Seconds of one token's kernels; the FFN over ``ffn_share`` of each layer's neurons as a dense
-    product over a contiguous matrix (the preallocated matrix keeps the used rows contiguous)."""
-    kernels = decode_kernels(model, bytes_per_weight, context=_mean_kv_position())
+    """Seconds of one token's kernels at the mean KV position; the FFN over ``ffn_share`` of each
+    layer's neurons as a dense product over a contiguous matrix (the preallocated matrix)."""
+    position = PAPER["prompt_tokens"].value + (PAPER["generated_tokens"].value - 1) / 2
+    kernels = decode_kernels(model, bytes_per_weight, context=position)
     seconds = sum(unit.time(kind, work) for name, kind, work in kernels if name != "FFN")
     matrices = 3 if model["glu"] else 2
     ffn = Work()
@@ -135,60 +174,6 @@ def _dense_compute(unit: Unit, model: dict, bytes_per_weight: float, ffn_share: 
     return seconds + unit.time("dense", ffn)
 
 
-def table3_budget() -> dict[str, dict[str, tuple[float, str]]]:
-    """Row -> part -> (ms, how it is made), from the time model's parts (module docstring)."""
-    model = _opt()
-    layers, d, d_ff = model["n_layers"], model["d_model"], model["d_ff"][0]
-    storage_bpw = BYTES_PER_WEIGHT[PAPER["storage_precision"].value]
-    model_bytes = (model["ffn_params"] + model["non_ffn_params"]) * storage_bpw
-    loaded_per_layer = PAPER["window_load_share"].value * d_ff          # neurons inserted (and removed)
-    rank = mean_rank([128] * 28 + [1024] * 4)
-    overhead = Scenario().insert_overhead
-    out: dict[str, dict[str, tuple[float, str]]] = {}
-    for backend, (profile_name, unit_name, precision) in TABLE3_SETUP.items():
-        profile = load_profile(profile_name)
-        unit = Unit.from_profile(profile, unit_name, precision, f"Table 3 {backend}")
-        store = BackingStore.flash(profile.storage)
-        bpw = BYTES_PER_WEIGHT[precision]
-        # Naive: the whole fp16 model streamed in 1 MiB reads, then computed; no management.
-        io = batch_time(store, {float(1 << 20): model_bytes / (1 << 20)})
-        compute = _dense_compute(unit, model, bpw)
-        naive = {"io": (io, f"{model_bytes / 1e9:.2f} GB of fp16 weights at the {profile_name} curve (1 MiB reads)"),
-                 "mem": (0.0, "none: weights streamed into a layer buffer"),
-                 "compute": (compute, f"dense {precision} decode on {unit_name} (roofline / efficiency + dispatch)")}
-        if profile.gpu is not None and unit_name == "gpu" and profile.gpu.capacity is not None:
-            # Flash -> host -> GPU: the copy over PCIe overlaps the next layer's flash read (double buffer).
-            per_layer = [Stage("flash", "io", io / layers),
-                         Stage("h2d", "pcie", transfer_time(model_bytes / layers * bpw / storage_bpw,
-                                                            profile.interconnect.bandwidth, 1,
-                                                            profile.interconnect.latency)),
-                         Stage("compute", "unit", compute / layers)]
-            total = makespan([per_layer] * layers, {"io": 1, "pcie": 1, "unit": 1})
-            naive["total"] = (total, "flash read, PCIe copy and compute pipelined per layer")
-        else:
-            naive["total"] = (io + compute, "I/O + compute (serial)")
-        out[f"{backend}-naive"] = naive
-        # All: window (2.4 % loaded, 24 % resident), bundles of 2 x d_model, predictor, matrix management.
-        bundle = 2 * d * storage_bpw
-        io = layers * batch_time(store, {bundle: loaded_per_layer})
-        n = loaded_per_layer * layers
-        dram_bundle = 2 * d * bpw
-        if unit_name == "gpu":
-            device = management_cost("matrix", n, n, dram_bundle, unit.copy_bandwidth(), overhead)
-            h2d = transfer_time(n * dram_bundle, profile.interconnect.bandwidth, layers, profile.interconnect.latency)
-            mem = (device.seconds + h2d, "matrix management in GPU memory + PCIe copy of the inserted bundles")
-        else:
-            cost = management_cost("matrix", n, n, dram_bundle, unit.copy_bandwidth(), overhead)
-            mem = (cost.seconds, f"matrix management: {n:.0f} neurons in and out, 2 x {dram_bundle / 1024:.0f} KiB each "
-                                 f"at the copy bandwidth")
-        compute = _dense_compute(unit, model, bpw, PAPER["window_dram_share"].value, rank)
-        parts = {"io": (io, f"{n * bundle / 1e9:.3f} GB of {bundle / 1024:.0f} KiB bundles"), "mem": mem,
-                 "compute": (compute, "attention + KV + head + predictor (rank 240) + FFN over the 24 % window matrix")}
-        parts["total"] = (sum(v[0] for v in parts.values()), "I/O + memory management + compute (serial)")
-        out[f"{backend}-all"] = parts
-    return {row: {part: (seconds * 1e3, how) for part, (seconds, how) in parts.items()} for row, parts in out.items()}
-
-
 CHECK_MS = {   # other Table 3 models on the M1 Max CPU: checks of the calibrated model, never calibration
     ("falcon-7b", "naive"): {"io": 2295, "mem": 0, "compute": 800, "total": 3095},
     ("falcon-7b", "all"): {"io": 161, "mem": 92, "compute": 453, "total": 706},
@@ -197,13 +182,13 @@ CHECK_MS = {   # other Table 3 models on the M1 Max CPU: checks of the calibrate
 CHECK_PAPER = {
     "falcon_window": Param("3.1 % of the FFN loaded per token, 33 % resident",
                            f"{_ARXIV} §4.2 (Falcon 7B, k = 4)"),
-    "falcon_ranks": Param("256, 1152 in the last 4 layers (mean 368)",
-                          f"{_ARXIV}, predictor (as summarised in ../shared/reference/sparsity_anchors.md §2.1)"),
+    "falcon_ranks": Param("256, 1152 in the last 4 layers (mean 368)", f"{_ARXIV}, predictor{_NOTES}"),
 }
 
 
 def check_rows() -> list[dict]:
-    """Falcon 7B and Llama 2 7B on the M1 Max CPU with the parameters calibrated on OPT 6.7B."""
+    """Falcon 7B and Llama 2 7B on the M1 Max CPU with the parameters calibrated on OPT 6.7B, composed
+    from the same parts analytically (no trace of their window statistics is stated)."""
     profile = load_profile("apple-m1-max")
     unit = Unit.from_profile(profile, "cpu", "fp32", "Table 3 checks")
     store = BackingStore.flash(profile.storage)
@@ -225,54 +210,39 @@ def check_rows() -> list[dict]:
                      "compute": _dense_compute(unit, model, bpw, 0.33, mean_rank([256] * 28 + [1152] * 4))}
         parts["total"] = sum(parts.values())
         for part, seconds in parts.items():
-            out.append(_row("3-check", f"{shape}-cpu-{method}", part, published[part], math.nan, seconds * 1e3,
-                            "check (not calibrated)"))
+            out.append(_row("3-check", f"{shape}-cpu-{method}", part, published[part], seconds * 1e3,
+                            "check (analytic, not calibrated)"))
     return out
 
 
-def _engine_today(trace: str, profile: str, row: str) -> dict[str, float]:
-    predictor, cache, settings = ROWS[row]
-    r = simulate(trace, profile, predictor, cache, settings=COMMON + settings, baselines=False)
-    return {"io": r["io_time_per_token_s"] * 1e3, "mem": r["cache_mgmt_per_token_s"] * 1e3,
-            "compute": r["compute_per_token_s"] * 1e3, "total": r["time_per_token_s"] * 1e3,
-            "_record": r}
+COLUMNS = ("table", "row", "part", "published_ms", "simulated_ms", "error")
 
 
-COLUMNS = ("table", "row", "part", "published_ms", "simulated_ms", "error", "analytic_ms", "analytic_error")
-
-
-def _row(table: str, row: str, part: str, published: float, simulated: float, analytic: float = math.nan,
-         basis: str = "", **extra) -> dict:
+def _row(table: str, row: str, part: str, published: float, simulated: float, basis: str = "", **extra) -> dict:
     return {"table": table, "row": row, "part": part, "published_ms": published, "simulated_ms": simulated,
-            "error": relative_error(simulated, published), "analytic_ms": analytic,
-            "analytic_error": relative_error(analytic, published) if analytic == analytic else math.nan,
+            "error": relative_error(simulated, published),
             "flash_gb_per_token": extra.get("flash_gb_per_token", math.nan),
-            "ffn_share_loaded": extra.get("ffn_share_loaded", math.nan), "basis": basis}
+            "ffn_share_loaded": extra.get("ffn_share_loaded", math.nan),
+            "interconnect_ms": extra.get("interconnect_ms", math.nan), "basis": basis}
 
 
 def run(trace: str) -> list[dict]:
     """One record per Table 2 row (I/O) and per Table 3 row and part; ms per token."""
-    out, engine = [], {}
-    for name in ROWS:
-        today = _engine_today(trace, "apple-m1-max", name)
-        engine[("apple-m1-max", name)] = today
-        r = today["_record"]
-        out.append(_row("2", name, "io", PUBLISHED_MS[name], today["io"], basis="storage model",
+    out = []
+    for name, (predictor, cache, settings) in ROWS.items():
+        r = simulate(trace, "apple-m1-max", predictor, cache, settings=COMMON + settings, baselines=False)
+        out.append(_row("2", name, "io", PUBLISHED_MS[name], r["io_time_per_token_s"] * 1e3, "storage model",
                         flash_gb_per_token=r["storage_bytes_per_token"] / 1e9,
                         ffn_share_loaded=r["ffn_share_loaded_per_token"]))
-    budget = table3_budget()
-    mapping = {"naive": "naive", "all": "bundling"}
-    for row, published in TABLE3_MS.items():
-        backend, method = row.split("-")
-        profile = TABLE3_SETUP[backend][0]
-        key = (profile, mapping[method])
-        if key not in engine:
-            engine[key] = _engine_today(trace, profile, mapping[method])
+    for row, record in table3(trace).items():
+        simulated = parts_ms(record)
         for part in PARTS:
-            analytic, how = budget[row][part]
             calibrated = CALIBRATION.get((row, part))
             basis = f"calibrated ({calibrated})" if calibrated else ("checked" if part in CHECKED[row] else "reported")
-            out.append(_row("3", row, part, published[part], engine[key][part], analytic, f"{basis}: {how}"))
+            out.append(_row("3", row, part, TABLE3_MS[row][part], simulated[part], basis,
+                            flash_gb_per_token=record["storage_bytes_per_token"] / 1e9,
+                            ffn_share_loaded=record["ffn_share_loaded_per_token"],
+                            interconnect_ms=record["interconnect_time_per_token_s"] * 1e3))
     return out + check_rows()
 
 
@@ -283,12 +253,17 @@ def markdown(rows: list[dict]) -> str:
         return {**r, "band_ms": f"{low:.4g}–{high:.4g}" if r["published_ms"] else "0"}
 
     table2 = [r for r in rows if r["table"] == "2"]
-    table3 = [banded(r) for r in rows if r["table"] != "2"]
+    table3_rows = [banded(r) for r in rows if r["table"] == "3"]
+    checks = [banded(r) for r in rows if r["table"] == "3-check"]
+    settings = "\n".join(f"* {row}: `{' '.join(table3_config(row)[1:3])}` "
+                          f"`{' '.join(table3_config(row)[3])}` on {table3_config(row)[0]}" for row in TABLE3_MS)
     return "\n\n".join([
         "# LLM in a Flash, OPT 6.7B (sparsesim reproduce llm-in-flash)",
         "## Paper parameters", params_markdown({**PAPER, **CHECK_PAPER}),
         "## Table 2 (I/O only)", rows_markdown(table2, ("row", "published_ms", "simulated_ms", "error")),
-        "## Table 3 (simulated: the engine today; analytic: the time model's parts)",
-        rows_markdown(table3, ("table", "row", "part", "published_ms", "band_ms", "analytic_ms", "analytic_error",
-                               "simulated_ms", "error", "basis")),
+        "## Table 3 (the replay engine)", settings,
+        rows_markdown(table3_rows, ("row", "part", "published_ms", "band_ms", "simulated_ms", "error",
+                                    "interconnect_ms", "basis")),
+        "## Checks: other Table 3 models (analytic, OPT calibration)",
+        rows_markdown(checks, ("row", "part", "published_ms", "band_ms", "simulated_ms", "error")),
     ]) + "\n"

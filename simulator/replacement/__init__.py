@@ -46,6 +46,7 @@ class CacheGeometry:
     need_max: np.ndarray | None = None    # [L] largest needed set of any step (headroom to keep free)
     masks: np.ndarray | None = None       # [T, L, n_bytes] the needed sets, for offline policies
     profile_masks: np.ndarray | None = None   # a separate profiling trace's masks, if given
+    outside: np.ndarray | None = None     # [L, n_bytes] units resident outside the cache (a hot unit's)
     extra: dict = field(default_factory=dict)
     weight: tuple[int, ...] = ()          # [L] capacity weight of one unit of each layer (empty: all 1)
 
