@@ -25,6 +25,9 @@ from sparsesim.tracefile import Trace
 
 MIB = 2 ** 20
 RESIDENT = "capture:resident"
+# How the captures computed: the CPU's decode threads (the profile's ``cpu`` unit) over Q4_K weights,
+# 4.5 bits per weight as int4's 18 B / 32 weights. ``--set`` overrides either.
+CAPTURE_SETTINGS = ("compute_unit=cpu", "precision=int4")
 
 
 def capture_check(trace: str | Path | Trace, profile: str = "oneplus-15r", budget: str | None = None,
@@ -44,8 +47,8 @@ def capture_check(trace: str | Path | Trace, profile: str = "oneplus-15r", budge
     if budget is None:
         budget = f"{summary['cache_budget_MiB']}MiB"
     log: list[tuple] = []
-    record = simulate(trace, profile, "none", "lru", settings=[f"cache_budget={budget}", "partition=global", *settings],
-                      baselines=False, lookup_log=log)
+    settings = [*CAPTURE_SETTINGS, f"cache_budget={budget}", "partition=global", *settings]
+    record = simulate(trace, profile, "none", "lru", settings=settings, baselines=False, lookup_log=log)
     steps = replay_steps(trace)
     lookups = _lookups(trace, steps, log)
     decode = lookups["decode"]
@@ -54,7 +57,7 @@ def capture_check(trace: str | Path | Trace, profile: str = "oneplus-15r", budge
     col = {name: i for i, name in enumerate(metrics["columns"])}
     per_step = _per_step(steps, log)
     return {
-        "trace": str(trace.path), "model": trace.model.get("name"), "profile": profile,
+        "trace": str(trace.path), "model": trace.model.get("name"), "profile": profile, "settings": settings,
         "cache_budget_MiB": record["cache_budget"] / MIB,
         "decode_lookups": int(decode.sum()), "decode_agree": int(agree[decode].sum()),
         "decode_agreement": float(agree[decode].mean()),
@@ -128,6 +131,7 @@ def _time_split(record: dict, summary: dict, rows: np.ndarray, col: dict[str, in
         "io_stall": {"replay": record["decode_io_stall_per_token_s"], "device": float(summary["stall_s/tok"])},
         "management": {"replay": record["decode_cache_mgmt_per_token_s"], "device": float(summary["mgmt_s/tok"])},
         "io_busy_lane_sum": {"device": float(summary["io_s/tok"])},
+        "prefill": {"replay": record["prefill_time_s"], "device": float(summary["prefill_s"])},
     }
 
 
@@ -160,7 +164,8 @@ def plot_step_hit_rate(results: Sequence[dict[str, Any]], path: str | Path) -> P
 
 def format_check(r: dict[str, Any]) -> str:
     t = r["time"]
-    lines = [f"{r['model']}: global LRU, {r['cache_budget_MiB']:,.1f} MiB, cold, no prefetch ({r['profile']})",
+    lines = [f"{r['model']}: global LRU, {r['cache_budget_MiB']:,.1f} MiB, cold, no prefetch ({r['profile']}; "
+             f"{', '.join(s for s in r['settings'] if not s.startswith(('cache_budget=', 'partition=')))})",
              f"  decode lookups agreeing with capture:resident  {r['decode_agree']:,} / {r['decode_lookups']:,} "
              f"= {100 * r['decode_agreement']:.2f} %",
              f"  hit rate, whole run                           {r['hit_rate_pct']:.2f} %  (device {r['device_hit_rate_pct']} %)",
@@ -168,9 +173,11 @@ def format_check(r: dict[str, Any]) -> str:
              f"{r['device_decode_hit_rate_pct']:.2f} %)",
              f"  read during decode                            {r['decode_read_MiB']:,.1f} MiB  (device "
              f"{r['device_read_MiB']:,.1f} MiB; its per-expert rows {r['device_rows_read_MiB']:,.1f} MiB)",
-             "  per decode token (s)                            replay   device"]
-    for part in ("total", "compute", "io_stall", "management"):
-        lines.append(f"    {part:<44}{t[part]['replay']:.4f}   {t[part]['device']:.3f}")
+             "  per decode token (s)                            replay   device   error"]
+    for part in ("total", "compute", "io_stall", "management", "prefill"):
+        replay, device = t[part]["replay"], t[part]["device"]
+        name = "prompt prefill, whole (s)" if part == "prefill" else part
+        lines.append(f"    {name:<44}{replay:.4f}   {device:.3f}   {100 * (replay / device - 1):+.1f} %")
     return "\n".join(lines)
 
 

@@ -201,6 +201,14 @@ def test_replay_agrees_with_the_phone_lookup_by_lookup(name, captures):
     assert abs(r["decode_read_MiB"] - read_mib) / read_mib <= 0.03 and r["device_read_MiB"] == read_mib
     # the per-step cumulative hit rate follows the device's column
     assert np.max(np.abs(np.subtract(r["step_hit_pct"], r["device_step_hit_pct"]))) < 1.0
+    # Must-show 3: time per decode token on the phone's CPU (one rate fitted on Qwen's compute): the total
+    # and the prompt's prefill within 25 % on both captures, compute within 25 % on Gemma (Qwen's is the fit)
+    t = r["time"]
+    for part in ("total", "compute", "prefill"):
+        assert abs(t[part]["replay"] / t[part]["device"] - 1) <= 0.25, (part, t[part])
+    # the decode is compute-bound: at the memory bound (the profile's default compute) it is far too fast
+    memory_bound = capture_check(captures[name], settings=["compute_unit=default"])["time"]["total"]["replay"]
+    assert memory_bound < 0.6 * t["total"]["device"]
 
 
 @pytest.mark.parametrize("name", CAPTURES)
