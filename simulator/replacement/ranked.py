@@ -205,12 +205,15 @@ class LeastFrequentlyUsed(RankedClasses):
         idx = self._indices(used)
         keys = self.key[layer]
         old = keys[idx]
-        index = self.order(layer).index
-        # Each used unit leaves its class (uses, stamp) for (uses + 1, step): one pass per class.
-        moved: dict[int, int] = {}
-        for key in np.unique(old).tolist():
-            u = key >> 40
-            cls = index.get((u, (key & _STAMP) - 1, layer))
+        order = self.order(layer)
+        index = order.index
+        # Each used unit leaves its class (uses, stamp) for (uses + 1, step): one pass per class. The
+        # keys come sorted, so the classes of one use count are consecutive and join one new class.
+        distinct = np.unique(old)
+        current, moving = -1, 0
+        for u, stamp in zip((distinct >> 40).tolist(), ((distinct & _STAMP) - 1).tolist()):
+            key = (u, stamp, layer)
+            cls = index.get(key)
             if cls is None:
                 continue
             units = cls[3]
@@ -218,11 +221,15 @@ class LeastFrequentlyUsed(RankedClasses):
             rest = units ^ take
             cls[3] = rest
             if not rest:
-                del index[(cls[0], cls[1], layer)]
-            moved[u + 1] = moved[u + 1] | take if u + 1 in moved else take
-        order = self.order(layer)
-        for u, units in moved.items():
-            order.add(u, step, layer, units)
+                del index[key]
+            if u != current:
+                if moving:
+                    order.add(current + 1, step, layer, moving)
+                current, moving = u, take
+            else:
+                moving |= take
+        if moving:
+            order.add(current + 1, step, layer, moving)
         keys[idx] = ((old >> 40) + 1 << 40) | (step + 1)
 
     def _forget(self, layer, units):
