@@ -1,11 +1,12 @@
 """What a replay counts: per-layer counters fed by the replay's events (ChampSim's vocabulary).
 
-The engine reports *events* — a prediction issued, a batch arrived, a lookup, a fill, an
-eviction, a use — and :class:`Accounting` turns them into counters; it also keeps the two sets
-that only statistics need (prefetched units not used yet, units displaced by a prefetch). The
-engine never names a counter, so a new counter is a change here, and a new reported metric is one
-registration in :mod:`sparsesim.simulator.metrics`. Every counter is defined in ``docs/metrics.md``
-under the name in :data:`COUNTERS`; a unit is a neuron or an expert.
+The replay (the decode process, the prefetcher, the storage reads) reports *events* — a prediction
+issued, a batch arrived, a lookup, a fill, an eviction, a use, requests submitted — and
+:class:`Accounting` turns them into counters; it also keeps the two sets that only statistics need
+(prefetched units not used yet, units displaced by a prefetch). The replay never names a per-layer
+counter, so a new counter is a change here, and a new reported metric is one registration in
+:mod:`sparsesim.simulator.metrics`. Every counter is defined in ``docs/metrics.md`` under the name in
+:data:`COUNTERS`; a unit is a neuron or an expert.
 
 Counters are kept per *phase* of the step being replayed (prefill batch or decode token,
 :mod:`sparsesim.tracecolumns`): the engine switches the phase at each step row, which costs nothing

@@ -7,11 +7,11 @@ read issued at the same simulated time goes first.
 Each batch costs one simpy timeout — never one event per neuron or per request. A process that
 must wait for a batch yields :meth:`StorageQueue.completion`.
 
-A batch's service time comes from the run's read path (:class:`~sparsesim.simulator.io_path.ReadPath`),
-or is given with the batch (a pipelined layer's reads, timed with its clusters). For a compute unit
-with its own memory (a discrete GPU) a completed read still crosses the interconnect: ``link``
-gives the seconds of a batch's transfer, served one batch at a time after its read and overlapping
-the device's next read (one more timeout per batch); the batch completes when its transfer does.
+A batch's service time comes from the run's read path (:class:`~sparsesim.simulator.io_path.ReadPath`).
+For a compute unit with its own memory (a discrete GPU) a completed read still crosses the
+interconnect: ``link`` gives the seconds of a batch's transfer, served one batch at a time after its
+read and overlapping the device's next read (one more timeout per batch); the batch completes when
+its transfer does.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ class Batch:
     """One storage batch: its requests ({size in bytes: count}) and, for FFN reads, the layer, the
     unit set it brings in and the step it is read for (the target of a prefetch)."""
 
-    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done", "target",
-                 "seconds")
+    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done", "target")
 
     def __init__(self, requests: dict[float, int], priority: int, layer: int, neurons: int,
-                 on_done: Callable[["Batch"], None] | None, issued: float, target: int, seconds: float | None = None):
+                 on_done: Callable[["Batch"], None] | None, issued: float, target: int):
         self.requests, self.priority, self.layer, self.neurons = requests, priority, layer, neurons
-        self.on_done, self.issued, self.target, self.seconds = on_done, issued, target, seconds
+        self.on_done, self.issued, self.target = on_done, issued, target
         self.start = self.end = -1.0
         self._done: simpy.Event | None = None
 
@@ -56,10 +55,9 @@ class StorageQueue:
         self._link_free = 0.0               # when the interconnect finishes its last transfer
 
     def submit(self, requests: dict[float, int], priority: int, layer: int = -1, neurons: int = 0,
-               on_done: Callable[[Batch], None] | None = None, target: int = -1,
-               seconds: float | None = None) -> Batch:
-        """Queue a batch; ``seconds`` overrides its service time (else the read path's)."""
-        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now, target, seconds)
+               on_done: Callable[[Batch], None] | None = None, target: int = -1) -> Batch:
+        """Queue a batch, timed by the read path when it starts."""
+        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now, target)
         if self._serving is None and priority == DEMAND:
             self._start(batch)
         else:
@@ -90,7 +88,7 @@ class StorageQueue:
     def _start(self, batch: Batch) -> None:
         self._serving = batch
         batch.start = self.env.now
-        seconds = self.batch_time(batch.requests) if batch.seconds is None else batch.seconds
+        seconds = self.batch_time(batch.requests)
         self.busy += seconds
         self.env.timeout(seconds).callbacks.append(self._finish)
 

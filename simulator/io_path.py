@@ -17,7 +17,8 @@ And reads through the page cache: a fault reads the ``os.readahead`` bytes aroun
 and costs ``os.fault_overhead`` besides. :func:`fault_windows` counts the distinct windows a set of
 byte extents touches (vectorised); :func:`fault_time` times them.
 
-:class:`ReadPath` is the read path of one run, as the replay engine uses it: the shape of a batch's
+:class:`ReadPath` is the read path of one run, as the replay uses it (:mod:`~sparsesim.simulator.reads`,
+:mod:`~sparsesim.simulator.device`, :mod:`~sparsesim.simulator.timing`): the shape of a batch's
 requests and its service time under the scenario's settings (with every setting at its default,
 exactly :meth:`BackingStore.batch_time`), page faults under ``memory_management=page-cache``, and
 the slot time of a pipelined read.

@@ -123,16 +123,16 @@ def _count(name: str, counter: str, definition: str) -> None:
 # -- time ----------------------------------------------------------------------------------------
 metric("tokens", "measured tokens T")(lambda f: f.T)
 metric("layers", "FFN layers L")(lambda f: f.result.n_layers)
-metric("time_per_token_s", "mean simulated time per measured token")(lambda f: f.per_token(f.result.token_time))
+metric("time_per_token_s", "mean simulated time per measured token")(lambda f: f.per_token(f.result.times.total))
 for _p in (50, 90, 99):
     metric(f"time_per_token_p{_p}_s", f"{_p}th percentile of the per-token times (decode tokens when batched)")(
-        lambda f, p=_p: float(np.percentile(f.result.token_time[f.rows(DECODE)] if f.batched and f.rows(DECODE).any()
-                                            else f.result.token_time, p)))
-metric("tokens_per_s", "1 / time_per_token_s")(lambda f: _ratio(1.0, f.per_token(f.result.token_time)))
-metric("compute_per_token_s", "mean compute time per token")(lambda f: f.per_token(f.result.token_compute))
+        lambda f, p=_p: float(np.percentile(f.result.times.total[f.rows(DECODE)] if f.batched and f.rows(DECODE).any()
+                                            else f.result.times.total, p)))
+metric("tokens_per_s", "1 / time_per_token_s")(lambda f: _ratio(1.0, f.per_token(f.result.times.total)))
+metric("compute_per_token_s", "mean compute time per token")(lambda f: f.per_token(f.result.times.compute))
 metric("io_stall_per_token_s", "mean time per token the FFN waited for weights")(
-    lambda f: f.per_token(f.result.token_stall))
-metric("cache_mgmt_per_token_s", "mean cache-management time per token")(lambda f: f.per_token(f.result.token_mm))
+    lambda f: f.per_token(f.result.times.stall))
+metric("cache_mgmt_per_token_s", "mean cache-management time per token")(lambda f: f.per_token(f.result.times.management))
 metric("io_time_per_token_s", "storage busy time / T")(lambda f: f.totals.io_busy / f.T)
 metric("interconnect_time_per_token_s", "interconnect busy time / T (a discrete compute unit's transfers)")(
     lambda f: f.totals.link_busy / f.T)
@@ -219,13 +219,13 @@ metric("energy_per_token_j", "(device read bytes·E_store + DRAM bytes·E_dram +
 metric("decode_tokens", "measured decode tokens")(lambda f: f.phase_tokens(DECODE))
 metric("prefill_tokens", "measured prompt tokens, replayed in batches")(lambda f: f.phase_tokens(PREFILL))
 metric("decode_time_per_token_s", "mean simulated time of a decode token")(
-    lambda f: float(f.result.token_time[f.rows(DECODE)].mean()) if f.rows(DECODE).any() else float("nan"))
-for _name, _attr, _what in (("compute", "token_compute", "compute"), ("io_stall", "token_stall", "I/O stall"),
-                            ("cache_mgmt", "token_mm", "cache-management")):
+    lambda f: float(f.result.times.total[f.rows(DECODE)].mean()) if f.rows(DECODE).any() else float("nan"))
+for _name, _attr, _what in (("compute", "compute", "compute"), ("io_stall", "stall", "I/O stall"),
+                            ("cache_mgmt", "management", "cache-management")):
     metric(f"decode_{_name}_per_token_s", f"mean {_what} time of a decode token")(
-        lambda f, a=_attr: float(getattr(f.result, a)[f.rows(DECODE)].mean()) if f.rows(DECODE).any() else float("nan"))
+        lambda f, a=_attr: float(getattr(f.result.times, a)[f.rows(DECODE)].mean()) if f.rows(DECODE).any() else float("nan"))
 metric("prefill_time_s", "simulated time of every measured prefill batch")(
-    lambda f: float(f.result.token_time[f.rows(PREFILL)].sum()))
+    lambda f: float(f.result.times.total[f.rows(PREFILL)].sum()))
 metric("decode_hit_rate", "hit_rate over decode steps")(lambda f: f.phase_hit_rate(DECODE))
 metric("prefill_hit_rate", "hit_rate over prefill batch steps")(lambda f: f.phase_hit_rate(PREFILL))
 metric("decode_ffn_storage_bytes_per_token", "ffn_storage_bytes of decode steps / decode tokens")(

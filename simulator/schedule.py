@@ -1,6 +1,6 @@
 """The prefetch schedule: when the prediction for each layer step is issued.
 
-One definition, used by the replay (:mod:`sparsesim.simulator.engine`) and by predictor evaluation
+One definition, used by the replay (:mod:`sparsesim.simulator.prefetcher`) and by predictor evaluation
 (:mod:`sparsesim.simulator.predictors.evaluation`), so the two can never disagree. A *step* is
 g = token · L + layer; the prediction for a *target* step h is issued at the start of its issue
 step (``docs/simulator.md``, "Residency contract"):

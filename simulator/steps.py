@@ -10,6 +10,9 @@ did not run for that token, adds nothing. Decode tokens, and every token of a tr
 
 Only the routed units are cached: an expert trace's always-active (shared) units and dense layers'
 FFNs are resident weights (``docs/moe.md``, "Replay"), so their mask bits are dropped here.
+
+:class:`NeededSets` gives the replay each step row's needed sets as integers (bit i = unit i), per
+layer, converted once per row.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsesim.simulator import bitset
+from sparsesim.simulator import bitset, neuronset
 from sparsesim.tracecolumns import DECODE, PREFILL
 from sparsesim.tracefile import Trace
 from sparsesim.traceunits import NEURON
@@ -46,6 +49,34 @@ class ReplaySteps:
     def decode_rows(self) -> np.ndarray:
         """Step rows that are decode tokens."""
         return np.arange(self.n_steps) if self.phase is None else np.flatnonzero(self.phase == DECODE)
+
+
+class NeededSets:
+    """N(g) of the residency contract as integer sets: the trace's needed set of each layer of a step
+    row (:meth:`of`, converted once per row, the last few rows kept), and every unit the cache serves
+    (:attr:`every`, the ``dense`` predictor's needed set). With a hot unit, its units are resident
+    outside the cache: :attr:`cold` is the rest, the units a prediction may name."""
+
+    def __init__(self, masks, d_ff: tuple[int, ...], hot: list[int] | None = None):
+        self.masks = masks
+        self.n_layers, self.n_bytes = masks.shape[1], masks.shape[2]
+        self._rows: dict[int, tuple[list[int], list[int]]] = {}   # step row -> its sets and their sizes
+        self.cold = None if hot is None else [neuronset.full(d) & ~h for d, h in zip(d_ff, hot)]
+        self.every = self.cold or [neuronset.full(d) for d in d_ff]
+        self.n_every = [s.bit_count() for s in self.every] if hot is not None else list(d_ff)
+
+    def of(self, row: int) -> tuple[list[int], list[int]]:
+        """The needed sets of step row ``row`` and their sizes, per layer."""
+        rows = self._rows.get(row)
+        if rows is None:
+            if len(self._rows) > 4:
+                self._rows.pop(min(self._rows))
+            packed, nb = np.ascontiguousarray(self.masks[row, :]), self.n_bytes
+            data = packed.tobytes()
+            rows = self._rows[row] = ([int.from_bytes(data[i * nb:(i + 1) * nb], "little")
+                                       for i in range(self.n_layers)],
+                                      np.bitwise_count(packed).sum(axis=1).tolist())
+        return rows
 
 
 def replay_steps(trace: Trace) -> ReplaySteps:

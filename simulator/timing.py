@@ -4,7 +4,8 @@ Pure formulas of the model footprint, the scenario and the hardware profile (``d
 "Time" and "Time model"); the simpy processes in :mod:`sparsesim.simulator.engine` decide *when*
 each piece runs. Storage batches are timed by :class:`sparsesim.simulator.io_path.ReadPath`. Every
 method returns seconds and adds its traffic to the :class:`~sparsesim.simulator.accounting.Totals`
-it was given, so what is timed and what is charged for energy cannot disagree.
+it was given, so what is timed and what is charged for energy cannot disagree. :class:`ManagementDebt`
+collects the cache-management seconds of insertions and removals until the next FFN is charged them.
 
 The time model's parts plug in here (``docs/time-model.md``): every kernel runs on the scenario's
 compute unit (:class:`~sparsesim.simulator.kernels.Unit`: roofline / efficiency + dispatch) at the
@@ -288,3 +289,27 @@ class StepCosts:
         self.totals.flops += units * self.unit_flops[layer]
         compute = clusters * (pred + gate + updown) + clusters * m * dispatch / n
         return uniform_makespan(stages, clusters, {"compute": n, "io": io_servers}), compute
+
+
+class ManagementDebt:
+    """Cache-management seconds owed to the next FFN: every insertion and removal since the last FFN
+    took its charge (prefetch arrivals land between FFNs; demand fills, gate evaluations and expiries
+    happen inside a step). Each change is one operation of :meth:`StepCosts.management`."""
+
+    def __init__(self, costs: StepCosts, uniform: bool):
+        self.costs = costs
+        self.uniform = uniform      # every unit one size: removals priced as the inserting layer's
+        self.seconds = 0.0
+
+    def add(self, layer: int, n_inserted: int, evicted: dict[int, int], n_evicted: int) -> None:
+        """Insertions into ``layer`` and the removals they caused (global: from any layer)."""
+        if self.uniform:
+            self.seconds += self.costs.management(layer, n_inserted, n_evicted)
+        else:
+            self.seconds += self.costs.management(layer, n_inserted, 0,
+                                                  {l: units.bit_count() for l, units in evicted.items()})
+
+    def take(self) -> float:
+        """The seconds owed so far, now charged: the debt starts again from zero."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
