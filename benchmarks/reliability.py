@@ -10,7 +10,7 @@ whose last results are recorded in ``docs/reliability.md`` and ``benchmarks/resu
   restart it, and after the last restart compare the finished outputs with an uninterrupted run.
 * :func:`write_shaped_trace` / :func:`streamed_replay_peak_rss`: a trace of a published model
   shape with cheap random masks, and the peak resident set of ``sparsesim simulate --stream`` on it
-  in a fresh child process (``os.wait4`` gives that child's own ``ru_maxrss``);
+  in a fresh child process started by a small launcher (its own ``ru_maxrss``, not inheriting ours);
   :func:`analyze_memory` does the same for ``sparsesim analyze`` at 1x, 4x and 16x a trace length.
 """
 
@@ -369,26 +369,40 @@ def streamed_replay_peak_rss(trace: Path, partition: str = "per-layer", stream: 
             "streamed": stream}
 
 
+# A forked child's high-water mark starts at its parent's resident set (os.wait4 in this process would
+# report at least the campaign's own RSS), so a small launcher process forks the command and writes the
+# child's own ru_maxrss (KiB) and exit code to a file.
+_LAUNCHER = """\
+import os, resource, sys
+out, limit, cmd = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    if limit:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    os.execv(cmd[0], cmd)
+_, status, usage = os.wait4(pid, 0)
+with open(out, "w") as f:
+    f.write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
 def command_peak_rss(argv: list, trace: Path, data_limit: int | None = None) -> dict:
     """Run ``sparsesim ARGV`` on ``trace`` in a fresh process; its own peak RSS, time, output and error."""
     from sparsesim.tracefile import mask_bytes, read_meta
 
     meta, pf = read_meta(trace)
-
-    def limit() -> None:
-        import resource
-        resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
-
     start = time.monotonic()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(sparsesim_command(argv), cwd=ROOT, stdout=out, stderr=err, env=REPLAY_ENV,
-                                preexec_fn=limit if data_limit else None)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "rusage"
+        launcher = [sys.executable, "-c", _LAUNCHER, str(result), str(data_limit or 0), *sparsesim_command(argv)]
+        proc = subprocess.Popen(launcher, cwd=ROOT, stdout=out, stderr=err, env=REPLAY_ENV, start_new_session=True)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)   # this child's own rusage, not the max over all children
+            proc.wait()
         except BaseException:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             raise
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        maxrss_kib, proc.returncode = (int(x) for x in result.read_text().split())
         seconds = time.monotonic() - start
         out.seek(0)
         err.seek(0)
@@ -397,7 +411,7 @@ def command_peak_rss(argv: list, trace: Path, data_limit: int | None = None) -> 
     return {"status": proc.returncode, "error": failure, "stdout": stdout,
             "tokens": pf.metadata.num_rows // meta["model"]["n_layers"],
             "mask_bytes": pf.metadata.num_rows * mask_bytes(meta["model"]["d_ff"]),
-            "file_bytes": trace.stat().st_size, "peak_rss_bytes": usage.ru_maxrss * 1024, "seconds": seconds,
+            "file_bytes": trace.stat().st_size, "peak_rss_bytes": maxrss_kib * 1024, "seconds": seconds,
             "data_limit_bytes": data_limit}
 
 
@@ -530,8 +544,19 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", default=",".join(map(str, RSS_SIZES)), help="70B trace lengths in tokens")
     parser.add_argument("--analyze-only", action="store_true",
                         help="only the peak RSS of analyze at 1x, 4x and 16x the trace length (printed, not saved)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="rerun the memory measurements only, keeping the kill campaigns already in "
+                             "benchmarks/results_reliability.json")
     args = parser.parse_args()
-    if args.analyze_only:
+    if args.memory_only:
+        saved = json.loads(RESULTS.read_text())
+        with tempfile.TemporaryDirectory(prefix="sparsesim-memory-", dir="/var/tmp") as tmp:
+            saved["memory"] = memory_campaign(Path(tmp), tuple(int(x) for x in args.sizes.split(",")))
+            saved["analyze_memory"] = analyze_memory(Path(tmp))
+        saved["memory_date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        RESULTS.write_text(json.dumps(saved, indent=1))
+        print(render(saved))
+    elif args.analyze_only:
         with tempfile.TemporaryDirectory(prefix="sparsesim-analyze-", dir="/var/tmp") as tmp:
             print(render({"kill_campaigns": [], "analyze_memory": analyze_memory(Path(tmp))}))
     else:

@@ -245,18 +245,23 @@ def render(r: dict) -> str:
               "accounting batched over tokens outside the event loop, which the event-driven timing "
               "(prefetch arrivals change the cache between steps) does not allow without changing results. "
               "The same bookkeeping keeps the simulator some tens of times above the read-and-popcount floor "
-              "(section 2; target 20×). LFU and Bélády keep a per-neuron numpy key (unpacked to one bool "
-              "per neuron at every hook) and select victims with a partition over the candidates of every "
-              "layer (global) or of one layer (per-layer).",
+              "(section 2; target 20×). LFU and Bélády (`simulator/replacement/ranked.py`) keep classes of "
+              "units with equal keys, walked in key order: a victim search takes whole classes and cuts "
+              "the last; LFU files only the units used fewer than a limit that doubles when a search runs "
+              "out, so a use of a frequently used unit costs no class operation; Bélády files each fill and "
+              "use by its next use, scanning the future masks as integers. Issue 15's targets: oracle + LRU "
+              "no slower than 15,000 layer-steps/s, LFU and Bélády in the global partition at least 5,000 "
+              "(they were 729 and 498, 2026-11-28).",
               "",
               "History: the first engine (packed numpy rows, one simpy process and a `PriorityResource` "
               "request per batch, LRU by per-neuron stamps with `argpartition`/class scans) ran 2,996 "
               "layer-steps/s on this benchmark (LFU and Bélády about 240 global, 1,000–2,400 per layer); "
               "its cProfile put the LRU victim search, stamping and numpy-row popcounts on top. The present "
               "engine keeps neuron sets as Python integers, LRU/FIFO as recency classes (a victim search "
-              "takes whole classes and cuts one), LFU/Bélády victims as a partition over the candidates "
-              "only, and the storage device as one timeout per batch; records are identical (150 policy × "
-              "scenario combinations compared).", "",
+              "takes whole classes and cuts one), LFU/Bélády on classes of equal keys (they first selected "
+              "victims with a partition over every candidate's per-neuron key: 729 and 498 layer-steps/s), "
+              "and the storage device as one timeout per batch; every change is held to the reference model "
+              "(`docs/validation.md`, \"Engine truth\").", "",
               f"Per-neuron-event simpy reference on the same {ref['tokens']} tokens: "
               f"{ref['reference_layer_steps_per_s']:,.1f} layer-steps/s vs {ref['product_layer_steps_per_s']:,.0f} "
               f"(**{ref['ratio']:.0f}×**).", "",

@@ -13,7 +13,7 @@ that very step, and a fill or use files units by scanning the future masks as in
 from __future__ import annotations
 
 import bisect
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -71,18 +71,29 @@ class ClassOrder:
         if not cls[3]:
             del self.index[(cls[0], cls[1], cls[2])]
 
-    def select(self, n: int, candidates: Sequence[int], weight: Sequence[int]) -> dict[int, int]:
+    def select(self, n: int, candidates: Sequence[int], weight: Sequence[int],
+               extend: Callable[[], bool] | None = None) -> dict[int, int]:
         """Remove and return the smallest-keyed units among ``candidates`` (one set per layer) whose
-        weights (``weight[layer]`` per unit) sum to at least ``n``."""
+        weights (``weight[layer]`` per unit) sum to at least ``n``. ``extend``: called when the
+        classes run out first; it files units of larger keys than any filed and returns whether it
+        filed any (LFU files only the low use counts until it needs more)."""
         out: dict[int, int] = {}
+        n = self._walk(n, candidates, weight, out)
+        while n > 0 and extend is not None and extend():
+            n = self._walk(n, candidates, weight, out)
+        return out
+
+    def _walk(self, n: int, candidates: Sequence[int], weight: Sequence[int], out: dict[int, int]) -> int:
+        """One walk in key order, taking into ``out``; returns the weight still wanted."""
         emptied = []
+        index = self.index
         for major in self.majors:
             bucket = self.buckets[major]
-            dead = False
+            dead = 0
             for cls in (reversed(bucket) if self.descending else bucket):
                 units = cls[3]
                 if not units:
-                    dead = True
+                    dead += 1
                     continue
                 layer = cls[2]
                 take = units & candidates[layer]
@@ -96,21 +107,22 @@ class ClassOrder:
                 else:
                     n -= size
                 out[layer] = out.get(layer, 0) | take
-                self.cut(cls, take)
+                cls[3] = units ^ take          # self.cut, inlined: the walk is the policy's hot loop
+                if not cls[3]:
+                    del index[(cls[0], cls[1], layer)]
+                    dead += 1
                 if n == 0:
                     break
-            if dead or not bucket[-1][3] or not bucket[0][3]:
-                live = [c for c in bucket if c[3]]
-                if live:
-                    self.buckets[major] = live
-                else:
-                    emptied.append(major)
+            if dead == len(bucket):
+                emptied.append(major)
+            elif dead or not bucket[-1][3] or not bucket[0][3]:
+                self.buckets[major] = [c for c in bucket if c[3]]
             if n == 0:
                 break
         for major in emptied:   # a walk visits the buckets where classes die: keep them clean
             del self.buckets[major]
             self.majors.remove(major)
-        return out
+        return n
 
     def layer_classes(self, layer: int) -> list[list]:
         return [c for c in self.index.values() if c[2] == layer]
@@ -138,13 +150,19 @@ class RankedClasses(PrefetchRecord):
         return self.orders[0] if self.global_order else self.orders[layer]
 
     def victims(self, layer, step, n, candidates):
-        chosen = self.orders[layer].select(n, _OneLayer(layer, candidates), _ONE)   # per layer: n units
+        chosen = self.orders[layer].select(n, _OneLayer(layer, candidates), _ONE,   # per layer: n units
+                                           self._extender(layer))
         self._chosen = chosen
         return chosen.get(layer, 0)
 
     def global_victims(self, step, n, candidates):
-        self._chosen = self.orders[0].select(n, candidates, self.geometry.weight)
+        self._chosen = self.orders[0].select(n, candidates, self.geometry.weight, self._extender(0))
         return dict(self._chosen)
+
+    def _extender(self, partition: int) -> Callable[[], bool] | None:
+        """The hook that files more units when partition ``partition``'s classes run out (None: all
+        resident units are always filed)."""
+        return None
 
     def on_evict(self, layer, evicted):
         if self.bypass:
@@ -182,21 +200,34 @@ class _OneLayer:
 
 @REPLACEMENT.register("lfu")
 class LeastFrequentlyUsed(RankedClasses):
-    """Least frequently used since insertion; ties go to the least recently used."""
+    """Least frequently used since insertion; ties go to the least recently used.
+
+    Only units used fewer than ``limit`` times are filed in classes: the victims come from the low
+    use counts, and a use of a unit above the limit then costs no class operation. When a victim
+    search runs out of filed units the limit of that partition doubles and the resident units it
+    now covers are filed from their keys (``_extend``), so the victims are exactly those of a full
+    class order.
+    """
 
     def setup(self, geometry):
         super().setup(geometry)
         # Each unit's key (uses << 40 | stamp + 1; a preload is stamped -1) in one array, so a use
-        # finds the classes it leaves with one gather and one unique.
+        # finds the classes it leaves with one gather.
         self.key = np.zeros((geometry.n_layers, geometry.width), dtype=np.int64)
+        self.resident = [0] * geometry.n_layers
+        self.limit = [2] * len(self.orders)     # per partition: units used fewer times are filed
 
     def _indices(self, units: int) -> np.ndarray:
         return np.flatnonzero(neuronset.to_bool(units, self.geometry.width))
+
+    def _partition(self, layer: int) -> int:
+        return 0 if self.global_order else layer
 
     def on_fill(self, layer, step, filled, prefetch):
         if self.bypass:
             self._track_fill(layer, filled, prefetch, step)
         self.key[layer][self._indices(filled)] = step + 1
+        self.resident[layer] |= filled
         self.order(layer).add(0, step, layer, filled)
 
     def on_access(self, layer, step, used):
@@ -205,11 +236,17 @@ class LeastFrequentlyUsed(RankedClasses):
         idx = self._indices(used)
         keys = self.key[layer]
         old = keys[idx]
+        keys[idx] = ((old >> 40) + 1 << 40) | (step + 1)
+        limit = self.limit[self._partition(layer)]
+        filed = old[old < limit << 40]
+        if not filed.size:
+            return
         order = self.order(layer)
         index = order.index
-        # Each used unit leaves its class (uses, stamp) for (uses + 1, step): one pass per class. The
-        # keys come sorted, so the classes of one use count are consecutive and join one new class.
-        distinct = np.unique(old)
+        # Each filed used unit leaves its class (uses, stamp) for (uses + 1, step): one pass per class.
+        # The keys come sorted, so the classes of one use count are consecutive and join one new class.
+        filed.sort()
+        distinct = filed[np.concatenate(([True], filed[1:] != filed[:-1]))]
         current, moving = -1, 0
         for u, stamp in zip((distinct >> 40).tolist(), ((distinct & _STAMP) - 1).tolist()):
             key = (u, stamp, layer)
@@ -223,19 +260,55 @@ class LeastFrequentlyUsed(RankedClasses):
             if not rest:
                 del index[key]
             if u != current:
-                if moving:
+                if moving and current + 1 < limit:
                     order.add(current + 1, step, layer, moving)
                 current, moving = u, take
             else:
                 moving |= take
-        if moving:
+        if moving and current + 1 < limit:
             order.add(current + 1, step, layer, moving)
-        keys[idx] = ((old >> 40) + 1 << 40) | (step + 1)
+
+    def on_evict(self, layer, evicted):
+        self.resident[layer] ^= evicted        # evicted units are resident
+        super().on_evict(layer, evicted)
+
+    def _extender(self, partition):
+        return lambda: self._extend(partition)
+
+    def _extend(self, partition: int) -> bool:
+        """File the resident units of ``partition`` whose use count reaches the next limit (doubling
+        it until some are found); False when every resident unit is filed already."""
+        layers = range(self.geometry.n_layers) if self.global_order else (partition,)
+        keys = {l: self.key[l][self._indices(self.resident[l])] for l in layers}
+        top = max((int(k.max()) >> 40 for k in keys.values() if k.size), default=-1)
+        low = self.limit[partition]
+        if top < low:
+            return False
+        high = low
+        order = self.orders[partition]
+        found = False
+        while not found:
+            high = min(2 * high, top + 1)
+            for l, k in keys.items():
+                sel = (k >= low << 40) & (k < high << 40)
+                if not sel.any():
+                    continue
+                found = True
+                index = self._indices(self.resident[l])[sel]
+                group = k[sel]
+                for key in np.unique(group).tolist():
+                    bits = np.zeros(self.geometry.width, dtype=bool)
+                    bits[index[group == key]] = True
+                    order.add(key >> 40, (key & _STAMP) - 1, l, neuronset.from_bool(bits))
+        self.limit[partition] = high
+        return True
 
     def _forget(self, layer, units):
         order = self.order(layer)
+        limit = self.limit[self._partition(layer)]
         for key in np.unique(self.key[layer][self._indices(units)]).tolist():
-            order.remove((key >> 40, (key & _STAMP) - 1, layer), units)
+            if key >> 40 < limit:
+                order.remove((key >> 40, (key & _STAMP) - 1, layer), units)
 
 
 _STAMP = (1 << 40) - 1   # the stamp bits of an LFU key
