@@ -116,7 +116,11 @@ class ClassOrder:
             if dead == len(bucket):
                 emptied.append(major)
             elif dead or not bucket[-1][3] or not bucket[0][3]:
-                self.buckets[major] = [c for c in bucket if c[3]]
+                live = [c for c in bucket if c[3]]   # classes past an early stop may be dead too
+                if live:
+                    self.buckets[major] = live
+                else:
+                    emptied.append(major)
             if n == 0:
                 break
         for major in emptied:   # a walk visits the buckets where classes die: keep them clean
