@@ -30,11 +30,10 @@ from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
 from sparsesim.simulator.requirements import check_time_model, check_trace_fit
 from sparsesim.simulator.residency import Residency
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
-from sparsesim.simulator.steps import ReplaySteps, replay_steps
+from sparsesim.simulator.steps import ReplaySteps, has_prefill, replay_steps
 from sparsesim.simulator.storage import BackingStore
 from sparsesim.simulator.streaming import open_streamed
 from sparsesim.tracefile import Trace, mask_bytes, popcount_rows, read_meta, read_trace
-from sparsesim.tracecolumns import PREFILL
 from sparsesim.traceunits import NEURON
 
 SCENARIO_FIELDS = {f.name: f.type for f in dataclasses.fields(Scenario)}
@@ -244,7 +243,7 @@ def simulate(trace: str | os.PathLike | Trace, profile: str | HardwareProfile = 
             extra={k: apply_order(np.asarray(v), orders) for k, v in t.extra.items()})
             for t in (trace, train, profile_trace))
         scenario = dataclasses.replace(scenario, reorder="none")
-    check_trace_fit(scenario, fp.kind, trace.phase is not None and bool(np.any(trace.phase == PREFILL)))
+    check_trace_fit(scenario, fp.kind, has_prefill(trace))
     originals = (trace, train, profile_trace)   # the baselines split off the hot units themselves
     hot = hot_accesses = None
     if scenario.hot_unit != "none":   # the hot unit's units stay resident; the rest of the run sees the cold part

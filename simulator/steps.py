@@ -79,6 +79,11 @@ class NeededSets:
         return rows
 
 
+def has_prefill(trace: Trace) -> bool:
+    """The trace's prompt is replayed in prefill batches: it has a ``phase`` column with prefill rows."""
+    return trace.phase is not None and bool(np.any(trace.phase == PREFILL))
+
+
 def replay_steps(trace: Trace) -> ReplaySteps:
     """The step rows of ``trace``: its masks unchanged when nothing is batched or shared."""
     units = trace.units
@@ -86,7 +91,7 @@ def replay_steps(trace: Trace) -> ReplaySteps:
     if units.kind != NEURON and any(units.shared):
         masks = np.asarray(masks) & _routed_rows(units, trace.n_bytes)[None]
     phase = trace.phase
-    if phase is None or not np.any(phase == PREFILL):
+    if not has_prefill(trace):
         return ReplaySteps(masks, trace.token, None if phase is None else phase.astype(np.int8), None, None, None,
                            None, trace.pos)
     masks = np.asarray(masks)

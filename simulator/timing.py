@@ -74,7 +74,6 @@ class StepCosts:
         row_roofline = roofline(self.row_bytes, self.row_flops, ffn_bw, peak)
         self.row_gather = row_roofline / eff.get("gather", 1.0)
         self.row_scatter = row_roofline / eff.get("scatter", 1.0)
-        self.row_seconds = self.row_gather
         self.unit_seconds = [self._unit_seconds(b, f) for b, f in zip(self.unit_bytes, self.unit_flops)]
         self.ffn_dispatch = m * unit.dispatch          # one call per matrix (m - 1 gathers and a scatter)
         self.ffn_matrix = sc.ffn_compute == "matrix"
@@ -214,7 +213,7 @@ class StepCosts:
         """Two-phase: evaluating staged gate rows whose unit turned out inactive."""
         self._read_ffn(units * self.row_bytes)
         self.totals.flops += units * self.row_flops
-        return units * self.row_seconds
+        return units * self.row_gather
 
     def with_hot(self, layer: int, seconds: float, cold_units: int, charge: bool = True) -> float:
         """The compute unit's FFN part (``seconds`` over ``cold_units``) and the hot unit's dense part

@@ -208,6 +208,22 @@ def test_streamed_replay_holds_a_bounded_window(tmp_path):
     assert streamed.masks.max_groups_held <= 3
 
 
+def test_peak_rss_is_the_commands_own_not_the_measuring_process(tmp_path):
+    """A forked child's high-water mark starts at its parent's resident set: measured from this
+    process, a tiny command would read at least this process's size. The launcher reports the
+    command's own: with 600 MB held (and touched) here, ``inspect`` of a tiny trace stays far below."""
+    from benchmarks.reliability import command_peak_rss
+    from tracebuild import sliding, write_trace
+
+    trace = Path(write_trace(tmp_path / "tiny.parquet", sliding(4, 2, 64, 8, 8)))
+    ballast = np.ones(600 * 2 ** 20 // 8)     # 600 MB, every page written
+    held = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert held > 600e6
+    row = command_peak_rss(["inspect", trace], trace)
+    assert row["status"] == 0 and row["peak_rss_bytes"] < held - 300e6, (row["peak_rss_bytes"], held)
+    del ballast
+
+
 def test_streamed_replay_peak_memory_stays_flat_as_a_70b_trace_grows(tmp_path):
     """llama-2-70b-shaped traces of 320 and 1,280 tokens (92 and 367 MB of masks, 64-token row
     groups), each replayed by ``sparsesim simulate --stream`` in a fresh process: the child's peak

@@ -283,7 +283,8 @@ class LeastFrequentlyUsed(RankedClasses):
         """File the resident units of ``partition`` whose use count reaches the next limit (doubling
         it until some are found); False when every resident unit is filed already."""
         layers = range(self.geometry.n_layers) if self.global_order else (partition,)
-        keys = {l: self.key[l][self._indices(self.resident[l])] for l in layers}
+        resident = {l: self._indices(self.resident[l]) for l in layers}
+        keys = {l: self.key[l][index] for l, index in resident.items()}
         top = max((int(k.max()) >> 40 for k in keys.values() if k.size), default=-1)
         low = self.limit[partition]
         if top < low:
@@ -298,7 +299,7 @@ class LeastFrequentlyUsed(RankedClasses):
                 if not sel.any():
                     continue
                 found = True
-                index = self._indices(self.resident[l])[sel]
+                index = resident[l][sel]
                 group = k[sel]
                 for key in np.unique(group).tolist():
                     bits = np.zeros(self.geometry.width, dtype=bool)
