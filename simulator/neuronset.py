@@ -41,29 +41,44 @@ def full(width: int) -> int:
     return (1 << width) - 1
 
 
-def first(s: int, n: int) -> int:
-    """The ``n`` lowest-index members of ``s``: popcounts of 64-bit words find the word holding the
-    n-th member, then bytes and bits of that word on small integers."""
+def first(s: int, n: int, total: int | None = None) -> int:
+    """The ``n`` lowest-index members of ``s`` (``total``: ``s.bit_count()``, if the caller has it).
+
+    The 64-bit word holding the n-th member is guessed from the density of ``s`` (members spread
+    evenly put it at word ``n · words / total``), corrected a word at a time by popcounts, then
+    found within the word byte by byte: a few integer operations on ``s``, no array."""
     if n <= 0:
         return 0
-    words = np.frombuffer(s.to_bytes(((s.bit_length() + 63) // 64) * 8, "little"), dtype=np.uint64)
-    before = np.bitwise_count(words).cumsum()
-    w = int(before.searchsorted(n))
-    if w == len(words):
+    if total is None:
+        total = s.bit_count()
+    if n >= total:
         return s
-    rest = n - (int(before[w - 1]) if w else 0)
-    word = int(words[w])
-    x, shift = word, 0
-    while rest > (c := (x & 255).bit_count()):     # skip whole bytes
+    w = n * ((s.bit_length() + 63) >> 6) // total
+    below = total - (s >> (w << 6)).bit_count()       # members in words 0 .. w-1
+    while below >= n:
+        w -= 1
+        below -= ((s >> (w << 6)) & _WORD).bit_count()
+    while below + (c := ((word := (s >> (w << 6)) & _WORD)).bit_count()) < n:
+        below += c
+        w += 1
+    rest, shift = n - below, 0
+    while rest > (c := ((word >> shift) & 255).bit_count()):   # whole bytes of the word
         rest -= c
-        x >>= 8
         shift += 8
-    x &= 255
+    low = _LOWEST[((word >> shift) & 255) * 9 + rest]
+    return (s & ((1 << (w << 6)) - 1)) | (((word & ((1 << shift) - 1)) | (low << shift)) << (w << 6))
+
+
+def _lowest(byte: int, r: int) -> int:
     low = 0
-    for _ in range(rest):                          # then single bits
-        low |= x & -x
-        x &= x - 1
-    return (s & ((1 << (64 * w)) - 1)) | (((word & ((1 << shift) - 1)) | (low << shift)) << (64 * w))
+    for _ in range(r):
+        low |= byte & -byte
+        byte &= byte - 1
+    return low
+
+
+_WORD = (1 << 64) - 1
+_LOWEST = [_lowest(byte, r) for byte in range(256) for r in range(9)]   # the r lowest set bits of a byte
 
 
 def run_lengths(s: int) -> dict[int, int]:

@@ -77,7 +77,29 @@ class PrefetchRecord(ReplacementPolicy):
         return trusted | neuronset.first(neuronset.from_bool(doubtful), spare)
 
 
-class RecencyClasses(PrefetchRecord):
+class ChosenVictims(PrefetchRecord):
+    """Base of policies that cut their victims out of their own order as they choose them (a victim
+    search returns them in ``_chosen``): ``on_evict`` then finds them gone. A removal the policy did
+    not choose (the window policy's expiry) goes through :meth:`_forget`, which the subclass
+    implements from its own per-unit state."""
+
+    def setup(self, geometry: CacheGeometry) -> None:
+        super().setup(geometry)
+        self._chosen: dict[int, int] = {}
+
+    def on_evict(self, layer, evicted):
+        if self.bypass:
+            self._track_evict(layer, evicted)
+        if self._chosen.get(layer) == evicted:
+            del self._chosen[layer]
+        else:
+            self._forget(layer, evicted)
+
+    def _forget(self, layer: int, units: int) -> None:
+        raise NotImplementedError
+
+
+class RecencyClasses(ChosenVictims):
     """Base of LRU and FIFO: resident neurons grouped by the step of their last stamp.
 
     A class is the set of one layer's neurons stamped (filled, or used for LRU) at one step; each
@@ -128,20 +150,26 @@ class RecencyClasses(PrefetchRecord):
             classes[:] = [cls for cls in classes if cls[2]]
         return classes
 
-    def on_evict(self, layer, evicted):
-        if self.bypass:
-            self._track_evict(layer, evicted)
-        self._unstamp(layer, evicted)
+    def _forget(self, layer, units):
+        self._unstamp(layer, units)
 
     def victims(self, layer, step, n, candidates):
-        out = 0
-        for cls in self._of_layer[layer]:
+        out, emptied = 0, False
+        classes = self._of_layer[layer]
+        for cls in classes:
             take = cls[2] & candidates
             size = take.bit_count()
             if size >= n:
-                return out | neuronset.first(take, n)
+                take = neuronset.first(take, n, size)
+            cls[2] ^= take   # cut as chosen (on_evict finds them gone)
+            emptied = emptied or not cls[2]
             out |= take
             n -= size
+            if n <= 0:
+                break
+        if emptied:
+            classes[:] = [cls for cls in classes if cls[2]]
+        self._chosen = {layer: out}
         return out
 
     def global_victims(self, step: int, n: int, candidates: Sequence[int]) -> dict[int, int]:
@@ -151,19 +179,30 @@ class RecencyClasses(PrefetchRecord):
         self._head = head
         weight = self.geometry.weight
         out: dict[int, int] = {}
+        emptied = set()
         for i in range(head, len(order)):
-            _, layer, members = order[i]
+            cls = order[i]
+            _, layer, members = cls
             take = members & candidates[layer]
             if not take:
                 continue
             w = weight[layer]
-            size = take.bit_count() * w
-            if size >= n:
-                out[layer] = out.get(layer, 0) | neuronset.first(take, -(-n // w))
-                break
+            size = take.bit_count()
+            if size * w >= n:
+                take = neuronset.first(take, -(-n // w), size)
+                n = 0
+            else:
+                n -= size * w
+            cls[2] = members ^ take   # cut as chosen (on_evict finds them gone)
+            if not cls[2]:
+                emptied.add(layer)
             out[layer] = out.get(layer, 0) | take
-            n -= size
-        return out
+            if n == 0:
+                break
+        for layer in emptied:   # the order keeps emptied classes until it is compacted; a layer's list does not
+            self._of_layer[layer][:] = [cls for cls in self._of_layer[layer] if cls[2]]
+        self._chosen = out
+        return dict(out)
 
 
 @REPLACEMENT.register("lru")

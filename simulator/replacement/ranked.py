@@ -19,7 +19,7 @@ import numpy as np
 
 from sparsesim.simulator import neuronset
 from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
-from sparsesim.simulator.replacement.keyed import PrefetchRecord
+from sparsesim.simulator.replacement.keyed import ChosenVictims
 
 
 class ClassOrder:
@@ -132,12 +132,11 @@ class ClassOrder:
         return [c for c in self.index.values() if c[2] == layer]
 
 
-class RankedClasses(PrefetchRecord):
+class RankedClasses(ChosenVictims):
     """Base of LFU and Bélády: one :class:`ClassOrder` per partition (one, or one per layer).
 
-    Victims are cut out of their classes as they are chosen; ``on_evict`` then finds them gone.
-    A removal the policy did not choose (none today: neither policy expires units) falls back to
-    :meth:`_forget`, which the subclass implements from its own per-unit state.
+    Victims are cut out of their classes as they are chosen (neither policy expires units, so
+    :meth:`_forget` serves only a removal some future caller makes).
     """
 
     descending_minor = False
@@ -148,7 +147,6 @@ class RankedClasses(PrefetchRecord):
         descending = self.descending_minor
         self.orders = ([ClassOrder(descending)] if self.global_order else
                        [ClassOrder(descending) for _ in range(geometry.n_layers)])
-        self._chosen: dict[int, int] = {}
 
     def order(self, layer: int) -> ClassOrder:
         return self.orders[0] if self.global_order else self.orders[layer]
@@ -167,17 +165,6 @@ class RankedClasses(PrefetchRecord):
         """The hook that files more units when partition ``partition``'s classes run out (None: all
         resident units are always filed)."""
         return None
-
-    def on_evict(self, layer, evicted):
-        if self.bypass:
-            self._track_evict(layer, evicted)
-        if self._chosen.get(layer) == evicted:
-            del self._chosen[layer]
-        else:
-            self._forget(layer, evicted)
-
-    def _forget(self, layer: int, units: int) -> None:
-        raise NotImplementedError
 
 
 class _Ones:
