@@ -84,22 +84,20 @@ _LOWEST = [_lowest(byte, r) for byte in range(256) for r in range(9)]   # the r 
 def run_lengths(s: int) -> dict[int, int]:
     """{length: how many runs} of consecutive members, for request coalescing.
 
-    ``ge_k`` has bit i set when neurons i .. i+k-1 are all members, so the runs of length >= k
-    are the run starts left in ``ge_k``: one shift, two ANDs and a popcount per length. Sets with
-    long runs (reordered storage) fall back to locating each run.
+    ``ge`` (k-th) has bit i set when members i .. i+k-1 are all present, so its popcount c_k is the
+    sum over runs of max(length - k + 1, 0): runs of length >= k number c_k - c_{k+1}, of length
+    exactly k c_k - 2 c_{k+1} + c_{k+2}. One shift, one AND and a popcount per length. Sets with long
+    runs (reordered storage) fall back to locating each run.
     """
-    starts = s ^ (s & (s << 1))
-    ge_k, k, at_least = s, 1, {}
-    while True:
-        n = (ge_k & starts).bit_count()
-        if n == 0:
-            break
-        at_least[k] = n
+    c, ge, k = [], s, 1
+    while ge:
+        c.append(ge.bit_count())
         if k == 16:
             return _run_lengths_located(s)
-        ge_k &= s >> k
+        ge &= s >> k
         k += 1
-    return {k: n - at_least.get(k + 1, 0) for k, n in at_least.items() if n - at_least.get(k + 1, 0)}
+    c += (0, 0)
+    return {k: e for k in range(1, len(c) - 1) if (e := c[k - 1] - 2 * c[k] + c[k + 1])}
 
 
 def _run_lengths_located(s: int) -> dict[int, int]:

@@ -147,6 +147,61 @@ def test_lru_recency_classes_match_a_per_neuron_key(tmp_path, predictor, partiti
                 assert fast[key] == plain[key], (key, budget, extra)
 
 
+class PlainBelady(KeyedReplacement):
+    """Bélády by a per-unit key from a next-use table ``nu[t, l, i]`` (the first token >= t that
+    needs unit i of layer l, T if none) and a selection over every candidate: the reference the
+    next-use table of ``belady`` must match exactly. Key -(next use · L + layer): the farthest use
+    goes first, the later layer first within a token, then the lowest index (the selection's tie rule)."""
+
+    sees_future = True
+
+    def __init__(self):
+        super().__init__()
+
+    def setup(self, geometry):
+        super().setup(geometry)
+        masks = np.unpackbits(np.asarray(geometry.masks), axis=-1, bitorder="little").astype(bool)
+        T, L, W = masks.shape
+        self.nu = np.full((T + 1, L, W), T, dtype=np.int64)
+        for t in range(T - 1, -1, -1):
+            self.nu[t] = np.where(masks[t], t, self.nu[t + 1])
+        self.masks, self.done = masks, [-1] * L
+
+    def _refile(self, layer, bits, token):
+        self.key[layer][bits] = -(self.nu[token, layer][bits] * self.geometry.n_layers + layer)
+
+    def on_fill(self, layer, step, filled, prefetch):
+        self._refile(layer, self._bits(filled), self.done[layer] + 1)
+
+    def on_access(self, layer, step, used):
+        token = step // self.geometry.n_layers
+        self.done[layer] = token
+        # every resident unit whose next use was this FFN, computed or not, and every used one
+        due = self.masks[token, layer] & (self.key[layer] != np.iinfo(np.int64).max)
+        self._refile(layer, self._bits(used) | due, token + 1)
+
+
+if "test-plain-belady" not in REPLACEMENT.names():
+    REPLACEMENT.register("test-plain-belady")(PlainBelady)
+
+
+@pytest.mark.parametrize("partition", ["global", "per-layer"])
+@pytest.mark.parametrize("false_negatives", ["fetch", "drop"])
+def test_belady_next_use_table_matches_a_per_unit_key(tmp_path, partition, false_negatives):
+    """Under false_negatives=drop an FFN computes the predicted set: units it needed but did not
+    compute keep a next use after it, and must stay evictable (the table once lost them)."""
+    rng = np.random.default_rng(7)
+    base = rng.random((1, 4, 96)) < 0.2
+    active = np.where(rng.random((40, 4, 96)) < 0.5, base, rng.random((40, 4, 96)) < 0.2)
+    path = write_trace(tmp_path / "b.parquet", active, d_model=32)
+    for budget in ((0.15, 0.4) if partition == "global" else (0.35, 0.5)):
+        args = dict(budget=budget, predictor="noisy-oracle:fn=0.3,fp=0.3", partition=partition,
+                    false_negatives=false_negatives)
+        fast, plain = _run(path, "belady", **args), _run(path, "test-plain-belady", **args)
+        for key in ("hits", "demand_misses", "evictions", "prefetch_bypassed", "time_per_token_s", "per_layer"):
+            assert fast[key] == plain[key], (key, budget)
+
+
 class SometimesSeven(Predictor):
     """Predicts neuron 7, which is never needed, for tokens 0, 3 and 4 (for the bypass test)."""
 

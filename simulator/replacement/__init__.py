@@ -30,6 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sparsesim.simulator import neuronset
 from sparsesim.simulator.registry import Registry
 
 REPLACEMENT: Registry["ReplacementPolicy"] = Registry("replacement policy")
@@ -96,6 +97,26 @@ class ReplacementPolicy:
 
     def global_victims(self, step: int, n: int, candidates: Sequence[int]) -> dict[int, int]:
         raise NotImplementedError(f"replacement policy {self.name!r} supports only the per-layer partition")
+
+
+class _OneEach:
+    """Weight 1 for every layer: a per-layer partition counts units."""
+
+    def __getitem__(self, layer: int) -> int:
+        return 1
+
+
+ONE_EACH = _OneEach()
+
+
+def take_weight(units: int, n: int, weight: int) -> tuple[int, int]:
+    """The capacity rule of a victim search, in one place: of ``units`` (one layer's, each weighing
+    ``weight``), all of them if they weigh less than ``n``, else the lowest-index ones that reach it —
+    ceil(n / weight) units. Returns (taken, weight still wanted)."""
+    size = units.bit_count()
+    if size * weight < n:
+        return units, n - size * weight
+    return neuronset.first(units, -(-n // weight), size), 0
 
 
 def _register_builtins() -> None:

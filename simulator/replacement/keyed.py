@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from sparsesim.simulator import neuronset
-from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry, ReplacementPolicy
+from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry, ReplacementPolicy, take_weight
 
 _NEVER = np.iinfo(np.int64).max
 _RECORD_MAX = 3   # bypass: a neuron's prefetch record saturates at +-3 (a 3-bit counter, as in SHiP)
@@ -157,15 +157,11 @@ class RecencyClasses(ChosenVictims):
         out, emptied = 0, False
         classes = self._of_layer[layer]
         for cls in classes:
-            take = cls[2] & candidates
-            size = take.bit_count()
-            if size >= n:
-                take = neuronset.first(take, n, size)
+            take, n = take_weight(cls[2] & candidates, n, 1)
             cls[2] ^= take   # cut as chosen (on_evict finds them gone)
             emptied = emptied or not cls[2]
             out |= take
-            n -= size
-            if n <= 0:
+            if n == 0:
                 break
         if emptied:
             classes[:] = [cls for cls in classes if cls[2]]
@@ -186,13 +182,7 @@ class RecencyClasses(ChosenVictims):
             take = members & candidates[layer]
             if not take:
                 continue
-            w = weight[layer]
-            size = take.bit_count()
-            if size * w >= n:
-                take = neuronset.first(take, -(-n // w), size)
-                n = 0
-            else:
-                n -= size * w
+            take, n = take_weight(take, n, weight[layer])
             cls[2] = members ^ take   # cut as chosen (on_evict finds them gone)
             if not cls[2]:
                 emptied.add(layer)

@@ -1,11 +1,11 @@
-"""static-pin: a policy that uses offline knowledge, a frequency profile (Bélády is in ``ranked.py``)."""
+"""static-pin: a policy that uses offline knowledge, a frequency profile (Bélády is in ``belady.py``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from sparsesim.simulator import bitset, neuronset
-from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
+from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry, take_weight
 from sparsesim.simulator.replacement.keyed import LeastRecentlyUsed
 
 
@@ -69,10 +69,9 @@ class StaticPin(LeastRecentlyUsed):
             return super().global_victims(step, n, cold)
         out, need = {l: c for l, c in enumerate(cold) if c}, n - n_cold
         for layer, c in enumerate(candidates):   # pinned units go lowest layer, lowest index first
-            take = neuronset.first(c & self.pinned[layer], -(-need // weight[layer]))
+            take, need = take_weight(c & self.pinned[layer], need, weight[layer])
             if take:
                 out[layer] = out.get(layer, 0) | take
-                need -= take.bit_count() * weight[layer]
             if need <= 0:
                 break
         return out

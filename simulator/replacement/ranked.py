@@ -1,34 +1,32 @@
-"""Policies whose key is not a recency: LFU and Bélády, on classes of units with equal keys.
+"""LFU on classes of units with equal keys (Bélády, whose key is a next use, is in ``belady.py``).
 
 A class holds the units of one layer that share a key; a victim search walks the classes in key
 order and takes whole classes, cutting only the last one by unit index — integer set operations
-per class, never per unit, and no sort over the cache (``docs/policies.md`` gives each policy's
-key; ties go to the lower layer, then the lower index). :class:`ClassOrder` keeps the classes of
-one partition: per *major* key a bucket of classes sorted by (minor key, layer), the majors in a
-sorted list. LFU's key is (uses, step of the last fill or use): a use moves a unit to the newest
-class of the next bucket. Bélády's is its next use (farthest first): a use empties the class of
-that very step, and a fill or use files units by scanning the future masks as integers.
+per class, never per unit, and no sort over the cache (``docs/policies.md`` gives the key; ties go
+to the lower layer, then the lower index). :class:`ClassOrder` keeps the classes of one partition:
+per *major* key a bucket of classes sorted by (minor key, layer), the majors in a sorted list.
+LFU's key is (uses, step of the last fill or use): a use moves a unit to the newest class of the
+next bucket.
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from sparsesim.simulator import neuronset
-from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
+from sparsesim.simulator.replacement import ONE_EACH, REPLACEMENT, CacheGeometry, take_weight
 from sparsesim.simulator.replacement.keyed import ChosenVictims
 
 
 class ClassOrder:
     """Classes ``[major, minor, layer, units]`` of one partition, walked in key order: majors
-    ascending; within a major, (minor, layer) ascending, or descending with ``descending=True``.
-    Each bucket is stored ascending, so the usual insertion — the newest key — is an append."""
+    ascending; within a major, (minor, layer) ascending. The usual insertion — the newest key — is
+    an append."""
 
-    def __init__(self, descending: bool = False) -> None:
-        self.descending = descending
+    def __init__(self) -> None:
         self.majors: list = []
         self.buckets: dict = {}
         self.index: dict[tuple, list] = {}
@@ -90,7 +88,7 @@ class ClassOrder:
         for major in self.majors:
             bucket = self.buckets[major]
             dead = 0
-            for cls in (reversed(bucket) if self.descending else bucket):
+            for cls in bucket:
                 units = cls[3]
                 if not units:
                     dead += 1
@@ -99,13 +97,7 @@ class ClassOrder:
                 take = units & candidates[layer]
                 if not take:
                     continue
-                w = weight[layer]
-                size = take.bit_count() * w
-                if size >= n:
-                    take = neuronset.first(take, -(-n // w))
-                    n = 0
-                else:
-                    n -= size
+                take, n = take_weight(take, n, weight[layer])
                 out[layer] = out.get(layer, 0) | take
                 cls[3] = units ^ take          # self.cut, inlined: the walk is the policy's hot loop
                 if not cls[3]:
@@ -139,20 +131,16 @@ class RankedClasses(ChosenVictims):
     :meth:`_forget` serves only a removal some future caller makes).
     """
 
-    descending_minor = False
-
     def setup(self, geometry: CacheGeometry) -> None:
         super().setup(geometry)
         self.global_order = geometry.partition == "global"
-        descending = self.descending_minor
-        self.orders = ([ClassOrder(descending)] if self.global_order else
-                       [ClassOrder(descending) for _ in range(geometry.n_layers)])
+        self.orders = [ClassOrder() for _ in range(1 if self.global_order else geometry.n_layers)]
 
     def order(self, layer: int) -> ClassOrder:
         return self.orders[0] if self.global_order else self.orders[layer]
 
     def victims(self, layer, step, n, candidates):
-        chosen = self.orders[layer].select(n, _OneLayer(layer, candidates), _ONE,   # per layer: n units
+        chosen = self.orders[layer].select(n, _OneLayer(layer, candidates), ONE_EACH,   # per layer: n units
                                            self._extender(layer))
         self._chosen = chosen
         return chosen.get(layer, 0)
@@ -165,16 +153,6 @@ class RankedClasses(ChosenVictims):
         """The hook that files more units when partition ``partition``'s classes run out (None: all
         resident units are always filed)."""
         return None
-
-
-class _Ones:
-    """Weight 1 for every layer: a per-layer partition counts units."""
-
-    def __getitem__(self, layer: int) -> int:
-        return 1
-
-
-_ONE = _Ones()
 
 
 class _OneLayer:
@@ -304,69 +282,3 @@ class LeastFrequentlyUsed(RankedClasses):
 
 
 _STAMP = (1 << 40) - 1   # the stamp bits of an LFU key
-
-_NEVER = -(1 << 62)   # the major key of units never used again: first to go
-
-
-@REPLACEMENT.register("belady")
-class Belady(RankedClasses):
-    """Bélády's MIN: evict the unit whose next use is farthest in the future (offline optimum).
-
-    It reads the replayed trace's future, so it is a bound, not a design. The next use of a unit of
-    layer l is the first later step of l whose FFN has not started and that needs it; the policy
-    learns which FFNs have started from ``on_access``. It starts cold, as every policy does.
-    """
-
-    sees_future = True
-    descending_minor = True   # within a token, the later layer's use is farther: it goes first
-
-    def __init__(self):
-        # No bypass parameter: MIN is the bound on hits without bypass; a bypassing MIN would
-        # decide by the incoming unit's next use, not by the online track record.
-        super().__init__()
-
-    def setup(self, geometry: CacheGeometry) -> None:
-        super().setup(geometry)
-        masks = np.asarray(geometry.masks)          # the whole future: materialised even when streamed
-        T, L, nb = masks.shape
-        data = np.ascontiguousarray(masks).tobytes()
-        self.rows = [[int.from_bytes(data[(t * L + l) * nb:(t * L + l + 1) * nb], "little") for t in range(T)]
-                     for l in range(L)]                          # rows[layer][token]
-        self.alive_from = []                                     # alive_from[layer][t]: used at t or later
-        for l in range(L):
-            acc, alive = 0, [0] * (T + 1)
-            for t in range(T - 1, -1, -1):
-                acc |= self.rows[l][t]
-                alive[t] = acc
-            self.alive_from.append(alive)
-        self.T = T
-        self.done = [-1] * L                   # per layer: the last token whose FFN has started
-
-    def _file(self, layer: int, units: int) -> None:
-        """File ``units`` of ``layer`` by next use: the first token after ``done[layer]`` needing it."""
-        order, t = self.order(layer), self.done[layer] + 1
-        later = units & self.alive_from[layer][min(t, self.T)]
-        never = units ^ later
-        if never:
-            order.add(_NEVER, layer, layer, never)
-        rows = self.rows[layer]
-        while later:
-            found = later & rows[t]
-            if found:
-                order.add(-t, layer, layer, found)      # farther token first, then the later layer
-                later ^= found
-            t += 1
-
-    def on_fill(self, layer, step, filled, prefetch):
-        self._file(layer, filled)
-
-    def on_access(self, layer, step, used):
-        token = step // self.geometry.n_layers
-        self.order(layer).pop((-token, layer, layer))   # every unit filed under this step is used now
-        self.done[layer] = token
-        self._file(layer, used)
-
-    def _forget(self, layer, units):
-        order = self.order(layer)
-        for cls in order.layer_classes(layer):
-            order.cut(cls, cls[3] & units)
