@@ -82,13 +82,16 @@ class NeuronCache:
             if short <= 0:
                 return {}
             candidates = list(self.resident)
-            kept = 0
+            kept = []
             for l, units in keep.items():
                 taken = candidates[l] & units
                 if taken:
                     candidates[l] ^= taken
-                    kept += taken.bit_count() * weight[l]
-            short = min(short, self.total - kept)
+                    kept.append((l, taken))
+            # Fewer candidates than wanted only if the kept units outweigh the rest: count them only
+            # when their layers' whole residency could (a popcount costs more than the set algebra).
+            if short > self.total - sum(self.size[l] * weight[l] for l, _ in kept):
+                short = min(short, self.total - sum(taken.bit_count() * weight[l] for l, taken in kept))
             chosen = self.policy.global_victims(step, short, candidates) if short > 0 else {}
         else:
             short = n - (self.capacity[layer] - self.size[layer])

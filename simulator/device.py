@@ -28,13 +28,15 @@ DEMAND, PREFETCH = 0, 1
 
 class Batch:
     """One storage batch: its requests ({size in bytes: count}) and, for FFN reads, the layer, the
-    unit set it brings in and the step it is read for (the target of a prefetch)."""
+    unit set it brings in (``count`` units, -1 where not counted) and the step it is read for (the
+    target of a prefetch)."""
 
-    __slots__ = ("requests", "priority", "layer", "neurons", "on_done", "issued", "start", "end", "_done", "target")
+    __slots__ = ("requests", "priority", "layer", "neurons", "count", "on_done", "issued", "start", "end", "_done",
+                 "target")
 
     def __init__(self, requests: dict[float, int], priority: int, layer: int, neurons: int,
-                 on_done: Callable[["Batch"], None] | None, issued: float, target: int):
-        self.requests, self.priority, self.layer, self.neurons = requests, priority, layer, neurons
+                 on_done: Callable[["Batch"], None] | None, issued: float, target: int, count: int = -1):
+        self.requests, self.priority, self.layer, self.neurons, self.count = requests, priority, layer, neurons, count
         self.on_done, self.issued, self.target = on_done, issued, target
         self.start = self.end = -1.0
         self._done: simpy.Event | None = None
@@ -55,9 +57,9 @@ class StorageQueue:
         self._link_free = 0.0               # when the interconnect finishes its last transfer
 
     def submit(self, requests: dict[float, int], priority: int, layer: int = -1, neurons: int = 0,
-               on_done: Callable[[Batch], None] | None = None, target: int = -1) -> Batch:
+               on_done: Callable[[Batch], None] | None = None, target: int = -1, count: int = -1) -> Batch:
         """Queue a batch, timed by the read path when it starts."""
-        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now, target)
+        batch = Batch(requests, priority, layer, neurons, on_done, self.env.now, target, count)
         if self._serving is None and priority == DEMAND:
             self._start(batch)
         else:

@@ -224,7 +224,7 @@ class ReplayEngine:
                 if two_phase:
                     waits = self._two_phase_reads(env, l, step, ready, miss, late, waits)
                 elif n_miss and not pipelined:
-                    waits.append(completion(read(l, miss, DEMAND, step)))
+                    waits.append(completion(read(l, miss, DEMAND, step, count=n_miss)))
                 for event in waits:
                     yield event
                 stall += env.now - t0
@@ -243,7 +243,7 @@ class ReplayEngine:
                 # 6. the FFN over the needed units (or the resident matrix), plus cache management
                 charge = take_owed()
                 if pipelined:   # the misses are read inside the FFN, cluster by cluster
-                    misses_read = read(l, miss, DEMAND, step) if n_miss else None
+                    misses_read = read(l, miss, DEMAND, step, count=n_miss) if n_miss else None
                     t_ffn, busy = costs.pipelined(l, n_need, n_miss)
                     if hot:
                         t_ffn, busy = costs.with_hot(l, t_ffn, n_need), costs.with_hot(l, busy, n_need, charge=False)

@@ -81,15 +81,18 @@ _WORD = (1 << 64) - 1
 _LOWEST = [_lowest(byte, r) for byte in range(256) for r in range(9)]   # the r lowest set bits of a byte
 
 
-def run_lengths(s: int) -> dict[int, int]:
-    """{length: how many runs} of consecutive members, for request coalescing.
+def run_lengths(s: int, count: int | None = None) -> dict[int, int]:
+    """{length: how many runs} of consecutive members (``count``: ``s.bit_count()``, if the caller
+    has it), for request coalescing.
 
     ``ge`` (k-th) has bit i set when members i .. i+k-1 are all present, so its popcount c_k is the
     sum over runs of max(length - k + 1, 0): runs of length >= k number c_k - c_{k+1}, of length
     exactly k c_k - 2 c_{k+1} + c_{k+2}. One shift, one AND and a popcount per length. Sets with long
     runs (reordered storage) fall back to locating each run.
     """
-    c, ge, k = [], s, 1
+    if not s:
+        return {}
+    c, ge, k = [s.bit_count() if count is None else count], s & (s >> 1), 2
     while ge:
         c.append(ge.bit_count())
         if k == 16:

@@ -84,12 +84,11 @@ class Prefetcher:
             return
         self.res.send(layer, fetch)
         self.inflight_weight += n * self.weight[layer]
-        self.pending[layer].append(self.reads.units(layer, fetch, PREFETCH, target, self._arrived, self.rows))
+        self.pending[layer].append(self.reads.units(layer, fetch, PREFETCH, target, self._arrived, self.rows, n))
 
     def _arrived(self, batch: Batch) -> None:
         """A prefetch batch is in: staged (two-phase gate rows) or inserted, evicting as allowed."""
-        layer, fetched = batch.layer, batch.neurons
-        n_fetched = fetched.bit_count()
+        layer, fetched, n_fetched = batch.layer, batch.neurons, batch.count
         res = self.res
         res.land(layer, fetched)
         self.inflight_weight -= n_fetched * self.weight[layer]

@@ -63,15 +63,19 @@ class StorageReads:
         self.device = StorageQueue(env, read_path, self._log if io_log is not None else None, link)
 
     def units(self, layer: int, units: int, priority: int, target: int,
-              on_done: Callable[[Batch], None] | None = None, rows: int | None = None) -> Batch:
-        """Read ``rows`` of each of ``units``' rows (None: all) for step ``target``, as one batch."""
+              on_done: Callable[[Batch], None] | None = None, rows: int | None = None, count: int | None = None) -> Batch:
+        """Read ``rows`` of each of ``units``' rows (None: all) for step ``target``, as one batch
+        (``count``: how many units, if the caller has it)."""
         sc = self.sc
+        if count is None:
+            count = units.bit_count()
         if rows is None:
             requests = request_sizes(units, self._slice[layer], self.fp.matrices, sc.layout, sc.coalesce,
-                                     sc.max_request)
+                                     sc.max_request, count)
         else:
-            requests = request_sizes(units, self._slice[layer], rows, sc.layout, self._coalesce_rows, sc.max_request)
-        return self._submit(layer, units, requests, priority, target, on_done)
+            requests = request_sizes(units, self._slice[layer], rows, sc.layout, self._coalesce_rows, sc.max_request,
+                                     count)
+        return self._submit(layer, units, requests, priority, target, on_done, count)
 
     def up_down(self, layer: int, units: int, target: int) -> Batch:
         """Two-phase: the up/down rows of ``units`` whose gate rows are in, on demand."""
@@ -102,11 +106,11 @@ class StorageReads:
         return self.device.submit(requests, DEMAND, target=target)
 
     def _submit(self, layer: int, units: int, requests: dict[float, int], priority: int, target: int,
-                on_done: Callable[[Batch], None] | None = None) -> Batch:
+                on_done: Callable[[Batch], None] | None = None, count: int = -1) -> Batch:
         if self.shaped:
             requests = self._device_requests(layer, units, requests)
         self.acc.requests(layer, requests)
-        return self.device.submit(requests, priority, layer, units, on_done, target)
+        return self.device.submit(requests, priority, layer, units, on_done, target, count)
 
     def _device_requests(self, layer: int, units: int, requests: dict[float, int]) -> dict[float, int]:
         """What reaches the device for ``requests`` of ``units``: page faults through the page cache,

@@ -77,17 +77,18 @@ def _request_shape(row_bytes: float, matrices: int, layout: str, coalesce: bool,
 
 
 def request_sizes(neurons: int, row_bytes: float, matrices: int, layout: str, coalesce: bool,
-                  max_request: int) -> dict[float, int]:
-    """{request size in bytes: how many} to read the neuron set ``neurons`` (:mod:`sparsesim.simulator.neuronset`)."""
+                  max_request: int, count: int | None = None) -> dict[float, int]:
+    """{request size in bytes: how many} to read the neuron set ``neurons`` (:mod:`sparsesim.simulator.neuronset`;
+    ``count``: its size, if the caller has it)."""
     unit, copies, per_request = _request_shape(row_bytes, matrices, layout, coalesce, max_request)
-    n = neurons.bit_count()
+    n = neurons.bit_count() if count is None else count
     if n == 0:
         return {}
     if not coalesce:
         return {unit: n * copies}
     out: dict[float, int] = {}
     full = 0
-    for length, runs in neuronset.run_lengths(neurons).items():
+    for length, runs in neuronset.run_lengths(neurons, n).items():
         whole, rest = divmod(length, per_request)
         full += whole * runs
         if rest:
