@@ -3,19 +3,27 @@
 The key of a resident unit is its next use, the first later token whose FFN of the unit's layer
 needs it; a unit never used again is farthest of all. The victims are the units of the farthest
 next use; within one token the later layer's use comes later, so it goes first; within one layer
-and token the lowest index goes first (``docs/policies.md``). The table files each unit under
-(next-use token, layer) — integer sets, found by scanning the future masks as integers — so a
-victim search walks tokens from the farthest down and takes whole sets, cutting only the last.
+and token the lowest index goes first (``docs/policies.md``).
+
+The table files each unit of a layer under the *span* of ``_SPAN`` tokens that holds its next use
+(one more span: never used again), as integer sets found by scanning the future masks a span at a
+time. A victim search walks the spans from the farthest down and weighs each one's candidates: a
+span lighter than what is still wanted goes whole, in any order, since every unit in it is farther
+than every unit below; only the span where the search stops is sorted into tokens, by a scan of its
+own few masks, and taken token by token, the later layer first, cutting the last set by index.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections import defaultdict
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from sparsesim.simulator.replacement import ONE_EACH, REPLACEMENT, CacheGeometry, take_weight
 from sparsesim.simulator.replacement.keyed import ChosenVictims
+
+_SPAN = 8   # tokens per span of the next-use table
 
 
 @REPLACEMENT.register("belady")
@@ -40,44 +48,63 @@ class Belady(ChosenVictims):
         T, L, nb = masks.shape
         data = np.ascontiguousarray(masks).tobytes()
         self.rows = [[int.from_bytes(data[(t * L + l) * nb:(t * L + l + 1) * nb], "little") for t in range(T)]
-                     for l in range(L)]                          # rows[layer][token]
-        self.alive_from = []                                     # alive_from[layer][t]: used at t or later
-        for l in range(L):
-            acc, alive = 0, [0] * (T + 1)
+                     for l in range(L)]                          # rows[layer][token]: its needed set
+        S = -(-T // _SPAN)                                       # spans of tokens; span S: never used again
+        # rest[layer][t]: used at t or later within t's span (rest[layer][s * _SPAN]: anywhere in span s);
+        # first[layer][t]: used at t and not earlier in t's span; alive[layer][s]: used in span s or later.
+        self.rest, self.first, self.alive = [], [], []
+        for rows in self.rows:
+            rest, first, alive = [0] * T, [0] * T, [0] * (S + 1)
             for t in range(T - 1, -1, -1):
-                acc |= self.rows[l][t]
-                alive[t] = acc
-            self.alive_from.append(alive)
-        self.T, self.L = T, L
+                rest[t] = rows[t] if t == T - 1 or (t + 1) % _SPAN == 0 else rows[t] | rest[t + 1]
+            seen = 0
+            for t in range(T):
+                if t % _SPAN == 0:
+                    seen = 0
+                first[t] = rows[t] & ~seen
+                seen |= rows[t]
+            for s in range(S - 1, -1, -1):
+                alive[s] = rest[s * _SPAN] | alive[s + 1]
+            self.rest.append(rest)
+            self.first.append(first)
+            self.alive.append(alive)
+        self.T, self.L, self.S = T, L, S
         self.done = [-1] * L                   # per layer: the last token whose FFN has started
-        # The table: filed[t][layer] = resident units of layer next used at token t (t = T: never);
-        # layers_at[t] = bit l set where filed[t][l] is not empty.
-        self.filed = [[0] * L for _ in range(T + 1)]
-        self.layers_at = [0] * (T + 1)
+        # The table: filed[s][layer] = resident units of layer next used in span s (s = S: never);
+        # layers_at[s] = bit l set where filed[s][l] is not empty.
+        self.filed = [[0] * L for _ in range(S + 1)]
+        self.layers_at = [0] * (S + 1)
         self.global_pool = geometry.partition == "global"
-        self.top = [-1] * (1 if self.global_pool else L)   # per partition: no unit filed beyond this token
+        self.top = [-1] * (1 if self.global_pool else L)   # per partition: no unit filed beyond this span
 
     def _file(self, layer: int, units: int) -> None:
-        """File ``units`` of ``layer`` by next use: the first token after ``done[layer]`` needing it."""
-        T, filed, layers_at, bit = self.T, self.filed, self.layers_at, 1 << layer
+        """File ``units`` of ``layer`` by the span of their next use, the first token after
+        ``done[layer]`` needing them: the rest of that token's span first, then span by span."""
+        filed, layers_at, bit = self.filed, self.layers_at, 1 << layer
         t = self.done[layer] + 1
-        later = units & self.alive_from[layer][min(t, T)]
+        if t < self.T:
+            s, rest = t // _SPAN, self.rest[layer]
+            later = units & (rest[t] | self.alive[layer][s + 1])
+        else:
+            later = 0
         never = units ^ later
         farthest = -1
         if never:
-            filed[T][layer] |= never
-            layers_at[T] |= bit
-            farthest = T
-        rows = self.rows[layer]
-        while later:
-            found = later & rows[t]
-            if found:
-                filed[t][layer] |= found
-                layers_at[t] |= bit
-                later ^= found
-            t += 1
-        if not never:
-            farthest = t - 1                 # the last token the scan found a unit at
+            filed[self.S][layer] |= never
+            layers_at[self.S] |= bit
+            farthest = self.S
+        if later:
+            found = later & rest[t]
+            while True:
+                if found:
+                    filed[s][layer] |= found
+                    layers_at[s] |= bit
+                    later ^= found
+                    if not later:
+                        break
+                s += 1
+                found = later & rest[s * _SPAN]
+            farthest = max(farthest, s)
         p = 0 if self.global_pool else layer
         if farthest > self.top[p]:
             self.top[p] = farthest
@@ -87,9 +114,13 @@ class Belady(ChosenVictims):
 
     def on_access(self, layer, step, used):
         token = step // self.L
-        row = self.filed[token]
-        due, row[layer] = row[layer], 0     # the units whose next use was this FFN: it has started
-        self.layers_at[token] &= ~(1 << layer)
+        s = token // _SPAN
+        row = self.filed[s]
+        due = row[layer] & self.rows[layer][token]   # the units whose next use was this FFN: it has started
+        if due:
+            row[layer] ^= due
+            if not row[layer]:
+                self.layers_at[s] ^= 1 << layer
         self.done[layer] = token
         # Filed again from the next token on: the used units, and those the FFN needed but did not
         # compute (false_negatives=drop computes the predicted set), still resident.
@@ -97,11 +128,17 @@ class Belady(ChosenVictims):
 
     def _forget(self, layer, units):
         keep, bit = ~units, 1 << layer
-        for t, row in enumerate(self.filed):
+        for s, row in enumerate(self.filed):
             if row[layer]:
                 row[layer] &= keep
                 if not row[layer]:
-                    self.layers_at[t] ^= bit
+                    self.layers_at[s] ^= bit
+
+    def _remove(self, s: int, layer: int, units: int) -> None:
+        row = self.filed[s]
+        row[layer] ^= units
+        if not row[layer]:
+            self.layers_at[s] ^= 1 << layer
 
     def victims(self, layer, step, n, candidates):
         chosen = self._select(layer, 1 << layer, n, {layer: candidates}, ONE_EACH)
@@ -117,35 +154,73 @@ class Belady(ChosenVictims):
         down until their weights reach ``n``: they leave the table as they are taken."""
         filed, layers_at = self.filed, self.layers_at
         out: dict[int, int] = {}
-        t, top = self.top[p], -1             # top: the farthest token left holding a unit of the partition
-        while t >= 0:
-            here = layers_at[t] & layers
+        s, top = self.top[p], -1             # top: the farthest span left holding a unit of the partition
+        while s >= 0:
+            here = layers_at[s] & layers
             if here:
-                row = filed[t]
-                while here:                  # the later layer first
+                row = filed[s]
+                sets, size = [], 0           # (layer, its candidates), the later layer first
+                while here:
                     layer = here.bit_length() - 1
-                    bit = 1 << layer
-                    here ^= bit
-                    units = row[layer]
-                    take = units & candidates[layer]
+                    here ^= 1 << layer
+                    take = row[layer] & candidates[layer]
                     if take:
-                        take, n = take_weight(take, n, weight[layer])
-                        if take == units:        # the usual case: the whole set goes
-                            row[layer] = 0
-                            layers_at[t] ^= bit
-                        else:
-                            row[layer] = units ^ take
-                        out[layer] = out.get(layer, 0) | take
-                        if n <= 0:
-                            break
-                if top < 0 and layers_at[t] & layers:
-                    top = t
-                if n <= 0:
+                        sets.append((layer, take))
+                        if size < n:         # past n the span's weight does not matter
+                            size += take.bit_count() * weight[layer]
+                    elif s > top:            # none of it may go
+                        top = s
+                if size >= n:                # the search stops in this span
+                    self._cut(s, sets, n, weight, out)
+                    if s > top and layers_at[s] & layers:
+                        top = s
                     break
-            t -= 1
-        if top < 0:
-            while t >= 0 and not layers_at[t] & layers:
-                t -= 1
-            top = t
+                n -= size                    # the whole span goes
+                for layer, take in sets:
+                    self._remove(s, layer, take)
+                    out[layer] = out.get(layer, 0) | take
+                if s > top and layers_at[s] & layers:
+                    top = s
+            s -= 1
+        if top < 0:                          # every span from s up is empty
+            while s >= 0 and not layers_at[s] & layers:
+                s -= 1
+            top = s
         self.top[p] = top
         return out
+
+    def _cut(self, s: int, sets: list[tuple[int, int]], n: int, weight: Sequence[int], out: dict[int, int]) -> None:
+        """Take ``n`` weight of the candidates ``sets`` of span ``s`` in key order, the last set cut
+        by index (the never-used span is one key per layer, the later layer first)."""
+        for layer, units in (sets if s == self.S else self._by_next_use(s, sets)):
+            take, n = take_weight(units, n, weight[layer])
+            self._remove(s, layer, take)
+            out[layer] = out.get(layer, 0) | take
+            if n <= 0:
+                return
+
+    def _by_next_use(self, s: int, sets: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+        """The candidate ``sets`` of span ``s`` split by next-use token, in key order: the later token
+        first, then the later layer. In a span wholly after its layer's last started FFN a unit's next
+        use is its first use in the span (``first``); in the span holding that FFN, a scan from the
+        FFN on finds it."""
+        start = s * _SPAN
+        at: list[tuple[int, int, Sequence[int]]] = []   # (layer, units, [t] -> which of them are next used at t)
+        for layer, units in sets:
+            t = self.done[layer] + 1
+            if t <= start:
+                at.append((layer, units, self.first[layer]))
+                continue
+            rows, scanned = self.rows[layer], defaultdict(int)
+            while units:
+                found = units & rows[t]
+                if found:
+                    scanned[t] = found
+                    units ^= found
+                t += 1
+            at.append((layer, -1, scanned))   # -1: every unit (the scan split them already)
+        for t in range(min(start + _SPAN, self.T) - 1, start - 1, -1):
+            for layer, units, next_used in at:   # the later layer first
+                found = units & next_used[t]
+                if found:
+                    yield layer, found
