@@ -359,7 +359,6 @@ def streamed_replay_peak_rss(trace: Path, partition: str = "per-layer", stream: 
     in a fresh process and return its own peak RSS. ``partition=global`` adds the LRU policy's
     global index (see docs/reliability.md); ``data_limit`` caps the child's data segment
     (RLIMIT_DATA, bytes): what "the memory the simulator is allowed" means in the benchmark."""
-    from sparsesim.tracefile import mask_bytes, read_meta
 
     argv = ["simulate", "--trace", trace, "--stream" if stream else "--no-stream", "--predictor", "none",
             "--dram-budget", "1.0", "--set", f"partition={partition}", "--no-baselines", "--json", "-"]

@@ -71,7 +71,6 @@ def cycle_warning(record: dict) -> str:
 
 def _simulate(args: argparse.Namespace) -> int:
     import json
-    import sys
 
     from sparsesim.atomic import check_writable, write_text
     from sparsesim.numbers import SEED

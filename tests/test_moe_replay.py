@@ -17,7 +17,6 @@ from sparsesim.errors import InputError
 from sparsesim.experiments.capture import capture_check
 from sparsesim.experiments.cli import main
 from sparsesim.simulator.predictors import CausalityError
-from sparsesim.simulator.replacement import REPLACEMENT
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
 from sparsesim.simulator.simulate import load_trace, simulate
 from sparsesim.simulator.steps import replay_steps

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sparsesim.simulator import neuronset
-from sparsesim.simulator.replacement import ONE_EACH, REPLACEMENT, CacheGeometry, take_weight
+from sparsesim.simulator.replacement import ONE_EACH, REPLACEMENT, take_weight
 from sparsesim.simulator.replacement.keyed import ChosenVictims
 
 
@@ -52,15 +52,6 @@ class ClassOrder:
         cls = self.index.get(key)
         if cls is not None:
             self.cut(cls, cls[3] & units)
-
-    def pop(self, key: tuple) -> int:
-        """Empty the class ``key``; returns its units."""
-        cls = self.index.get(key)
-        if cls is None:
-            return 0
-        units = cls[3]
-        self.cut(cls, units)
-        return units
 
     def cut(self, cls: list, units: int) -> None:
         """Take ``units`` (members of ``cls``) out of it; an emptied class leaves the index at once
@@ -120,40 +111,6 @@ class ClassOrder:
             self.majors.remove(major)
         return n
 
-    def layer_classes(self, layer: int) -> list[list]:
-        return [c for c in self.index.values() if c[2] == layer]
-
-
-class RankedClasses(ChosenVictims):
-    """Base of LFU and Bélády: one :class:`ClassOrder` per partition (one, or one per layer).
-
-    Victims are cut out of their classes as they are chosen (neither policy expires units, so
-    :meth:`_forget` serves only a removal some future caller makes).
-    """
-
-    def setup(self, geometry: CacheGeometry) -> None:
-        super().setup(geometry)
-        self.global_order = geometry.partition == "global"
-        self.orders = [ClassOrder() for _ in range(1 if self.global_order else geometry.n_layers)]
-
-    def order(self, layer: int) -> ClassOrder:
-        return self.orders[0] if self.global_order else self.orders[layer]
-
-    def victims(self, layer, step, n, candidates):
-        chosen = self.orders[layer].select(n, _OneLayer(layer, candidates), ONE_EACH,   # per layer: n units
-                                           self._extender(layer))
-        self._chosen = chosen
-        return chosen.get(layer, 0)
-
-    def global_victims(self, step, n, candidates):
-        self._chosen = self.orders[0].select(n, candidates, self.geometry.weight, self._extender(0))
-        return dict(self._chosen)
-
-    def _extender(self, partition: int) -> Callable[[], bool] | None:
-        """The hook that files more units when partition ``partition``'s classes run out (None: all
-        resident units are always filed)."""
-        return None
-
 
 class _OneLayer:
     """``candidates[layer]`` for a per-layer order: the one layer's set, nothing elsewhere."""
@@ -168,7 +125,7 @@ class _OneLayer:
 
 
 @REPLACEMENT.register("lfu")
-class LeastFrequentlyUsed(RankedClasses):
+class LeastFrequentlyUsed(ChosenVictims):
     """Least frequently used since insertion; ties go to the least recently used.
 
     Only units used fewer than ``limit`` times are filed in classes: the victims come from the low
@@ -180,11 +137,25 @@ class LeastFrequentlyUsed(RankedClasses):
 
     def setup(self, geometry):
         super().setup(geometry)
+        self.global_order = geometry.partition == "global"
+        self.orders = [ClassOrder() for _ in range(1 if self.global_order else geometry.n_layers)]   # per partition
         # Each unit's key (uses << 40 | stamp + 1; a preload is stamped -1) in one array, so a use
         # finds the classes it leaves with one gather.
         self.key = np.zeros((geometry.n_layers, geometry.width), dtype=np.int64)
         self.resident = [0] * geometry.n_layers
         self.limit = [2] * len(self.orders)     # per partition: units used fewer times are filed
+
+    def order(self, layer: int) -> ClassOrder:
+        return self.orders[0] if self.global_order else self.orders[layer]
+
+    def victims(self, layer, step, n, candidates):
+        self._chosen = self.orders[layer].select(n, _OneLayer(layer, candidates), ONE_EACH,   # per layer: n units
+                                                 lambda: self._extend(layer))
+        return self._chosen.get(layer, 0)
+
+    def global_victims(self, step, n, candidates):
+        self._chosen = self.orders[0].select(n, candidates, self.geometry.weight, lambda: self._extend(0))
+        return dict(self._chosen)
 
     def _indices(self, units: int) -> np.ndarray:
         return np.flatnonzero(neuronset.to_bool(units, self.geometry.width))
@@ -240,9 +211,6 @@ class LeastFrequentlyUsed(RankedClasses):
     def on_evict(self, layer, evicted):
         self.resident[layer] ^= evicted        # evicted units are resident
         super().on_evict(layer, evicted)
-
-    def _extender(self, partition):
-        return lambda: self._extend(partition)
 
     def _extend(self, partition: int) -> bool:
         """File the resident units of ``partition`` whose use count reaches the next limit (doubling
