@@ -187,12 +187,14 @@ if "test-plain-belady" not in REPLACEMENT.names():
 
 @pytest.mark.parametrize("partition", ["global", "per-layer"])
 @pytest.mark.parametrize("false_negatives", ["fetch", "drop"])
-def test_belady_next_use_table_matches_a_per_unit_key(tmp_path, partition, false_negatives):
+@pytest.mark.parametrize("tokens", [5, 37])
+def test_belady_next_use_table_matches_a_per_unit_key(tmp_path, partition, false_negatives, tokens):
     """Under false_negatives=drop an FFN computes the predicted set: units it needed but did not
-    compute keep a next use after it, and must stay evictable (the table once lost them)."""
-    rng = np.random.default_rng(7)
+    compute keep a next use after it, and must stay evictable (the table once lost them). The
+    table files by spans of 8 tokens: 5 tokens are one span, 37 end in a partial one."""
+    rng = np.random.default_rng(7 + tokens)
     base = rng.random((1, 4, 96)) < 0.2
-    active = np.where(rng.random((40, 4, 96)) < 0.5, base, rng.random((40, 4, 96)) < 0.2)
+    active = np.where(rng.random((tokens, 4, 96)) < 0.5, base, rng.random((tokens, 4, 96)) < 0.2)
     path = write_trace(tmp_path / "b.parquet", active, d_model=32)
     for budget in ((0.15, 0.4) if partition == "global" else (0.35, 0.5)):
         args = dict(budget=budget, predictor="noisy-oracle:fn=0.3,fp=0.3", partition=partition,
