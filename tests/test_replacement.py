@@ -12,7 +12,7 @@ import pytest
 
 from sparsesim.errors import InputError
 from sparsesim.simulator.predictors import PREDICTORS, Predictor
-from sparsesim.simulator.replacement import REPLACEMENT
+from sparsesim.simulator.replacement import REPLACEMENT, CacheGeometry
 from sparsesim.simulator.replacement.keyed import KeyedReplacement
 from sparsesim.simulator.simulate import simulate
 from tracebuild import write_trace
@@ -245,3 +245,53 @@ def test_bypass_refuses_a_neuron_whose_prefetches_died_unused(tmp_path, cache, e
 def test_bypass_is_refused_where_it_has_no_meaning(tmp_path):
     with pytest.raises(InputError, match="unknown parameter 'bypass'"):
         _run(_trace(tmp_path, SETS), "belady:bypass=true")
+
+
+class PlainLFU(KeyedReplacement):
+    """LFU by a per-unit key (uses since the fill, then the step of the last fill or use)."""
+
+    def on_fill(self, layer, step, filled, prefetch):
+        self.key[layer][self._bits(filled)] = step + 1
+
+    def on_access(self, layer, step, used):
+        bits = self._bits(used)
+        self.key[layer][bits] = ((self.key[layer][bits] >> 40) + 1 << 40) | (step + 1)
+
+
+@pytest.mark.parametrize("name, plain", [("lru", PlainLRU), ("lfu", PlainLFU), ("belady", PlainBelady)])
+@pytest.mark.parametrize("partition", ["global", "per-layer"])
+def test_a_removal_the_policy_did_not_choose_is_forgotten(name, plain, partition):
+    """The hook contract lets the engine remove units the policy did not choose (an expiry). A policy
+    that cuts its victims out of its own order must not choose such units by their old place when
+    they come back (LFU files a fill without looking for the unit elsewhere; LRU's stamp and
+    Bélády's next use move or equal it anyway): removed, filled again, then chosen one at a time,
+    the units go in the order of a per-unit key that forgets them by construction."""
+    rng = np.random.default_rng(3)
+    masks = np.packbits(rng.random((20, 2, 16)) < 0.4, axis=-1, bitorder="little")
+    capacity = np.array([32]) if partition == "global" else np.array([16, 16])
+    everything = (1 << 16) - 1
+
+    def replay(policy) -> list[tuple[int, int]]:
+        policy.setup(CacheGeometry(n_layers=2, d_ff=(16, 16), n_bytes=2, n_tokens=20, capacity=capacity,
+                                   partition=partition, masks=masks))
+        for layer in (0, 1):
+            policy.on_fill(layer, -1, everything, False)
+        for step in range(6):   # three tokens of use
+            policy.on_access(step % 2, step, int.from_bytes(masks[step // 2, step % 2].tobytes(), "little"))
+        policy.on_evict(1, 0b1111111000)   # units 3 .. 9 of layer 1 leave unchosen, then come back
+        policy.on_fill(1, 6, 0b1111111000, False)
+        left, chosen = [everything, everything], []
+        for i in range(32):     # one unit at a time, until every unit has gone
+            if partition == "global":
+                (layer, unit), = policy.global_victims(7, 1, list(left)).items()
+            else:
+                layer = i % 2
+                unit = policy.victims(layer, 7, 1, left[layer])
+            policy.on_evict(layer, unit)
+            left[layer] ^= unit
+            chosen.append((layer, unit.bit_length() - 1))
+        return chosen
+
+    assert replay(REPLACEMENT.create(name)) == replay(plain())
+
+

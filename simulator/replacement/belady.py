@@ -115,26 +115,22 @@ class Belady(ChosenVictims):
     def on_access(self, layer, step, used):
         token = step // self.L
         s = token // _SPAN
-        row = self.filed[s]
-        due = row[layer] & self.rows[layer][token]   # the units whose next use was this FFN: it has started
+        due = self.filed[s][layer] & self.rows[layer][token]   # next used by this FFN, which has started
         if due:
-            row[layer] ^= due
-            if not row[layer]:
-                self.layers_at[s] ^= 1 << layer
+            self._remove(s, layer, due)
         self.done[layer] = token
         # Filed again from the next token on: the used units, and those the FFN needed but did not
         # compute (false_negatives=drop computes the predicted set), still resident.
         self._file(layer, used | due)
 
     def _forget(self, layer, units):
-        keep, bit = ~units, 1 << layer
         for s, row in enumerate(self.filed):
-            if row[layer]:
-                row[layer] &= keep
-                if not row[layer]:
-                    self.layers_at[s] ^= bit
+            gone = row[layer] & units
+            if gone:
+                self._remove(s, layer, gone)
 
     def _remove(self, s: int, layer: int, units: int) -> None:
+        """Take ``units`` (filed there) out of span ``s`` of ``layer``."""
         row = self.filed[s]
         row[layer] ^= units
         if not row[layer]:
