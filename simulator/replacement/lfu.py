@@ -60,15 +60,16 @@ class ClassOrder:
         if not cls[3]:
             del self.index[(cls[0], cls[1], cls[2])]
 
-    def select(self, n: int, candidates: Sequence[int], weight: Sequence[int],
-               extend: Callable[[], bool] | None = None) -> dict[int, int]:
-        """Remove and return the smallest-keyed units among ``candidates`` (one set per layer) whose
+    def select(self, n: int, candidates: Sequence[int] | dict[int, int], weight: Sequence[int],
+               extend: Callable[[], bool]) -> dict[int, int]:
+        """Remove and return the smallest-keyed units among ``candidates`` (a set per layer; {layer: set}
+        for a per-layer order) whose
         weights (``weight[layer]`` per unit) sum to at least ``n``. ``extend``: called when the
         classes run out first; it files units of larger keys than any filed and returns whether it
         filed any (LFU files only the low use counts until it needs more)."""
         out: dict[int, int] = {}
         n = self._walk(n, candidates, weight, out)
-        while n > 0 and extend is not None and extend():
+        while n > 0 and extend():
             n = self._walk(n, candidates, weight, out)
         return out
 
@@ -112,18 +113,6 @@ class ClassOrder:
         return n
 
 
-class _OneLayer:
-    """``candidates[layer]`` for a per-layer order: the one layer's set, nothing elsewhere."""
-
-    __slots__ = ("layer", "units")
-
-    def __init__(self, layer: int, units: int):
-        self.layer, self.units = layer, units
-
-    def __getitem__(self, layer: int) -> int:
-        return self.units if layer == self.layer else 0
-
-
 @REPLACEMENT.register("lfu")
 class LeastFrequentlyUsed(ChosenVictims):
     """Least frequently used since insertion; ties go to the least recently used.
@@ -149,7 +138,7 @@ class LeastFrequentlyUsed(ChosenVictims):
         return self.orders[0] if self.global_order else self.orders[layer]
 
     def victims(self, layer, step, n, candidates):
-        self._chosen = self.orders[layer].select(n, _OneLayer(layer, candidates), ONE_EACH,   # per layer: n units
+        self._chosen = self.orders[layer].select(n, {layer: candidates}, ONE_EACH,   # per layer: n units
                                                  lambda: self._extend(layer))
         return self._chosen.get(layer, 0)
 
