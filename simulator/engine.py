@@ -49,7 +49,7 @@ from sparsesim.simulator.storage import BackingStore
 from sparsesim.simulator.timing import ManagementDebt, StepCosts
 from sparsesim.tracecolumns import DECODE
 
-__all__ = ["IoBatch", "ReplayEngine", "ReplayResult", "TokenTimes"]   # IoBatch: the io_log's record
+__all__ = ["ReplayEngine", "ReplayResult", "TokenTimes"]
 
 
 @dataclass

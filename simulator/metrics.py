@@ -43,6 +43,11 @@ class RunFigures:
     def totals(self):
         return self.result.counts.totals
 
+    @property
+    def device_read_bytes(self) -> float:
+        """What the device read: the units' bytes and the padding of read granularity or page faults."""
+        return self.storage_bytes + self.totals.padding_bytes
+
     def units_bytes(self, counters: tuple[str, ...], per_unit: float, layer: dict[str, np.ndarray] | None = None) -> float:
         """Bytes of the units the ``counters`` count: × ``per_unit``, or × each layer's unit bytes when
         sizes differ (then a prefetch reads whole units: ``per_unit`` is b). ``layer``: one phase's counters."""
@@ -151,9 +156,9 @@ metric("wasted_bytes", "(useless + unused at end + bypassed + gate-dropped prefe
     lambda f: float(f.units_bytes(("prefetch_useless", "prefetch_unused_at_end", "prefetch_bypassed",
                                    "prefetch_gate_dropped"), f.b_prefetch)))
 metric("device_read_bytes", "storage_bytes + padding: what the device read (read granularity, page faults)")(
-    lambda f: f.storage_bytes + f.totals.padding_bytes)
+    lambda f: f.device_read_bytes)
 metric("read_amplification", "device_read_bytes / storage_bytes")(
-    lambda f: _ratio(f.storage_bytes + f.totals.padding_bytes, f.storage_bytes))
+    lambda f: _ratio(f.device_read_bytes, f.storage_bytes))
 metric("ffn_bytes_used_per_token", "accesses·b / T")(lambda f: f.units_bytes(("accesses",), f.b) / f.T)
 metric("ffn_share_loaded_per_token", "ffn_storage_bytes / T / FFN bytes")(lambda f: _ratio(f.ffn_read / f.T, f.ffn_bytes))
 metric("preloaded_bytes", "units placed before decoding (static-pin, warm) · b; counted, not timed")(
@@ -212,7 +217,7 @@ metric("over_prediction", "(TP + FP) / (TP + FN)")(
 
 # -- energy --------------------------------------------------------------------------------------
 metric("energy_per_token_j", "(device read bytes·E_store + DRAM bytes·E_dram + on-chip bytes·E_cache + FLOPs·E_flop) / T")(
-    lambda f: ((f.storage_bytes + f.totals.padding_bytes) * f.energy_storage + f.totals.dram_bytes * f.energy_dram
+    lambda f: (f.device_read_bytes * f.energy_storage + f.totals.dram_bytes * f.energy_dram
                + f.totals.cache_bytes * f.energy_cache + f.totals.flops * f.energy_flop) / f.T)
 
 # -- decode and prefill ------------------------------------------------------------------------

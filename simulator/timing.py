@@ -40,7 +40,7 @@ from sparsesim.simulator.predictor_cost import low_rank_work
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
 from sparsesim.traceunits import NEURON
 
-__all__ = ["StepCosts", "roofline"]
+__all__ = ["ManagementDebt", "StepCosts"]
 
 
 class StepCosts:
@@ -108,8 +108,9 @@ class StepCosts:
         # The intra-layer pipeline (pipeline=cluster).
         self.read_path = read_path
         self.cluster_neurons, self.compute_threads = sc.cluster_neurons, sc.compute_threads
-        if sc.pipeline == "cluster":
-            self._pieces = self._unit_pieces(fp, sc)
+        if sc.pipeline == "cluster":   # per phase: (the slowest piece's device slot, how many pieces)
+            self._phases = [(max(map(read_path.slot, pieces), default=0.0), len(pieces))
+                            for pieces in self._unit_pieces(fp, sc)]
 
     def _unit_seconds(self, nbytes: float, flops: float) -> float:
         """Seconds of the FFN kernels per unit of ``nbytes`` and ``flops`` (dispatch apart)."""
@@ -257,12 +258,11 @@ class StepCosts:
                 pieces.append(float(math.ceil(size / g) * g) if g else size)
         return pieces[:1], pieces[1:]
 
-    def _io_stage(self, pieces: list[float], misses: float, servers: int) -> float:
+    def _io_stage(self, phase: tuple[float, int], misses: float, servers: int) -> float:
+        slot, pieces = phase
         if not pieces or misses <= 0:
             return 0.0
-        read_path = self.read_path
-        slot = max(read_path.slot(s) for s in pieces)
-        return slot * max(1.0, misses * len(pieces) * servers / read_path.depth)
+        return slot * max(1.0, misses * pieces * servers / self.read_path.depth)
 
     def pipelined(self, layer: int, units: int, misses: int) -> tuple[float, float]:
         """A layer's FFN as PowerInfer-2's cluster pipeline: the ``units`` computed units cut into
@@ -274,16 +274,16 @@ class StepCosts:
         clusters = math.ceil(units / self.cluster_neurons) if self.cluster_neurons else 1
         per, miss = units / clusters, misses / clusters
         n = self.compute_threads
-        gate_pieces, updown_pieces = self._pieces
-        k = miss * max(len(gate_pieces), len(updown_pieces))
+        gate_phase, updown_phase = self._phases
+        k = miss * max(gate_phase[1], updown_phase[1])
         io_servers = max(1, int(self.read_path.depth // max(math.ceil(k), 1)))
         pred = self.predictor(layer) / clusters if self.rank_work[layer] is not None else 0.0
         m = self.matrices
         gate = per * self.row_gather
         updown = per * ((m - 2) * self.row_gather + self.row_scatter)
         dispatch = self.unit.dispatch
-        stages = powerinfer2_stages(n * pred, self._io_stage(gate_pieces, miss, io_servers), n * gate + dispatch,
-                                    self._io_stage(updown_pieces, miss, io_servers), n * updown + (m - 1) * dispatch)
+        stages = powerinfer2_stages(n * pred, self._io_stage(gate_phase, miss, io_servers), n * gate + dispatch,
+                                    self._io_stage(updown_phase, miss, io_servers), n * updown + (m - 1) * dispatch)
         self._read_ffn(units * self.unit_bytes[layer])
         self.totals.flops += units * self.unit_flops[layer]
         compute = clusters * (pred + gate + updown) + clusters * m * dispatch / n

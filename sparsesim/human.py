@@ -1,8 +1,9 @@
 """Numbers as people read them: fixed-point, a few significant digits, the unit written out.
 
-Every printed output and every report cell uses these (never ``%g``, so never scientific notation):
-times per token in ms, traffic in MB (10^6 B) or GB (10^9 B), energy per token in mJ, ratios
-as ``1.57x``, shares as percentages. A per-token value says "/token"; a total says nothing, so
+The reports, the demo and the tracer's and experiments' prints use these (never ``%g``, so never
+scientific notation): times per token in ms, DRAM in GB (10^9 B), ratios as ``1.57x``, shares as
+percentages (``sparsesim simulate``'s summary keeps its own two-decimal ms and MB,
+``simulator/metrics.py``). A per-token value says "/token"; a total says nothing, so
 the two are never mixed up in one line.
 """
 
@@ -28,24 +29,8 @@ def ms(seconds: float) -> str:
     return f"{number(seconds * 1e3)} ms"
 
 
-def mb(nbytes: float) -> str:
-    return f"{number(nbytes / 1e6)} MB"
-
-
 def gb(nbytes: float) -> str:
     return f"{number(nbytes / 1e9)} GB"
-
-
-def size(nbytes: float) -> str:
-    """Bytes in the largest of B, KB, MB, GB that keeps the number at least 1."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(nbytes) >= scale:
-            return f"{number(nbytes / scale)} {unit}"
-    return f"{number(nbytes)} B"
-
-
-def mj(joules: float) -> str:
-    return f"{number(joules * 1e3)} mJ"
 
 
 def ratio(value: float) -> str:

@@ -19,7 +19,7 @@ from sparsesim.experiments.fidelity.calibrate import CONCURRENCIES, calibrate_ho
 from sparsesim.experiments.fidelity.replay import first_tokens, validate_io, write_outputs
 from sparsesim.experiments.reproductions.validation import kendall_tau
 from sparsesim.simulator import bitset, neuronset
-from sparsesim.simulator.engine import IoBatch
+from sparsesim.simulator.reads import IoBatch
 from sparsesim.errors import InputError
 from sparsesim.simulator.profile import load_profile
 from sparsesim.simulator.simulate import simulate

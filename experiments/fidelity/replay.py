@@ -30,7 +30,7 @@ from sparsesim.experiments.fidelity.direct_io import (
     PAGE, ParallelReader, check_directory, check_free_space, direct_alignment, scratch_file,
 )
 from sparsesim.atomic import check_writable, write_text
-from sparsesim.simulator.engine import IoBatch
+from sparsesim.simulator.reads import IoBatch
 from sparsesim.errors import InputError
 from sparsesim.simulator.profile import HardwareProfile, load_profile
 from sparsesim.simulator.scenario import ModelFootprint, Scenario
