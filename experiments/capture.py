@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sparsesim.errors import InputError
+from sparsesim.experiments.reproductions.time_budget import relative_error
 from sparsesim.simulator.simulate import load_trace, simulate
 from sparsesim.simulator.steps import replay_steps
 from sparsesim.tracecolumns import DECODE
@@ -28,6 +29,10 @@ RESIDENT = "capture:resident"
 # How the captures computed: the CPU's decode threads (the profile's ``cpu`` unit) over Q4_K weights,
 # 4.5 bits per weight as int4's 18 B / 32 weights. ``--set`` overrides either.
 CAPTURE_SETTINGS = ("compute_unit=cpu", "precision=int4")
+# What the check reads of the device's metrics: summary keys and per-step columns.
+_SUMMARY_KEYS = ("cache_hit_pct", "read_MiB", "s/tok", "compute_s/tok", "stall_s/tok", "mgmt_s/tok", "io_s/tok",
+                 "prefill_s")
+_METRIC_COLUMNS = ("cache_hit_pct", "wall_ms", "compute_ms", "stall_ms", "mgmt_ms", "io_ms")
 
 
 def capture_check(trace: str | Path | Trace, profile: str = "oneplus-15r", budget: str | None = None,
@@ -44,6 +49,12 @@ def capture_check(trace: str | Path | Trace, profile: str = "oneplus-15r", budge
                          f"beside its .metrics file)")
     metrics = capture["metrics"]
     summary = metrics["summary"]
+    missing = [k for k in _SUMMARY_KEYS + (() if budget else ("cache_budget_MiB",)) if k not in summary]
+    missing += [f"metrics column {c}" for c in _METRIC_COLUMNS if c not in metrics["columns"]]
+    missing += [f"trace column {c}" for c in ("capture:read_bytes",) if c not in trace.columns]
+    if missing:
+        raise InputError(f"{trace.path}: the capture lacks {', '.join(missing)}, which capture-check compares with "
+                         f"(the '# summary' line and columns of route_trace's .metrics file)")
     if budget is None:
         budget = f"{summary['cache_budget_MiB']}MiB"
     log: list[tuple] = []
@@ -177,7 +188,7 @@ def format_check(r: dict[str, Any]) -> str:
     for part in ("total", "compute", "io_stall", "management", "prefill"):
         replay, device = t[part]["replay"], t[part]["device"]
         name = "prompt prefill, whole (s)" if part == "prefill" else part
-        lines.append(f"    {name:<44}{replay:.4f}   {device:.3f}   {100 * (replay / device - 1):+.1f} %")
+        lines.append(f"    {name:<44}{replay:.4f}   {device:.3f}   {100 * relative_error(replay, device):+.1f} %")
     return "\n".join(lines)
 
 

@@ -107,9 +107,10 @@ class Stages:
 def demo(out_dir: str | os.PathLike = "demo", model: str = DEFAULT_MODEL, tokens: int = TOKENS,
          workers: int | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns the paths written, the summary lines and the stage times."""
-    from sparsesim.tracing.checks import model_kind
+    from sparsesim.tracing.checks import check_span, model_kind
 
     model_kind(model)
+    check_span(tokens, DEFAULT_WINDOW, DEFAULT_CALIB_TOKENS)   # before the directory is claimed for these settings
     out = Path(out_dir)
     _claim(out, settings(model, tokens))
     start = time.perf_counter()
@@ -128,11 +129,12 @@ def demo(out_dir: str | os.PathLike = "demo", model: str = DEFAULT_MODEL, tokens
         spec = _write_spec(out, traces)
         run_sweep(spec, out / "results", workers=workers)
     with stages.run("report"):
-        from sparsesim.experiments.report import build, make_report
-        from sparsesim.experiments.verdict import summary_lines
+        from sparsesim.experiments.report import make_report
+        from sparsesim.experiments.sweep import read_results
+        from sparsesim.experiments.verdict import compute, summary_lines
 
         paths = make_report(out / "results", out / "report.html", progress=True)
-        lines = summary_lines(build(out / "results")[0].verdict)
+        lines = summary_lines(compute(read_results(out / "results").to_pylist()))   # the report's verdict
         write_text(out / "summary.txt", "\n".join(lines) + "\n")
     total = time.perf_counter() - start
     write_text(out / "timings.json", json.dumps({"wall_s": {**stages.times, "total": total}, "cpu_s": stages.cpu},

@@ -76,3 +76,13 @@ def test_a_demo_directory_with_other_settings_is_refused(small_demo):
     out, _ = small_demo
     with pytest.raises(InputError, match="other settings"):
         demo_module.demo(out, model="stories260K", tokens=1024)
+
+
+def test_a_bad_token_count_is_refused_before_the_directory_is_claimed(tmp_path, shared_data, monkeypatch):
+    """--tokens shorter than one window is an error at once, and leaves no stamp that would refuse the
+    corrected rerun in the same directory."""
+    monkeypatch.setenv("SPARSESIM_STORIES260K", str(shared_data / "llama2c-stories260K"))
+    out = tmp_path / "demo"
+    with pytest.raises(InputError, match="--tokens 100: shorter than one window"):
+        demo_module.demo(out, model="stories260K", tokens=100)
+    assert not (out / "demo.json").exists()

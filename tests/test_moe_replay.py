@@ -250,6 +250,17 @@ def test_capture_check_cli(captures, capsys, tmp_path):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def test_capture_check_names_what_the_capture_lacks(captures):
+    import copy
+    import dataclasses
+
+    trace = captures["qwen"]
+    meta = copy.deepcopy(trace.meta)
+    del meta["capture"]["metrics"]["summary"]["prefill_s"]
+    with pytest.raises(InputError, match=r"the capture lacks prefill_s, which capture-check compares"):
+        capture_check(dataclasses.replace(trace, meta=meta))
+
+
 def test_capture_check_plot(captures, tmp_path):
     # kaleido comes with `make install` (the plots extra) and renders in the Chromium .ci/run provides
     from sparsesim.experiments.capture import plot_step_hit_rate
